@@ -1,0 +1,5 @@
+"""python -m isol8r"""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""Capabilities: empty all five sets (or keep the named few through the ambient set),
+lock the securebits and set no_new_privs, so neither root inside nor a setuid file gains anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .sys import linux
+
+_LOCKED_BITS = (linux.SECBIT_NOROOT | linux.SECBIT_NOROOT_LOCKED
+                | linux.SECBIT_NO_SETUID_FIXUP | linux.SECBIT_NO_SETUID_FIXUP_LOCKED
+                | linux.SECBIT_KEEP_CAPS_LOCKED
+                | linux.SECBIT_NO_CAP_AMBIENT_RAISE | linux.SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED)
+CAP_SETPCAP = 8
+CAP_KILL = 5
+
+
+@dataclass(frozen=True)
+class CapPlan:
+    """The capabilities to keep, as numbers and a mask, and the highest one the kernel knows."""
+
+    keep: tuple[int, ...]
+    mask: int
+    last_cap: int
+
+
+def plan(keep: tuple[int, ...]) -> CapPlan:
+    """Parent side: read cap_last_cap now, so the child reads no file."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+    except OSError:
+        last = 40
+    mask = 0
+    for c in keep:
+        mask |= 1 << c
+    return CapPlan(tuple(sorted(set(keep))), mask, last)
+
+
+def prepare_uid_switch() -> None:
+    """Child side, before the uid switch: keep the capability sets across setresuid."""
+    linux.prctl(linux.PR_SET_SECUREBITS, linux.SECBIT_NO_SETUID_FIXUP)
+
+
+def drop(p: CapPlan) -> None:
+    """Child side, after the uid switch: bounding, ambient, inheritable, permitted, effective.
+
+    The order matters: the bounding set and the securebits need CAP_SETPCAP, which goes last.
+    """
+    for cap in range(p.last_cap + 1):
+        if not p.mask & (1 << cap):
+            linux.prctl(linux.PR_CAPBSET_DROP, cap)
+    linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+    setpcap = 1 << CAP_SETPCAP
+    linux.capset(p.mask | setpcap, p.mask | setpcap, p.mask)
+    for cap in p.keep:
+        linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_RAISE, cap)
+    linux.prctl(linux.PR_SET_SECUREBITS, _LOCKED_BITS)
+    linux.capset(p.mask, p.mask, p.mask)
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def drop_for_init(last_cap: int) -> None:
+    """Child side, for the jail's init: nothing but CAP_KILL (to signal the program), no way back."""
+    for cap in range(last_cap + 1):
+        if cap != CAP_KILL:
+            linux.prctl(linux.PR_CAPBSET_DROP, cap)
+    linux.prctl(linux.PR_SET_SECUREBITS, _LOCKED_BITS)
+    kill = 1 << CAP_KILL
+    linux.capset(kill, kill, 0)
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)

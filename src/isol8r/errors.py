@@ -1,0 +1,52 @@
+"""The exception types: one per failure class, so callers can tell bad input from a failed jail."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .result import Result
+
+
+class Isol8rError(Exception):
+    """Base of every error isol8r raises on purpose; anything else is a bug."""
+
+    exit_code = 125
+
+
+class SpecError(Isol8rError, ValueError):
+    """Bad input: names the option and the value so the user can fix the call."""
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        self.field, self.value, self.reason = field, value, reason
+        shown = value if isinstance(value, str) else repr(value)
+        super().__init__(f"{field} {shown}: {reason}" if field else f"{shown}: {reason}")
+
+
+class SetupError(Isol8rError):
+    """A step of the jail's setup failed: reads as "mount /proc: EPERM (...)"."""
+
+    def __init__(self, step: str, err: int, detail: str = "") -> None:
+        self.step, self.errno, self.detail = step, err, detail
+        name = _errno.errorcode.get(err, str(err)) if err else ""
+        text = f"{step}: {name} ({os.strerror(err)})" if err else step
+        super().__init__(f"{text}{': ' + detail if detail else ''}")
+
+
+class ExecError(SetupError):
+    """The program itself could not be started: 127 when not found, 126 when not executable."""
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return 127 if self.errno in (_errno.ENOENT, _errno.ENOTDIR) else 126
+
+
+class JailFailed(Isol8rError):
+    """Raised by run(check=True) when the program did not end with status 0."""
+
+    def __init__(self, result: "Result") -> None:
+        self.result = result
+        super().__init__(f"jailed program {result.argv[0] if result.argv else ''!s} ended: "
+                         f"{result.describe()}")

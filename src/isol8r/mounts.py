@@ -1,0 +1,365 @@
+"""Mount namespace: build the jail's root and pivot into it.
+
+The plan is a list of small mount operations, each with execute() and describe(), built in the
+parent and run in the child. The child first pivots into a scratch tmpfs, so the host's tree sits
+at /oldroot (where bind sources are read) and the new root is assembled at /newroot; a second
+pivot_root makes /newroot the root and the old one is detached with MNT_DETACH.
+Destinations are resolved inside the new root without following symlinks out of it (chase()),
+which closes the symlink-in-bind-target class of escapes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from .sys import linux
+
+OLD = "/oldroot"
+NEW = "/newroot"
+SCRATCH = "/tmp"  # any host directory will do: the scratch tmpfs hides it only in the jail's view
+HOST_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+             ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
+_NOSUID_NODEV = linux.MS_NOSUID | linux.MS_NODEV
+
+
+def chase(root: str, path: str, max_links: int = 40) -> str:
+    """Resolve path under root as if root were '/': symlinks, absolute or relative, stay inside."""
+    todo = [p for p in path.split("/") if p and p != "."]
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        cur = root + "/" + "/".join(done + [part])
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            done.append(part)
+            done.extend(p for p in todo if p != "..")
+            break
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > max_links:
+                raise linux.SyscallError(errno.ELOOP, "chase", path)
+            target = os.readlink(cur)
+            if target.startswith("/"):
+                done = []
+            todo = [p for p in target.split("/") if p and p != "."] + todo
+        else:
+            done.append(part)
+    return root + ("/" + "/".join(done) if done else "")
+
+
+def _mkdirs(path: str, mode: int = 0o755) -> None:
+    """mkdir -p for a path already chased inside the new root."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent != path:
+        _mkdirs(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise linux.SyscallError(e.errno, "mkdir", path) from None
+
+
+def _mountpoint(dst: str, is_dir: bool) -> str:
+    """Chase dst inside NEW and make sure a directory (or empty file) is there to mount on."""
+    path = chase(NEW, dst)
+    try:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) != is_dir:
+            kind = "a directory" if is_dir else "a file"
+            raise linux.SyscallError(errno.ENOTDIR if is_dir else errno.EISDIR, f"mount point must be {kind}", dst)
+        return path
+    except FileNotFoundError:
+        pass
+    _mkdirs(os.path.dirname(path))
+    try:
+        if is_dir:
+            os.mkdir(path, 0o755)
+        else:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+    except OSError as e:
+        raise linux.SyscallError(e.errno, "create mount point", dst) from None
+    return path
+
+
+class Op:
+    """One step of the mount plan."""
+
+    dst: str
+
+    def execute(self) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{type(self).__name__.lower()} {self.dst}"
+
+
+@dataclass
+class Bind(Op):
+    """A recursive bind of a host path (read from /oldroot), then nosuid,nodev[,ro] on every submount."""
+
+    src: str
+    dst: str
+    readonly: bool = True
+    devices: bool = False
+
+    def execute(self) -> None:
+        src = OLD + self.src
+        target = _mountpoint(self.dst, os.path.isdir(src))
+        linux.mount(src, target, None, linux.MS_BIND | linux.MS_REC)
+        attrs = linux.MOUNT_ATTR_NOSUID | (0 if self.devices else linux.MOUNT_ATTR_NODEV)
+        linux.mount_setattr(target, attrs | (linux.MOUNT_ATTR_RDONLY if self.readonly else 0))
+
+    def describe(self) -> str:
+        return f"{'ro-bind' if self.readonly else 'bind'} {self.src} -> {self.dst}"
+
+
+@dataclass
+class Tmpfs(Op):
+    dst: str
+    size: int
+    mode: int = 0o755
+    owner: tuple[int, int] | None = None
+    flags: int = _NOSUID_NODEV
+
+    def execute(self) -> None:
+        target = _mountpoint(self.dst, True) if self.dst != "/" else NEW
+        data = f"size={self.size},mode={self.mode:o}"
+        if self.owner:
+            data += f",uid={self.owner[0]},gid={self.owner[1]}"
+        linux.mount("tmpfs", target, "tmpfs", self.flags, data)
+
+
+@dataclass
+class Special(Op):
+    """proc, sysfs, devpts, mqueue: a kernel filesystem of the jail's own namespaces."""
+
+    fstype: str
+    dst: str
+    flags: int
+    data: str | None = None
+    optional: bool = False
+
+    def execute(self) -> None:
+        target = _mountpoint(self.dst, True)
+        try:
+            linux.mount(self.fstype, target, self.fstype, self.flags, self.data)
+        except OSError:
+            if not self.optional:
+                raise
+
+
+@dataclass
+class Symlink(Op):
+    target: str
+    dst: str
+
+    def execute(self) -> None:
+        parent = chase(NEW, os.path.dirname(self.dst))
+        os.symlink(self.target, parent + "/" + os.path.basename(self.dst))
+
+
+@dataclass
+class File(Op):
+    """A generated file (the default root's /etc)."""
+
+    dst: str
+    content: bytes
+    mode: int = 0o644
+
+    def execute(self) -> None:
+        path = chase(NEW, self.dst)
+        _mkdirs(os.path.dirname(path))
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     self.mode)
+        try:
+            os.write(fd, self.content)
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class ReadOnly(Op):
+    """Make one mount read-only without touching the mounts beneath it."""
+
+    dst: str
+
+    def execute(self) -> None:
+        linux.mount_setattr(chase(NEW, self.dst) if self.dst != "/" else NEW,
+                            linux.MOUNT_ATTR_RDONLY, recursive=False)
+
+
+@dataclass
+class RootBind(Op):
+    """A prepared root: bind it, recursively read-only unless asked otherwise, nosuid,nodev."""
+
+    src: str
+    readonly: bool
+    dst: str = "/"
+
+    def execute(self) -> None:
+        linux.mount(OLD + self.src, NEW, None, linux.MS_BIND | linux.MS_REC)
+        attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
+        linux.mount_setattr(NEW, attrs | (linux.MOUNT_ATTR_RDONLY if self.readonly else 0))
+
+    def describe(self) -> str:
+        return f"root {self.src}{' (read-only)' if self.readonly else ''}"
+
+
+@dataclass
+class Overlay(Op):
+    """A writable root over a prepared one: writes land in upper (a tmpfs, or a kept directory)."""
+
+    lower: str
+    keep_dir: str | None
+    dst: str = "/"
+
+    def execute(self) -> None:
+        if self.keep_dir is None:
+            os.mkdir("/overlay", 0o700)
+            linux.mount("tmpfs", "/overlay", "tmpfs", _NOSUID_NODEV, "mode=700")
+            base = "/overlay"
+        else:
+            base = OLD + self.keep_dir
+        for d in ("upper", "work"):
+            try:
+                os.mkdir(f"{base}/{d}", 0o755)
+            except FileExistsError:
+                pass
+        linux.mount("overlay", NEW, "overlay", _NOSUID_NODEV,
+                    f"lowerdir={OLD + self.lower},upperdir={base}/upper,workdir={base}/work,"
+                    "userxattr")
+
+    def describe(self) -> str:
+        return f"overlay {self.lower} (writes to {self.keep_dir or 'tmpfs'})"
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    """The ordered operations; root first, then by destination depth so parents come first."""
+
+    ops: tuple[Op, ...]
+    final: tuple[Op, ...]
+
+
+def etc_files(uid: int, gid: int, hostname: str, share_net: bool) -> list[File]:
+    """The minimal /etc of the default root: root and the jail user, loopback names, files-only NSS."""
+    name = "nobody" if uid == 65534 else "user"
+    group = "nogroup" if gid == 65534 else "user"
+    passwd = "root:x:0:0:root:/root:/bin/sh\n"
+    groups = "root:x:0:\n"
+    if uid != 0:
+        passwd += f"{name}:x:{uid}:{gid}:{name}:/tmp:/bin/sh\n"
+    if gid != 0:
+        groups += f"{group}:x:{gid}:\n"
+    files = [
+        File("/etc/passwd", passwd.encode()),
+        File("/etc/group", groups.encode()),
+        File("/etc/hosts", f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n".encode()),
+        File("/etc/nsswitch.conf", b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"),
+        File("/etc/hostname", f"{hostname}\n".encode()),
+    ]
+    if share_net:
+        try:
+            with open("/etc/resolv.conf", "rb") as f:
+                files.append(File("/etc/resolv.conf", f.read()))
+        except OSError:
+            pass
+    return files
+
+
+def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str | None,
+         user_mounts: tuple[tuple[str, str, str | None, int | None], ...],
+         uid: int, gid: int, hostname: str, new_net: bool, tmp_size: int) -> MountPlan:
+    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size)."""
+    ops: list[Op] = []
+    final: list[Op] = []
+    if rootfs is not None and overlay:
+        ops.append(Overlay(rootfs, overlay_dir))
+    elif rootfs is not None:
+        ops.append(RootBind(rootfs, readonly=not rw_root))
+    else:
+        ops.append(Tmpfs("/", 16 << 20, 0o755))
+        for d in HOST_DIRS:
+            if os.path.islink(d):
+                ops.append(Symlink(os.readlink(d), d))
+            elif os.path.isdir(d):
+                ops.append(Bind(d, d, readonly=True))
+        ops.extend(etc_files(uid, gid, hostname, not new_net))
+        if os.path.exists("/etc/ld.so.cache"):
+            ops.append(Bind("/etc/ld.so.cache", "/etc/ld.so.cache", readonly=True))
+        if not rw_root:
+            final.append(ReadOnly("/"))
+    no_exec = _NOSUID_NODEV | linux.MS_NOEXEC
+    ops.append(Special("proc", "/proc", no_exec))
+    if new_net:
+        ops.append(Special("sysfs", "/sys", no_exec | linux.MS_RDONLY))
+    ops.append(Tmpfs("/dev", 1 << 20, 0o755, flags=linux.MS_NOSUID | linux.MS_NOEXEC))
+    ops.extend(Bind("/dev/" + n, "/dev/" + n, readonly=False, devices=True) for n in DEV_NODES)
+    ops.extend(Symlink(t, "/dev/" + n) for n, t in DEV_LINKS)
+    ops.append(Special("devpts", "/dev/pts", linux.MS_NOSUID | linux.MS_NOEXEC,
+                       "newinstance,ptmxmode=0666,mode=620"))
+    ops.append(Tmpfs("/dev/shm", 64 << 20, 0o1777, flags=no_exec))
+    ops.append(Special("mqueue", "/dev/mqueue", no_exec, optional=True))
+    final.append(ReadOnly("/dev"))
+    ops.append(Tmpfs("/tmp", tmp_size, 0o1777))
+    for kind, dst, src, size in user_mounts:
+        if kind == "tmpfs":
+            ops.append(Tmpfs(dst, size or (64 << 20), 0o755, owner=(uid, gid)))
+        else:
+            assert src is not None
+            ops.append(Bind(src, dst, readonly=(kind == "ro-bind")))
+    root, rest = ops[0], ops[1:]
+    rest.sort(key=lambda op: op.dst.rstrip("/").count("/"))
+    return MountPlan((root, *rest), tuple(final))
+
+
+def enter(p: MountPlan, log: "StepLog | None" = None) -> None:
+    """Child side: stop propagation, stage, assemble /newroot, pivot into it, detach the old root."""
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
+    linux.mount("tmpfs", SCRATCH, "tmpfs", _NOSUID_NODEV, "size=1m,mode=700")
+    os.chdir(SCRATCH)
+    os.mkdir("newroot", 0o755)
+    os.mkdir("oldroot", 0o700)
+    linux.pivot_root(".", "oldroot")
+    os.chdir("/")
+    for op in p.ops:
+        _run(op, log)
+    for op in p.final:
+        _run(op, log)
+    os.chdir(NEW)
+    linux.pivot_root(".", ".")
+    linux.umount2(".", linux.MNT_DETACH)
+    os.chdir("/")
+
+
+class StepLog:
+    """Receives (description, error) per mount op; the pipeline turns it into step records."""
+
+    def op(self, description: str) -> None:  # pragma: no cover - interface
+        pass
+
+
+def _run(op: Op, log: StepLog | None) -> None:
+    try:
+        op.execute()
+    except OSError as e:
+        detail = e.filename if isinstance(e.filename, str) else op.dst
+        call = getattr(e, "syscall", "")
+        what = f"{op.describe()} ({call})" if call and call not in op.describe() else op.describe()
+        raise linux.SyscallError(e.errno or errno.EIO, what, detail) from None
+    if log is not None:
+        log.op(op.describe())

@@ -1,0 +1,65 @@
+"""The jail's init: PID 1 that forwards signals to the program, reaps orphans and reports status.
+
+It waits with sigwaitinfo on signals the supervisor left blocked, so it installs no handler and
+runs no Python signal machinery; a signal arriving early stays pending rather than being lost.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+from typing import Callable, NoReturn
+
+FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGTSTP, signal.SIGALRM,
+             signal.SIGTTIN, signal.SIGTTOU)
+_WAITED = {signal.SIGCHLD, *FORWARDED}
+
+
+def serve(program: int, exec_pipe: int, report: Callable[[bytes], None]) -> NoReturn:
+    """Relay the program's setup records until its exec closes the pipe, then forward signals
+    until it exits, report its wait status and exit like it did."""
+    chunks = []
+    while True:
+        data = os.read(exec_pipe, 4096)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(exec_pipe)
+    failed = False
+    for line in b"".join(chunks).split(b"\n"):
+        if line:
+            failed = failed or line.startswith(b"E")
+            report(line)
+    if not failed:
+        report(b"X")
+    status, ru = _wait_for(program)
+    report(b"S%d\0%.6f\0%.6f\0%d" % (status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss))
+    if os.WIFSIGNALED(status):
+        os._exit(128 + os.WTERMSIG(status))
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255)
+
+
+def _wait_for(program: int) -> tuple[int, "resource.struct_rusage"]:
+    """Reap every child; forward every other signal to the program's process group."""
+    while True:
+        sig = signal.sigwaitinfo(_WAITED).si_signo
+        if sig != signal.SIGCHLD:
+            try:
+                os.kill(-program, sig)
+            except ProcessLookupError:
+                try:
+                    os.kill(program, sig)
+                except ProcessLookupError:
+                    pass
+            continue
+        while True:
+            try:
+                pid, status, ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid == program:
+                return status, ru

@@ -1,0 +1,462 @@
+"""The Spec: one frozen, validated description of a jail, shared by the CLI, the library and profiles.
+
+Every option is declared once in OPTIONS under its long CLI name; the CLI builds its parser from
+that table, library keyword arguments use the same names with underscores, and TOML profiles use
+them as keys. `from_options` parses and validates, raising SpecError naming the option and value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import resource
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from .errors import SpecError
+
+NAMESPACES = ("user", "pid", "mount", "net", "ipc", "uts", "cgroup")
+RLIMITS = {name[len("RLIMIT_"):]: getattr(resource, name)
+           for name in dir(resource) if name.startswith("RLIMIT_")}
+INFINITY = resource.RLIM_INFINITY
+ID_RANGE = 65536
+DEFAULT_ID_BASE = 1_600_000_000
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A user mount: bind (rw), ro-bind, or tmpfs; dst is the absolute path inside the jail."""
+
+    kind: str
+    dst: str
+    src: str | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to run and how to jail it. Build with Spec.from_options or Spec(...); both validate."""
+
+    argv: tuple[str, ...]
+    rootfs: str | None = None
+    rw_root: bool = False
+    overlay: bool = False
+    overlay_dir: str | None = None
+    allow_unsafe_root: bool = False
+    mounts: tuple[Mount, ...] = ()
+    namespaces: frozenset[str] = frozenset(NAMESPACES)
+    hostname: str = "isol8r"
+    uid: int = 65534
+    gid: int = 65534
+    id_base: int = DEFAULT_ID_BASE
+    unsafe_map_host_root: bool = False
+    caps: tuple[str, ...] = ()
+    seccomp: str = "default"
+    seccomp_profile: str | None = None
+    seccomp_allow: tuple[str, ...] = ()
+    seccomp_deny: tuple[str, ...] = ()
+    seccomp_log: bool = False
+    env: tuple[tuple[str, str], ...] = ()
+    keep_env: tuple[str, ...] = ()
+    cwd: str = "/"
+    pass_fds: tuple[int, ...] = ()
+    init: bool = True
+    rlimits: tuple[tuple[str, int, int], ...] = ()
+    tmp_size: int = 64 << 20
+    memory: int | None = None
+    pids: int | None = None
+    cpus: float | None = None
+    time_limit: float | None = None
+    cpu_limit: float | None = None
+    kill_grace: float = 1.0
+    output_limit: int | None = None
+    cgroup_parent: str | None = None
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ---- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_options(cls, argv: Iterable[str], options: Mapping[str, Any] | None = None) -> "Spec":
+        """Parse options keyed by long option name ('ro-bind' or 'ro_bind') into a Spec."""
+        kwargs: dict[str, Any] = {"argv": tuple(argv)}
+        ns = set(NAMESPACES)
+        rlimits: dict[str, tuple[int, int]] = {}
+        mounts: list[Mount] = []
+        for raw_key, value in (options or {}).items():
+            key = raw_key.replace("_", "-")
+            opt = OPTIONS.get(key)
+            if opt is None:
+                raise SpecError("", raw_key, "unknown option")
+            if value is None or (opt.kind == "flag" and value is False):
+                continue
+            if opt.kind == "list":
+                values = [value] if isinstance(value, (str, int)) else list(value)
+            else:
+                values = [value]
+            for v in values:
+                opt.apply(key, v, kwargs, ns, rlimits, mounts)
+        kwargs["namespaces"] = frozenset(ns)
+        kwargs["rlimits"] = tuple((k, s, h) for k, (s, h) in rlimits.items())
+        kwargs["mounts"] = tuple(mounts)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["namespaces"] = sorted(self.namespaces)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def replace(self, **changes: Any) -> "Spec":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def uid_map(self) -> tuple[tuple[int, int, int], ...]:
+        """(inside, outside, count) lines for the user namespace, as written by a root parent."""
+        if self.unsafe_map_host_root:
+            return ((0, 0, ID_RANGE),)
+        return ((0, self.id_base, ID_RANGE),)
+
+
+# ---- option table -----------------------------------------------------------------------------
+
+
+def parse_size(key: str, value: Any) -> int:
+    """'64M', '1.5G', 1024 -> bytes; 'inf'/'unlimited' -> RLIM_INFINITY."""
+    if isinstance(value, bool):
+        raise SpecError(key, value, "expected a size such as 64M")
+    if isinstance(value, int):
+        if value < 0:
+            raise SpecError(key, value, "must not be negative")
+        return value
+    text = str(value).strip()
+    if text.lower() in ("inf", "infinity", "unlimited"):
+        return INFINITY
+    m = _SIZE.match(text)
+    if not m:
+        raise SpecError(key, value, "expected a size such as 4096, 64M or 1G")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def _parse_int(key: str, value: Any, lo: int = 0, hi: int = 2**63) -> int:
+    try:
+        n = int(value, 0) if isinstance(value, str) else int(value)
+        if isinstance(value, bool) or isinstance(value, float) and value != n:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise SpecError(key, value, "expected a whole number") from None
+    if not lo <= n <= hi:
+        raise SpecError(key, value, f"out of range ({lo}..{hi})")
+    return n
+
+
+def _parse_seconds(key: str, value: Any) -> float:
+    try:
+        x = float(value)
+        if isinstance(value, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise SpecError(key, value, "expected a number of seconds") from None
+    if not 0 < x < 1e9 or x != x:
+        raise SpecError(key, value, "must be a positive number of seconds")
+    return x
+
+
+def _abs_path(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise SpecError(key, value, "expected a path")
+    if "\0" in value:
+        raise SpecError(key, value, "a path cannot hold a NUL byte")
+    if not value.startswith("/"):
+        raise SpecError(key, value, "must be an absolute path")
+    norm = os.path.normpath(value)
+    if norm.startswith("//"):
+        norm = norm[1:]
+    if ".." in norm.split("/"):
+        raise SpecError(key, value, "must not contain '..'")
+    return norm
+
+
+def _split_pair(key: str, value: Any) -> tuple[str, str | None]:
+    if not isinstance(value, str) or not value:
+        raise SpecError(key, value, "expected SRC[:DST]")
+    src, sep, dst = value.partition(":")
+    return src, (dst if sep else None)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its CLI shape (flag, value or list), the help text and how it lands in a Spec."""
+
+    kind: str
+    help: str
+    apply: Callable[..., None]
+    metavar: str | None = None
+
+
+def _set(attr: str, parse: Callable[[str, Any], Any] = lambda k, v: v) -> Callable[..., None]:
+    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+        kw[attr] = parse(key, v)
+    return apply
+
+
+def _flag(attr: str, value: bool = True) -> Callable[..., None]:
+    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+        if v is not True:
+            raise SpecError(key, v, "is a flag: true or absent")
+        kw[attr] = value
+    return apply
+
+
+def _append(attr: str, parse: Callable[[str, Any], Any]) -> Callable[..., None]:
+    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+        kw[attr] = tuple(kw.get(attr, ())) + (parse(key, v),)
+    return apply
+
+
+def _share(name: str) -> Callable[..., None]:
+    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+        if v is not True:
+            raise SpecError(key, v, "is a flag: true or absent")
+        ns.discard(name)
+    return apply
+
+
+def _bind(kind: str) -> Callable[..., None]:
+    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+        src, dst = _split_pair(key, v)
+        src_abs = _abs_path(key, src)
+        mounts.append(Mount(kind, _abs_path(key, dst if dst is not None else src_abs), src_abs))
+    return apply
+
+
+def _tmpfs(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+    dst, size = _split_pair(key, v)
+    mounts.append(Mount("tmpfs", _abs_path(key, dst),
+                        size=parse_size(key, size) if size else 64 << 20))
+
+
+def _parse_rlimit_value(key: str, text: str, whole: Any) -> int:
+    try:
+        return parse_size(key, text)
+    except SpecError:
+        raise SpecError(key, whole, "expected NAME=SOFT[:HARD] with numbers, sizes or 'inf'") from None
+
+
+def _rlimit(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+    if not isinstance(v, str) or "=" not in v:
+        raise SpecError(key, v, "expected NAME=SOFT[:HARD]")
+    name, _, vals = v.partition("=")
+    name = name.strip().upper().removeprefix("RLIMIT_")
+    if name not in RLIMITS:
+        raise SpecError(key, v, f"unknown resource {name!r} (one of {', '.join(sorted(RLIMITS))})")
+    soft_s, _, hard_s = vals.partition(":")
+    soft = _parse_rlimit_value(key, soft_s, v)
+    hard = _parse_rlimit_value(key, hard_s, v) if hard_s else soft
+    if soft > hard:
+        raise SpecError(key, v, "the soft limit exceeds the hard limit")
+    rl[name] = (soft, hard)
+
+
+def _rlimit_short(name: str, parse: Callable[[str, Any], int]) -> Callable[..., None]:
+    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+        n = parse(key, v)
+        rl[name] = (n, n)
+    return apply
+
+
+def _user(key: str, v: Any) -> tuple[int, int]:
+    text = str(v)
+    uid_s, _, gid_s = text.partition(":")
+    uid = _parse_int(key, uid_s, 0, ID_RANGE - 1)
+    gid = _parse_int(key, gid_s, 0, ID_RANGE - 1) if gid_s else uid
+    return uid, gid
+
+
+def _user_apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+    kw["uid"], kw["gid"] = _user(key, v)
+
+
+def _env(key: str, v: Any) -> tuple[str, str]:
+    if not isinstance(v, str) or "=" not in v:
+        raise SpecError(key, v, "expected NAME=VALUE")
+    k, _, val = v.partition("=")
+    if not _ENV_NAME.match(k) or "\0" in val:
+        raise SpecError(key, v, "not a valid environment entry")
+    return k, val
+
+
+def _env_name(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not _ENV_NAME.match(v):
+        raise SpecError(key, v, "not a valid environment variable name")
+    return v
+
+
+def _memory(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+    kw["memory"] = parse_size(key, v)
+    if kw["memory"] < 1 << 20:
+        raise SpecError(key, v, "below 1M no program can start")
+
+
+OPTIONS: dict[str, Option] = {
+    "rootfs": Option("value", "root filesystem to pivot into (default: the host's /usr, /bin, "
+                     "/lib* read-only on a tmpfs)", _set("rootfs", _abs_path), "DIR"),
+    "rw-root": Option("flag", "mount the root read-write", _flag("rw_root")),
+    "overlay": Option("flag", "writable root whose writes land in a tmpfs and vanish",
+                      _flag("overlay")),
+    "overlay-dir": Option("value", "with --overlay: keep the writes in this directory",
+                          _set("overlay_dir", _abs_path), "DIR"),
+    "allow-unsafe-root": Option("flag", "run a --rootfs even if it holds setuid files or device "
+                                "nodes", _flag("allow_unsafe_root")),
+    "bind": Option("list", "bind-mount SRC read-write at DST (nosuid,nodev)", _bind("bind"),
+                   "SRC[:DST]"),
+    "ro-bind": Option("list", "bind-mount SRC read-only (recursively) at DST", _bind("ro-bind"),
+                      "SRC[:DST]"),
+    "tmpfs": Option("list", "mount a fresh tmpfs at DST (default size 64M)", _tmpfs, "DST[:SIZE]"),
+    "hostname": Option("value", "the jail's hostname (default isol8r)", _set("hostname"), "NAME"),
+    "share-net": Option("flag", "keep the host's network namespace", _share("net")),
+    "share-pid": Option("flag", "keep the host's PID namespace", _share("pid")),
+    "share-ipc": Option("flag", "keep the host's IPC namespace", _share("ipc")),
+    "share-uts": Option("flag", "keep the host's UTS namespace (hostname)", _share("uts")),
+    "share-cgroup": Option("flag", "keep the host's cgroup namespace", _share("cgroup")),
+    "share-mount": Option("flag", "keep the host's mount namespace: no root, no mounts",
+                          _share("mount")),
+    "no-userns": Option("flag", "no user namespace: needs root, the program runs as host --user",
+                        _share("user")),
+    "user": Option("value", "uid[:gid] the program runs as inside (default 65534:65534)",
+                   _user_apply, "UID[:GID]"),
+    "id-base": Option("value", f"host uid/gid that jail id 0 maps to; jail ids 0..{ID_RANGE - 1} map "
+                      f"to the {ID_RANGE} host ids from here (default {DEFAULT_ID_BASE})",
+                      _set("id_base", lambda k, v: _parse_int(k, v, 1, 2**32 - 1 - ID_RANGE)), "ID"),
+    "unsafe-map-host-root": Option("flag", "DANGEROUS: map jail ids onto host ids from 0, so jail "
+                                   "root is host root", _flag("unsafe_map_host_root")),
+    "cap": Option("list", "keep this capability (through the ambient set)", _append("caps", lambda k, v: str(v)),
+                  "CAP_NAME"),
+    "seccomp": Option("value", "seccomp filter: default or none", _set("seccomp"), "MODE"),
+    "seccomp-profile": Option("value", "load a Docker/OCI seccomp JSON profile",
+                              _set("seccomp_profile", lambda k, v: str(v)), "FILE"),
+    "seccomp-allow": Option("list", "allow-list: only these syscalls or @groups (comma-separated)",
+                            _append("seccomp_allow", lambda k, v: str(v)), "SYSCALLS"),
+    "seccomp-deny": Option("list", "deny these syscalls or @groups too (comma-separated)",
+                           _append("seccomp_deny", lambda k, v: str(v)), "SYSCALLS"),
+    "seccomp-log": Option("flag", "log would-be denials instead of denying (audit mode)",
+                          _flag("seccomp_log")),
+    "env": Option("list", "set an environment variable inside", _append("env", _env), "NAME=VALUE"),
+    "keep-env": Option("list", "pass this variable from the caller's environment",
+                       _append("keep_env", _env_name), "NAME"),
+    "cwd": Option("value", "working directory inside (default /)", _set("cwd", _abs_path), "DIR"),
+    "pass-fd": Option("list", "keep this file descriptor open in the jail",
+                      _append("pass_fds", lambda k, v: _parse_int(k, v, 3, 1 << 20)), "FD"),
+    "no-init": Option("flag", "run the program as PID 1 directly, without isol8r's init",
+                      _flag("init", False)),
+    "rlimit": Option("list", "set a resource limit (AS, CORE, CPU, DATA, FSIZE, MEMLOCK, NOFILE, "
+                     "NPROC, STACK, ...)", _rlimit, "NAME=SOFT[:HARD]"),
+    "memory": Option("value", "memory limit in bytes (cgroup; RLIMIT_AS where no cgroup)",
+                     _memory, "SIZE"),
+    "nproc": Option("value", "RLIMIT_NPROC", _rlimit_short("NPROC", lambda k, v: _parse_int(k, v, 1)),
+                    "N"),
+    "nofile": Option("value", "RLIMIT_NOFILE", _rlimit_short("NOFILE", lambda k, v: _parse_int(k, v, 4)),
+                     "N"),
+    "tmp-size": Option("value", "size cap of the jail's /tmp (default 64M)",
+                       _set("tmp_size", parse_size), "SIZE"),
+    "pids": Option("value", "most processes at once (cgroup pids)",
+                   _set("pids", lambda k, v: _parse_int(k, v, 1, 1 << 22)), "N"),
+    "cpus": Option("value", "CPU bandwidth in cores (cgroup cpu quota)",
+                   _set("cpus", _parse_seconds), "FLOAT"),
+    "time-limit": Option("value", "wall-clock limit in seconds", _set("time_limit", _parse_seconds),
+                         "SECONDS"),
+    "cpu-limit": Option("value", "CPU-time limit of the whole jail in seconds",
+                        _set("cpu_limit", _parse_seconds), "SECONDS"),
+    "kill-grace": Option("value", "seconds between SIGTERM and SIGKILL at a limit (default 1)",
+                         _set("kill_grace", _parse_seconds), "SECONDS"),
+    "output-limit": Option("value", "cap on captured output and written files, in bytes",
+                           _set("output_limit", parse_size), "SIZE"),
+    "cgroup-parent": Option("value", "create the jail's cgroup beneath this cgroup",
+                            _set("cgroup_parent", _abs_path), "PATH"),
+}
+
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+
+
+def capability_number(name: str) -> int:
+    """CAP_NET_RAW / net_raw / NET_RAW -> 13; SpecError for an unknown name."""
+    norm = name.strip().upper()
+    if not norm.startswith("CAP_"):
+        norm = "CAP_" + norm
+    try:
+        return CAPABILITIES.index(norm)
+    except ValueError:
+        raise SpecError("--cap", name, "unknown capability") from None
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+
+def _validate(s: Spec) -> None:
+    if not s.argv or not all(isinstance(a, str) for a in s.argv):
+        raise SpecError("command", list(s.argv), "give the program to run and its arguments")
+    if any("\0" in a for a in s.argv):
+        raise SpecError("command", list(s.argv), "an argument cannot hold a NUL byte")
+    if not s.namespaces <= set(NAMESPACES):
+        raise SpecError("namespaces", sorted(s.namespaces), f"known ones: {', '.join(NAMESPACES)}")
+    if not _HOSTNAME.match(s.hostname):
+        raise SpecError("--hostname", s.hostname, "letters, digits, '.' and '-', at most 64")
+    for name, value in (("--user", s.uid), ("--user", s.gid)):
+        if not 0 <= value < ID_RANGE:
+            raise SpecError(name, value, f"out of range (0..{ID_RANGE - 1})")
+    for cap in s.caps:
+        capability_number(cap)
+    if s.seccomp not in ("default", "none"):
+        raise SpecError("--seccomp", s.seccomp, "expected default or none")
+    has_mount = "mount" in s.namespaces
+    if s.rootfs is not None:
+        if not os.path.exists(s.rootfs):
+            raise SpecError("--rootfs", s.rootfs, "no such directory")
+        if not os.path.isdir(s.rootfs):
+            raise SpecError("--rootfs", s.rootfs, "not a directory")
+        if os.path.realpath(s.rootfs) == "/":
+            raise SpecError("--rootfs", s.rootfs, "the host's own root cannot be a jail root")
+    if s.overlay_dir is not None and not s.overlay:
+        raise SpecError("--overlay-dir", s.overlay_dir, "needs --overlay")
+    if s.overlay and s.rootfs is None:
+        raise SpecError("--overlay", True, "needs --rootfs")
+    if not has_mount and (s.rootfs or s.mounts or s.overlay):
+        raise SpecError("--share-mount", True, "cannot be combined with --rootfs or mounts")
+    for m in s.mounts:
+        opt = "--" + m.kind
+        if m.dst == "/":
+            raise SpecError(opt, m.dst, "cannot mount over the jail's root")
+        if m.src is not None and not os.path.exists(m.src):
+            raise SpecError(opt, m.src, "no such file or directory")
+    if "user" not in s.namespaces and os.geteuid() != 0:
+        raise SpecError("--no-userns", True, "needs isol8r to run as root")
+    if s.unsafe_map_host_root and "user" not in s.namespaces:
+        raise SpecError("--unsafe-map-host-root", True, "needs a user namespace")
+    for fd in s.pass_fds:
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise SpecError("--pass-fd", fd, "not an open file descriptor") from None
+    if s.tmp_size <= 0:
+        raise SpecError("--tmp-size", s.tmp_size, "must be positive")
+    for name, soft, hard in s.rlimits:
+        if name not in RLIMITS or soft > hard:
+            raise SpecError("--rlimit", f"{name}={soft}:{hard}", "bad resource limit")

@@ -1,0 +1,1 @@
+"""Thin ctypes bindings and constants; nothing in this package decides anything."""
