@@ -1,0 +1,39 @@
+# isol8r: `make demo` sets up and shows a jail; `make test` sets up and runs the tests (as root).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: all install deps test demo strace rootfs bench clean
+
+all: install
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+deps:
+	@scripts/install-deps.sh
+
+test: install deps
+	$(BIN)/python -m pytest -q
+
+demo: install deps
+	$(BIN)/python scripts/demo.py
+
+strace: install deps
+	mkdir -p build
+	strace -f -tt -o build/strace.log $(BIN)/isol8r run -- /bin/sh -c 'id; hostname'
+	@echo "the jail's system calls, every process: build/strace.log ($$(wc -l < build/strace.log) lines)"
+
+rootfs: install deps
+	$(BIN)/isol8r mkroot build/rootfs
+
+bench: install deps
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages isol8r's tests, demo and benchmarks use, when they are missing.
+# libseccomp2: the seccomp filter compiler (loaded through ctypes); busybox-static: test roots;
+# gcc-multilib: the i386 probe of the cross-ABI seccomp test; bubblewrap: a benchmark peer;
+# strace: `make strace`; iproute2: network checks.
+set -eu
+want="libseccomp2 busybox-static gcc-multilib bubblewrap strace iproute2 libnl-3-200 libnl-route-3-200"
+missing=""
+for p in $want; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "isol8r: missing Debian packages:$missing (run as root: apt-get install$missing)" >&2
+  exit 0
+fi
+echo "isol8r: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq $missing >/dev/null

@@ -1,0 +1,103 @@
+"""Shared fixtures: every test is checked for leaks, and the session for anything left on the host.
+
+A jail must leave nothing behind: no child process of the test runner, no mount in the host's
+mount namespace, no cgroup named isol8r, no named network namespace. These checks run after
+each test (processes) and at the end of the session (the rest), also when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import isol8r  # noqa: E402
+
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root to create namespaces as tested")
+
+
+def children(pid: int | None = None) -> list[int]:
+    """Pids whose parent is pid (default: this process), zombies included."""
+    pid = os.getpid() if pid is None else pid
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [" ".join(line.split()[3:5]) for line in f]
+
+
+def isol8r_cgroups() -> list[str]:
+    out = subprocess.run(["find", "/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-iname",
+                          "*isol8r*"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+def netns() -> list[str]:
+    try:
+        return sorted(os.listdir("/run/netns"))
+    except OSError:
+        return []
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    before = set(children())
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        left = set(children()) - before
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not left, f"test left child processes behind: {sorted(left)}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_left_as_it_was() -> Iterator[None]:
+    m, c, n = mounts(), isol8r_cgroups(), netns()
+    yield
+    assert mounts() == m, "the test session changed the host's mount table"
+    assert isol8r_cgroups() == c, f"cgroups left behind: {sorted(set(isol8r_cgroups()) - set(c))}"
+    assert netns() == n, "named network namespaces left behind"
+
+
+def jail(*cmd: str, **options: Any) -> isol8r.Result:
+    """Run cmd in a jail with captured output; options as isol8r.run takes them."""
+    options.setdefault("capture_output", True)
+    return isol8r.run(list(cmd), **options)
+
+
+def sh(script: str, **options: Any) -> isol8r.Result:
+    return jail("/bin/sh", "-c", script, **options)
+
+
+def py(code: str, **options: Any) -> isol8r.Result:
+    return jail("/usr/bin/python3", "-c", code, **options)
+
+
+def cli(*args: str, timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """The real command line, as a user runs it."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run([sys.executable, "-m", "isol8r", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
