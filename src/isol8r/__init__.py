@@ -41,6 +41,10 @@ def run(cmd: Sequence[str] | Spec, *, capture_output: bool = False, input: bytes
             raise SpecError("command", cmd, "give a list of arguments, not a string")
         if timeout is not None:
             options["time_limit"] = timeout
+        profile = options.pop("profile", None)
+        if profile is not None:
+            from . import profiles
+            options = {**profiles.load(profile), **{k.replace("_", "-"): v for k, v in options.items()}}
         spec = Spec.from_options(cmd, options)
     if timeout is not None and isinstance(cmd, Spec):
         spec = spec.replace(time_limit=float(timeout))

@@ -66,7 +66,8 @@ def environment(spec: Spec) -> dict[str, str]:
 
 
 def prepare(spec: Spec, stdio: tuple[int, int, int] = (-1, -1, -1), verbose: bool = False,
-            memory_fallback: int | None = None, bpf: bytes | None = None) -> Plan:
+            derived_rlimits: dict[str, tuple[int, int]] | None = None,
+            bpf: bytes | None = None) -> Plan:
     """Parent side: call each concern's planning function; nothing here touches the system."""
     ns = spec.namespaces
     flags = 0
@@ -93,7 +94,7 @@ def prepare(spec: Spec, stdio: tuple[int, int, int] = (-1, -1, -1), verbose: boo
         hostname=spec.hostname if "uts" in ns else None,
         loopback="net" in ns,
         init=spec.init,
-        rlimits=rlimits.plan(spec.rlimits, memory_fallback),
+        rlimits=rlimits.plan(spec.rlimits, derived_rlimits),
         uid=spec.uid,
         gid=spec.gid,
         keep_groups=ids is not None and not ids.can_become_root,

@@ -15,14 +15,13 @@ DEFAULTS: dict[str, tuple[int, int]] = {
 
 
 def plan(user: tuple[tuple[str, int, int], ...],
-         memory_fallback: int | None = None) -> tuple[tuple[int, int, int], ...]:
-    """Parent side: (resource, soft, hard) triples, user values over the defaults.
-
-    memory_fallback caps RLIMIT_AS when a memory limit was asked for and no cgroup can hold it.
+         derived: dict[str, tuple[int, int]] | None = None) -> tuple[tuple[int, int, int], ...]:
+    """Parent side: (resource, soft, hard) triples: defaults, then limits derived from other
+    options (FSIZE from --output-limit; AS, NPROC, CPU where no cgroup can hold --memory,
+    --pids, --cpu-limit), then the user's own --rlimit values, which win.
     """
     merged = dict(DEFAULTS)
-    if memory_fallback is not None:
-        merged["AS"] = (memory_fallback, memory_fallback)
+    merged.update(derived or {})
     for name, soft, hard in user:
         merged[name] = (soft, hard)
     out = []

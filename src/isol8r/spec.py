@@ -19,7 +19,7 @@ from .errors import SpecError
 
 NAMESPACES = ("user", "pid", "mount", "net", "ipc", "uts", "cgroup")
 RLIMITS = {name[len("RLIMIT_"):]: getattr(resource, name)
-           for name in dir(resource) if name.startswith("RLIMIT_")}
+           for name in dir(resource) if name.startswith("RLIMIT_") and name != "RLIMIT_OFILE"}
 INFINITY = resource.RLIM_INFINITY
 ID_RANGE = 65536
 DEFAULT_ID_BASE = 1_600_000_000

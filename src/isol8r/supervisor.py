@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import signal
 import socket
@@ -21,7 +22,7 @@ from typing import Any, Callable
 from . import pipeline, userns
 from .errors import ExecError, SetupError
 from .result import Result
-from .spec import Spec
+from .spec import RLIMITS, Spec
 from .sys import linux
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -112,6 +113,7 @@ def _kill_and_reap(jail: Jail) -> None:
 @dataclass
 class _Pipe:
     fd: int
+    relay: int | None = None  # copy to this fd instead of keeping (an --output-limit on a tty/file)
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     truncated: bool = False
@@ -173,8 +175,18 @@ class _Watch:
                 data = data[:max(room, 0)]
                 p.truncated = True
                 self.limit_hit("output-limit")
-        p.chunks.append(data)
         p.size += len(data)
+        if p.relay is None:
+            p.chunks.append(data)
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(p.relay, view):]
+            except BlockingIOError:
+                select.select([], [p.relay], [])
+            except OSError:
+                return
 
     def write_input(self, fd: int) -> None:
         assert self.input is not None
@@ -199,6 +211,9 @@ class _Watch:
             start = self.exec_at or jail.started
             if spec.time_limit is not None and not self.exited and now - start >= spec.time_limit:
                 self.limit_hit("time-limit")
+            if (spec.cpu_limit is not None and jail.cgroup is not None and not self.exited
+                    and self.verdict is None and jail.cgroup.cpu_time() >= spec.cpu_limit):
+                self.limit_hit("cpu-limit")
             if self.kill_at is not None and now >= self.kill_at and not self.exited:
                 jail.signal(signal.SIGKILL)
                 self.kill_at = None
@@ -230,6 +245,8 @@ class _Watch:
 
     def _timeout(self, now: float, start: float) -> float | None:
         marks = []
+        if self.jail.spec.cpu_limit is not None and self.jail.cgroup is not None:
+            marks.append(now + 0.01)  # poll the jail's CPU time every 10 ms
         if self.jail.spec.time_limit is not None and self.verdict is None:
             marks.append(start + self.jail.spec.time_limit)
         if self.kill_at is not None:
@@ -257,6 +274,7 @@ def run(spec: Spec, *, stdin: Any = None, stdout: Any = None, stderr: Any = None
     """Run one jail to completion. Raises SetupError (or ExecError) when it could not start."""
     to_close: list[int] = []
     parent_ends: dict[int, str] = {}
+    relays: dict[int, int] = {}
     try:
         if input is not None:
             r, w = os.pipe2(os.O_CLOEXEC)
@@ -272,19 +290,84 @@ def run(spec: Spec, *, stdin: Any = None, stdout: Any = None, stderr: Any = None
                 parent_ends[r] = which
                 to_close.append(w)
                 out_fds.append(w)
+            elif spec.output_limit is not None:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                fd, c = _stdio_fd(value, default, os.O_WRONLY)
+                to_close += [w] + ([c] if c is not None else [])
+                relays[r] = os.dup(fd)
+                parent_ends[r] = which
+                out_fds.append(w)
             else:
                 fd, c = _stdio_fd(value, default, os.O_WRONLY)
                 to_close += [c] if c is not None else []
                 out_fds.append(fd)
-        plan = pipeline.prepare(spec, (in_fd, out_fds[0], out_fds[1]), verbose, None, _bpf(spec))
-        jail = spawn(spec, plan)
+        cg, derived, notes = _limits(spec)
+        try:
+            plan = pipeline.prepare(spec, (in_fd, out_fds[0], out_fds[1]), verbose, derived,
+                                    _bpf(spec))
+            jail = spawn(spec, plan, cg)
+        except BaseException:
+            if cg is not None:
+                cg.remove()
+            raise
+        jail.notes.extend(notes)
+        jail.limits.update(_limits_applied(spec, plan, cg))
     except BaseException:
-        for fd in list(parent_ends) + to_close:
+        for fd in list(parent_ends) + to_close + list(relays.values()):
             os.close(fd)
         raise
     for fd in to_close:
         os.close(fd)
-    return _watch(jail, parent_ends, input, forward_signals, log if verbose else None)
+    try:
+        return _watch(jail, parent_ends, relays, input, forward_signals, log if verbose else None)
+    finally:
+        for fd in relays.values():
+            os.close(fd)
+
+
+def _limits(spec: Spec) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
+    """The jail's cgroup when a cgroup limit is asked for, else None; the rlimits that stand in
+    for what no cgroup can hold, and notes saying so (never a silent fallback)."""
+    derived: dict[str, tuple[int, int]] = {}
+    notes: list[str] = []
+    if spec.output_limit is not None:
+        derived["FSIZE"] = (spec.output_limit, spec.output_limit)
+    if spec.memory is None and spec.pids is None and spec.cpus is None and spec.cpu_limit is None:
+        return None, derived, notes
+    from . import cgroups
+    try:
+        cg = cgroups.Cgroup.create(cgroups.Limits(spec.memory, spec.pids, spec.cpus),
+                                   parent=spec.cgroup_parent)
+        return cg, derived, notes
+    except cgroups.CgroupUnavailable as e:
+        if spec.cgroup_parent is not None:
+            raise SetupError("cgroup", errno.EINVAL, f"--cgroup-parent {spec.cgroup_parent}: "
+                             f"{e.reason}") from None
+        fallback = []
+        if spec.memory is not None:
+            derived["AS"] = (spec.memory, spec.memory)
+            fallback.append("--memory as RLIMIT_AS")
+        if spec.pids is not None:
+            derived["NPROC"] = (spec.pids, spec.pids)
+            fallback.append("--pids as RLIMIT_NPROC")
+        if spec.cpu_limit is not None:
+            secs = int(spec.cpu_limit + 0.999)
+            derived["CPU"] = (secs, secs + 1)
+            fallback.append("--cpu-limit as RLIMIT_CPU (per process, whole seconds)")
+        if spec.cpus is not None:
+            fallback.append("--cpus not enforced")
+        notes.append(f"no cgroup ({e.reason}); fell back to rlimits: {', '.join(fallback)}")
+        return None, derived, notes
+
+
+def _limits_applied(spec: Spec, plan: pipeline.Plan, cg: Any) -> dict[str, Any]:
+    names = {num: name for name, num in RLIMITS.items()}
+    out: dict[str, Any] = {k: getattr(spec, k) for k in
+                           ("memory", "pids", "cpus", "time_limit", "cpu_limit", "output_limit")
+                           if getattr(spec, k) is not None}
+    out["cgroup"] = f"v{cg.version}" if cg is not None else None
+    out["rlimits"] = {names.get(r, str(r)): [soft, hard] for r, soft, hard in plan.rlimits}
+    return out
 
 
 def _bpf(spec: Spec) -> bytes | None:
@@ -295,8 +378,8 @@ def _bpf(spec: Spec) -> bytes | None:
                                   spec.seccomp_deny, spec.seccomp_log)
 
 
-def _watch(jail: Jail, parent_ends: dict[int, str], input: bytes | None,
-           forward_signals: bool, log: Log | None) -> Result:
+def _watch(jail: Jail, parent_ends: dict[int, str], relays: dict[int, int],
+           input: bytes | None, forward_signals: bool, log: Log | None) -> Result:
     w = _Watch(jail, log)
     names: dict[int, str] = {}
     for fd, which in parent_ends.items():
@@ -305,14 +388,17 @@ def _watch(jail: Jail, parent_ends: dict[int, str], input: bytes | None,
             w.input = memoryview(input or b"")
             w.sel.register(fd, selectors.EVENT_WRITE, "in")
         else:
-            w.pipes[fd] = _Pipe(fd)
+            w.pipes[fd] = _Pipe(fd, relays.get(fd))
             names[fd] = which
             w.sel.register(fd, selectors.EVENT_READ, "out")
-    captured = {fd: w.pipes[fd] for fd in names}
+    captured = dict(w.pipes)
     old_handlers = _forward_signals(jail) if forward_signals else {}
+    usage = None
     try:
         w.run()
         _, status, ru = os.wait4(jail.pid, 0)
+        if jail.cgroup is not None:
+            usage = jail.cgroup.usage()
     finally:
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
@@ -340,13 +426,44 @@ def _watch(jail: Jail, parent_ends: dict[int, str], input: bytes | None,
         res.signal = os.WTERMSIG(st)
     else:
         res.exit_code = os.WEXITSTATUS(st)
-    for fd, which in names.items():
-        p = captured[fd]
-        setattr(res, which, b"".join(p.chunks))
-        setattr(res, which + "_truncated", p.truncated)
-    res.verdict = w.verdict or ("ok" if res.exit_code == 0 else
-                                "signaled" if res.signal is not None else "nonzero-exit")
+    for fd, p in captured.items():
+        if p.relay is None:
+            setattr(res, names[fd], b"".join(p.chunks))
+        setattr(res, names[fd] + "_truncated", p.truncated)
+    oom = False
+    if usage is not None:
+        res.cpu_user = usage.cpu_user if usage.cpu_user is not None else res.cpu_user
+        res.cpu_system = usage.cpu_system if usage.cpu_system is not None else res.cpu_system
+        res.memory_peak = usage.memory_peak or res.memory_peak
+        res.processes = usage.pids_peak
+        oom = usage.oom_killed
+    res.verdict = w.verdict or _verdict(jail.spec, res, oom)
+    if res.verdict == "seccomp" and jail.spec.seccomp_log is False:
+        res.syscall = _seccomp_syscall(jail.pid)
     return res
+
+
+def _verdict(spec: Spec, res: Result, oom: bool) -> str:
+    """Why the run ended, from the strongest evidence: the kernel's counters, then the signal."""
+    if oom:
+        return "memory-limit"
+    sig = res.signal
+    if sig == signal.SIGSYS:
+        return "seccomp"
+    if spec.output_limit is not None and (sig == signal.SIGXFSZ or
+                                          res.exit_code == 128 + signal.SIGXFSZ):
+        return "output-limit"  # a shell reports its child's SIGXFSZ as 153
+    if sig in (signal.SIGXCPU, signal.SIGKILL) and spec.cpu_limit is not None and \
+            (res.cpu_user or 0) + (res.cpu_system or 0) >= spec.cpu_limit * 0.95:
+        return "cpu-limit"
+    if sig is not None:
+        return "signaled"
+    return "ok" if res.exit_code == 0 else "nonzero-exit"
+
+
+def _seccomp_syscall(pid: int) -> str | None:
+    """The blocked syscall of a program killed by seccomp, where the kernel's audit log has it."""
+    return None
 
 
 def _forward_signals(jail: Jail) -> dict[int, Any]:
