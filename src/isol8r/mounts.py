@@ -204,15 +204,26 @@ class ReadOnly(Op):
 
 @dataclass
 class RootBind(Op):
-    """A prepared root: bind it, recursively read-only unless asked otherwise, nosuid,nodev."""
+    """A prepared root: bind it, recursively read-only unless asked otherwise, nosuid,nodev.
+
+    A read-only root arrives from the supervisor as an idmapped tree (tree_fd) when it can make
+    one: the tree's on-disk ids 0..65535 then read as the same ids inside, so a root built by
+    mkroot for uid 65534 is the jail user's. A writable root is never idmapped: jail root would
+    write host-root-owned files.
+    """
 
     src: str
     readonly: bool
     dst: str = "/"
+    tree_fd: int = -1
 
     def execute(self) -> None:
-        linux.mount(OLD + self.src, NEW, None, linux.MS_BIND | linux.MS_REC)
         attrs = linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV
+        if self.tree_fd >= 0:
+            linux.move_mount(self.tree_fd, NEW)
+            os.close(self.tree_fd)
+        else:
+            linux.mount(OLD + self.src, NEW, None, linux.MS_BIND | linux.MS_REC)
         linux.mount_setattr(NEW, attrs | (linux.MOUNT_ATTR_RDONLY if self.readonly else 0))
 
     def describe(self) -> str:
@@ -226,8 +237,15 @@ class Overlay(Op):
     lower: str
     keep_dir: str | None
     dst: str = "/"
+    tree_fd: int = -1
 
     def execute(self) -> None:
+        lower = OLD + self.lower
+        if self.tree_fd >= 0:  # the idmapped prepared root, as in RootBind
+            lower = "/lower"
+            os.mkdir(lower, 0o755)
+            linux.move_mount(self.tree_fd, lower)
+            os.close(self.tree_fd)
         if self.keep_dir is None:
             os.mkdir("/overlay", 0o700)
             linux.mount("tmpfs", "/overlay", "tmpfs", _NOSUID_NODEV, "mode=700")
@@ -240,7 +258,7 @@ class Overlay(Op):
             except FileExistsError:
                 pass
         linux.mount("overlay", NEW, "overlay", _NOSUID_NODEV,
-                    f"lowerdir={OLD + self.lower},upperdir={base}/upper,workdir={base}/work,"
+                    f"lowerdir={lower},upperdir={base}/upper,workdir={base}/work,"
                     "userxattr")
 
     def describe(self) -> str:
@@ -253,6 +271,7 @@ class MountPlan:
 
     ops: tuple[Op, ...]
     final: tuple[Op, ...]
+    idmap_root: str | None = None  # a read-only prepared root the supervisor should idmap
 
 
 def etc_files(uid: int, gid: int, hostname: str, share_net: bool) -> list[File]:
@@ -324,11 +343,27 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
             ops.append(Bind(src, dst, readonly=(kind == "ro-bind")))
     root, rest = ops[0], ops[1:]
     rest.sort(key=lambda op: op.dst.rstrip("/").count("/"))
-    return MountPlan((root, *rest), tuple(final))
+    idmap = rootfs if rootfs is not None and (overlay or not rw_root) else None
+    return MountPlan((root, *rest), tuple(final), idmap)
 
 
-def enter(p: MountPlan, log: "StepLog | None" = None) -> None:
+def idmapped_tree(path: str, userns_fd: int) -> int:
+    """Supervisor side: a detached, read-only, idmapped copy of a prepared root, for the child."""
+    fd = linux.open_tree(path)
+    try:
+        linux.idmap_tree(fd, userns_fd, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID
+                         | linux.MOUNT_ATTR_NODEV)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def enter(p: MountPlan, log: "StepLog | None" = None, tree_fd: int = -1) -> None:
     """Child side: stop propagation, stage, assemble /newroot, pivot into it, detach the old root."""
+    root = p.ops[0]
+    if tree_fd >= 0 and isinstance(root, (RootBind, Overlay)):
+        root.tree_fd = tree_fd
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
     linux.mount("tmpfs", SCRATCH, "tmpfs", _NOSUID_NODEV, "size=1m,mode=700")
     os.chdir(SCRATCH)

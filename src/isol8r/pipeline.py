@@ -17,6 +17,7 @@ import select
 import signal
 import socket
 import stat
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
@@ -165,7 +166,8 @@ def child_main(plan: Plan, chan_fd: int) -> NoReturn:
 def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     linux.reset_signal_dispositions()
     _dup_stdio(plan.stdio)
-    if os.read(ch.fd, 16) != b"G":  # the parent died or refused before the id maps were written
+    go, tree_fd = _receive_go(ch.fd)
+    if go != b"G":  # the parent died or refused before the id maps were written
         os._exit(125)
     if plan.ids is not None:
         ch.step("become root of the user namespace", userns.become_root, plan.ids)
@@ -173,7 +175,8 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     if plan.unshare_cgroup:
         ch.step("cgroup namespace", linux.unshare, linux.CLONE_NEWCGROUP)
     if plan.mounts is not None:
-        ch.step("mounts", mounts.enter, plan.mounts, _MountLog(ch) if plan.verbose else None)
+        ch.step("mounts", mounts.enter, plan.mounts, _MountLog(ch) if plan.verbose else None,
+                tree_fd)
     if plan.hostname is not None:
         ch.step("sethostname", socket.sethostname, plan.hostname)
     if plan.loopback:
@@ -219,6 +222,19 @@ def _program(plan: Plan, ch: _Channel, parent_alive: Callable[[], bool]) -> NoRe
     except BaseException as e:
         ch.fail(_Failed("internal error", errno.EIO, f"{type(e).__name__}: {e}"))
     os._exit(125)
+
+
+def _receive_go(fd: int) -> tuple[bytes, int]:
+    """The parent's go, with the idmapped root's tree fd when it made one (SCM_RIGHTS)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        msg, anc, _, _ = sock.recvmsg(16, socket.CMSG_SPACE(4))
+    finally:
+        sock.detach()
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
+            return msg, int.from_bytes(data[:4], "little" if sys.byteorder == "little" else "big")
+    return msg, -1
 
 
 def _exec_code(err: int) -> int:

@@ -14,12 +14,13 @@ import selectors
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import pipeline, userns
+from . import mounts, pipeline, userns
 from .errors import ExecError, SetupError
 from .result import Result
 from .spec import RLIMITS, Spec
@@ -88,11 +89,33 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             userns.write_maps(pid, plan.ids)
         if cgroup is not None and clone_fd < 0:
             cgroup.attach(pid)
-        parent.send(b"G")
+        tree = _idmapped_root(pid, plan)
+        if tree >= 0:
+            try:
+                parent.sendmsg([b"G"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         tree.to_bytes(4, sys.byteorder))])
+            finally:
+                os.close(tree)
+        else:
+            parent.send(b"G")
     except OSError as e:
         _kill_and_reap(jail)
         raise SetupError("write id maps / cgroup", e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
+
+
+def _idmapped_root(pid: int, plan: pipeline.Plan) -> int:
+    """An idmapped tree of a read-only prepared root, or -1 where the kernel or fs cannot."""
+    if plan.mounts is None or plan.mounts.idmap_root is None or plan.ids is None \
+            or not plan.ids.can_become_root:
+        return -1
+    userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return mounts.idmapped_tree(plan.mounts.idmap_root, userns_fd)
+    except OSError:
+        return -1  # e.g. a filesystem without idmapped-mount support: plain bind instead
+    finally:
+        os.close(userns_fd)
 
 
 def _clone_hint(err: int | None) -> str:

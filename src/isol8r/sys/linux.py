@@ -265,3 +265,32 @@ def reset_signal_dispositions() -> None:
     for sig in range(1, 65):
         if sig not in (9, 19, 32, 33):  # SIGKILL, SIGSTOP and glibc's reserved two
             _libc.signal(sig, _SIG_DFL)
+
+
+# ---- detached mounts (idmapped roots) ---------------------------------------------------------
+
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+AT_EMPTY_PATH = 0x1000
+MOUNT_ATTR_IDMAP = 0x00100000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+NR.update({"open_tree": 428, "move_mount": 429})
+
+
+def open_tree(path: str, recursive: bool = True) -> int:
+    """A detached copy of the mount tree at path, as an fd (OPEN_TREE_CLONE)."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    return _check(_syscall(NR["open_tree"], AT_FDCWD, _b(path), flags), "open_tree", path)
+
+
+def idmap_tree(tree_fd: int, userns_fd: int, attr_set: int = 0) -> None:
+    """Make a detached tree show on-disk ids through a user namespace's maps (MOUNT_ATTR_IDMAP)."""
+    attr = _MountAttr(attr_set | MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    _check(_syscall(NR["mount_setattr"], tree_fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+                    ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr(idmap)")
+
+
+def move_mount(tree_fd: int, target: str) -> None:
+    """Attach a detached tree at target."""
+    _check(_syscall(NR["move_mount"], tree_fd, b"", AT_FDCWD, _b(target),
+                    MOVE_MOUNT_F_EMPTY_PATH), "move_mount", target)
