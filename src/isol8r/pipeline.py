@@ -12,6 +12,8 @@ The child was made by a bare clone of the supervisor: it imports nothing and all
 from __future__ import annotations
 
 import errno
+import fcntl
+import gc
 import os
 import select
 import signal
@@ -51,8 +53,7 @@ class Plan:
     env: dict[bytes, bytes]
     search_path: list[bytes]
     cwd: str
-    pass_fds: tuple[int, ...]
-    stdio: tuple[int, int, int]
+    fds: tuple[tuple[int, int], ...]  # (descriptor in the cloning process, number in the jail)
     verbose: bool
 
 
@@ -66,7 +67,8 @@ def environment(spec: Spec) -> dict[str, str]:
     return env
 
 
-def prepare(spec: Spec, stdio: tuple[int, int, int] = (-1, -1, -1), verbose: bool = False,
+def prepare(spec: Spec, fds: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 2)),
+            verbose: bool = False,
             derived_rlimits: dict[str, tuple[int, int]] | None = None,
             bpf: bytes | None = None) -> Plan:
     """Parent side: call each concern's planning function; nothing here touches the system."""
@@ -106,8 +108,7 @@ def prepare(spec: Spec, stdio: tuple[int, int, int] = (-1, -1, -1), verbose: boo
         env={k.encode(): v.encode("utf-8", "surrogateescape") for k, v in env.items()},
         search_path=[os.fsencode(p) for p in env["PATH"].split(":") if p],
         cwd=spec.cwd,
-        pass_fds=spec.pass_fds,
-        stdio=stdio,
+        fds=fds,
         verbose=verbose,
     )
 
@@ -164,8 +165,9 @@ def child_main(plan: Plan, chan_fd: int) -> NoReturn:
 
 
 def _setup(plan: Plan, ch: _Channel) -> NoReturn:
+    gc.disable()  # a collection would touch every object: copy-on-write faults for nothing
     linux.reset_signal_dispositions()
-    _dup_stdio(plan.stdio)
+    ch.fd = _install_fds(plan.fds, ch.fd)
     go, tree_fd = _receive_go(ch.fd)
     if go != b"G":  # the parent died or refused before the id maps were written
         os._exit(125)
@@ -207,9 +209,7 @@ def _program(plan: Plan, ch: _Channel, parent_alive: Callable[[], bool]) -> NoRe
         ch.step("drop capabilities", caps.drop, plan.caps)
         ch.step(f"chdir {plan.cwd}", os.chdir, plan.cwd)
         path = _resolve(plan)
-        ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *plan.pass_fds))
-        for fd in plan.pass_fds:
-            os.set_inheritable(fd, True)
+        ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *(t for _, t in plan.fds)))
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         if plan.seccomp is not None:
             ch.step("seccomp", plan.seccomp.load, plan.seccomp_flags)
@@ -272,10 +272,18 @@ def _socket_alive(fd: int) -> bool:
     return not any(ev & (select.POLLHUP | select.POLLRDHUP | select.POLLERR) for _, ev in p.poll(0))
 
 
-def _dup_stdio(stdio: tuple[int, int, int]) -> None:
-    for target, fd in enumerate(stdio):
-        if fd >= 0 and fd != target:
-            os.dup2(fd, target)
+def _install_fds(fds: tuple[tuple[int, int], ...], chan: int) -> int:
+    """Put each descriptor at its number in the jail (inheritable); return the channel's new number.
+
+    Everything is first moved above the highest target, so no dup2 clobbers a source.
+    """
+    floor = max([t for _, t in fds] + [2]) + 1
+    moved = [(fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, floor), t) for src, t in fds]
+    chan = fcntl.fcntl(chan, fcntl.F_DUPFD_CLOEXEC, floor)
+    for src, target in moved:
+        os.dup2(src, target)  # dup2 leaves the target inheritable
+        os.close(src)
+    return chan
 
 
 def _quiet_stdio() -> None:

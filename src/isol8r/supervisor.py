@@ -1,8 +1,10 @@
 """The parent side of a run: create the child, hand it its ids and cgroup, watch it, report.
 
-spawn() clones the child into its namespaces (clone3 with a pidfd), writes the id maps, says "go"
-over a SOCK_SEQPACKET pair and returns a Jail; Jail.wait() runs one event loop over the
-handshake records, the pidfd, the captured pipes and the limits, and builds the Result.
+start() makes the jail's cgroup, plans the child and spawn()s it: clone3 into the namespaces with a
+pidfd, id maps written, "go" said over a SOCK_SEQPACKET pair. Two watchers then share one event
+loop: JailWatch (handshake records, exit, time and CPU limits, reaping: whoever cloned the jail
+runs it, in-process or in the fork server) and IOWatch (captured pipes, input, the output cap:
+always the caller's). JailWatch.finish() gives an Outcome; result() turns it into the Result.
 """
 
 from __future__ import annotations
@@ -51,8 +53,6 @@ class Jail:
         """Send sig to the jail: its init forwards it to the program's process group."""
         try:
             linux.pidfd_send_signal(self.pidfd, sig)
-        except ProcessLookupError:
-            pass
         except OSError as e:
             if e.errno != errno.ESRCH:
                 raise
@@ -63,6 +63,24 @@ class Jail:
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
+
+
+# ---- starting ---------------------------------------------------------------------------------
+
+
+def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False) -> Jail:
+    """Cgroup, plan and spawn: fds maps descriptors of this process onto the jail's (0, 1, 2, ...)."""
+    cg, derived, notes = _limits(spec)
+    try:
+        plan = pipeline.prepare(spec, fds, verbose, derived, _bpf(spec))
+        jail = spawn(spec, plan, cg)
+    except BaseException:
+        if cg is not None:
+            cg.remove()
+        raise
+    jail.notes.extend(notes)
+    jail.limits.update(_limits_applied(spec, plan, cg))
+    return jail
 
 
 def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
@@ -99,7 +117,9 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         else:
             parent.send(b"G")
     except OSError as e:
-        _kill_and_reap(jail)
+        jail.signal(signal.SIGKILL)
+        os.waitpid(pid, 0)
+        jail.close()
         raise SetupError("write id maps / cgroup", e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
 
@@ -122,230 +142,6 @@ def _clone_hint(err: int | None) -> str:
     if err in (errno.EPERM, errno.ENOSPC, errno.EUSERS):
         return "user namespaces may be disabled or exhausted (see /proc/sys/user/max_user_namespaces)"
     return ""
-
-
-def _kill_and_reap(jail: Jail) -> None:
-    jail.signal(signal.SIGKILL)
-    try:
-        os.waitpid(jail.pid, 0)
-    except ChildProcessError:
-        pass
-    jail.close()
-
-
-@dataclass
-class _Pipe:
-    fd: int
-    relay: int | None = None  # copy to this fd instead of keeping (an --output-limit on a tty/file)
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
-    truncated: bool = False
-
-
-class _Watch:
-    """The event loop of one run: records, exit, captured output, input, limits."""
-
-    def __init__(self, jail: Jail, log: Log | None) -> None:
-        self.jail = jail
-        self.log = log
-        self.sel = selectors.DefaultSelector()
-        self.error: SetupError | None = None
-        self.exec_at: float | None = None
-        self.program_status: tuple[int, float, float, int] | None = None
-        self.exited = False
-        self.verdict: str | None = None
-        self.term_at: float | None = None
-        self.kill_at: float | None = None
-        self.pipes: dict[int, _Pipe] = {}
-        self.input: memoryview | None = None
-        self.output_limit = jail.spec.output_limit
-
-    def on_record(self, rec: bytes) -> None:
-        kind, body = rec[:1], rec[1:]
-        if kind == b"T" and self.log:
-            step, _, ns = body.partition(b"\0")
-            self.log(f"{step.decode(errors='replace')}: {int(ns) / 1e6:.3f} ms")
-        elif kind == b"E":
-            step, err, detail = (body.split(b"\0", 2) + [b"", b""])[:3]
-            cls = ExecError if step in (b"execve", b"find program") else SetupError
-            self.error = cls(step.decode(errors="replace"), int(err or 0),
-                             detail.decode(errors="replace"))
-        elif kind == b"X":
-            self.exec_at = time.monotonic()
-        elif kind == b"S":
-            st, ut, syst, rss = body.split(b"\0")
-            self.program_status = (int(st), float(ut), float(syst), int(rss))
-
-    def limit_hit(self, verdict: str) -> None:
-        """Escalate: SIGTERM (forwarded by init) now, SIGKILL to the whole jail after the grace."""
-        if self.verdict is None:
-            self.verdict = verdict
-            now = time.monotonic()
-            self.jail.signal(signal.SIGTERM)
-            self.kill_at = now + self.jail.spec.kill_grace
-
-    def read_pipe(self, fd: int) -> None:
-        p = self.pipes[fd]
-        data = os.read(fd, 65536)
-        if not data:
-            self.sel.unregister(fd)
-            os.close(fd)
-            del self.pipes[fd]
-            return
-        if self.output_limit is not None:
-            room = self.output_limit - p.size
-            if len(data) > room:
-                data = data[:max(room, 0)]
-                p.truncated = True
-                self.limit_hit("output-limit")
-        p.size += len(data)
-        if p.relay is None:
-            p.chunks.append(data)
-            return
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(p.relay, view):]
-            except BlockingIOError:
-                select.select([], [p.relay], [])
-            except OSError:
-                return
-
-    def write_input(self, fd: int) -> None:
-        assert self.input is not None
-        try:
-            n = os.write(fd, self.input[:65536])
-        except BrokenPipeError:
-            n = len(self.input)
-        self.input = self.input[n:]
-        if not self.input:
-            self.sel.unregister(fd)
-            os.close(fd)
-
-    def run(self) -> None:
-        jail = self.jail
-        spec = jail.spec
-        self.sel.register(jail.chan, selectors.EVENT_READ, "chan")
-        self.sel.register(jail.pidfd, selectors.EVENT_READ, "exit")
-        chan_open = True
-        drain_until: float | None = None
-        while True:
-            now = time.monotonic()
-            start = self.exec_at or jail.started
-            if spec.time_limit is not None and not self.exited and now - start >= spec.time_limit:
-                self.limit_hit("time-limit")
-            if (spec.cpu_limit is not None and jail.cgroup is not None and not self.exited
-                    and self.verdict is None and jail.cgroup.cpu_time() >= spec.cpu_limit):
-                self.limit_hit("cpu-limit")
-            if self.kill_at is not None and now >= self.kill_at and not self.exited:
-                jail.signal(signal.SIGKILL)
-                self.kill_at = None
-            if self.exited and not chan_open and (not self.pipes or (drain_until and now > drain_until)):
-                break
-            timeout = 0.05 if self.exited else self._timeout(now, start)
-            for key, _ in self.sel.select(timeout):
-                tag = key.data
-                if tag == "chan":
-                    try:
-                        rec = jail.chan.recv(65536)
-                    except ConnectionResetError:
-                        rec = b""
-                    if rec:
-                        self.on_record(rec)
-                    else:
-                        chan_open = False
-                        self.sel.unregister(jail.chan)
-                        if self.exec_at is None and self.error is None:
-                            self.exec_at = time.monotonic()  # --no-init: EOF means exec
-                elif tag == "exit":
-                    self.exited = True
-                    self.sel.unregister(jail.pidfd)
-                    drain_until = time.monotonic() + max(spec.kill_grace, 0.5)
-                elif tag == "out":
-                    self.read_pipe(key.fd)
-                elif tag == "in":
-                    self.write_input(key.fd)
-
-    def _timeout(self, now: float, start: float) -> float | None:
-        marks = []
-        if self.jail.spec.cpu_limit is not None and self.jail.cgroup is not None:
-            marks.append(now + 0.01)  # poll the jail's CPU time every 10 ms
-        if self.jail.spec.time_limit is not None and self.verdict is None:
-            marks.append(start + self.jail.spec.time_limit)
-        if self.kill_at is not None:
-            marks.append(self.kill_at)
-        if not marks:
-            return None
-        return max(0.0, min(marks) - now)
-
-
-def _stdio_fd(value: Any, default: int, mode: int) -> tuple[int, int | None]:
-    """(fd for the child, fd to close in the parent after spawn) for a subprocess-style argument."""
-    if value is None:
-        return default, None
-    if value == subprocess.DEVNULL:
-        fd = os.open(os.devnull, mode | os.O_CLOEXEC)
-        return fd, fd
-    if isinstance(value, int):
-        return value, None
-    return value.fileno(), None
-
-
-def run(spec: Spec, *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
-        input: bytes | None = None, capture_output: bool = False, forward_signals: bool = False,
-        verbose: bool = False, log: Log | None = None) -> Result:
-    """Run one jail to completion. Raises SetupError (or ExecError) when it could not start."""
-    to_close: list[int] = []
-    parent_ends: dict[int, str] = {}
-    relays: dict[int, int] = {}
-    try:
-        if input is not None:
-            r, w = os.pipe2(os.O_CLOEXEC)
-            in_fd, to_close = r, [r]
-            parent_ends[w] = "in"
-        else:
-            in_fd, c = _stdio_fd(stdin, 0, os.O_RDONLY)
-            to_close += [c] if c is not None else []
-        out_fds = []
-        for which, value, default in (("stdout", stdout, 1), ("stderr", stderr, 2)):
-            if capture_output or value == subprocess.PIPE:
-                r, w = os.pipe2(os.O_CLOEXEC)
-                parent_ends[r] = which
-                to_close.append(w)
-                out_fds.append(w)
-            elif spec.output_limit is not None:
-                r, w = os.pipe2(os.O_CLOEXEC)
-                fd, c = _stdio_fd(value, default, os.O_WRONLY)
-                to_close += [w] + ([c] if c is not None else [])
-                relays[r] = os.dup(fd)
-                parent_ends[r] = which
-                out_fds.append(w)
-            else:
-                fd, c = _stdio_fd(value, default, os.O_WRONLY)
-                to_close += [c] if c is not None else []
-                out_fds.append(fd)
-        cg, derived, notes = _limits(spec)
-        try:
-            plan = pipeline.prepare(spec, (in_fd, out_fds[0], out_fds[1]), verbose, derived,
-                                    _bpf(spec))
-            jail = spawn(spec, plan, cg)
-        except BaseException:
-            if cg is not None:
-                cg.remove()
-            raise
-        jail.notes.extend(notes)
-        jail.limits.update(_limits_applied(spec, plan, cg))
-    except BaseException:
-        for fd in list(parent_ends) + to_close + list(relays.values()):
-            os.close(fd)
-        raise
-    for fd in to_close:
-        os.close(fd)
-    try:
-        return _watch(jail, parent_ends, relays, input, forward_signals, log if verbose else None)
-    finally:
-        for fd in relays.values():
-            os.close(fd)
 
 
 def _limits(spec: Spec) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
@@ -401,68 +197,317 @@ def _bpf(spec: Spec) -> bytes | None:
                                   spec.seccomp_deny, spec.seccomp_log)
 
 
-def _watch(jail: Jail, parent_ends: dict[int, str], relays: dict[int, int],
-           input: bytes | None, forward_signals: bool, log: Log | None) -> Result:
-    w = _Watch(jail, log)
-    names: dict[int, str] = {}
-    for fd, which in parent_ends.items():
-        if which == "in":
-            os.set_blocking(fd, False)
-            w.input = memoryview(input or b"")
-            w.sel.register(fd, selectors.EVENT_WRITE, "in")
+# ---- the jail side ----------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What the jail's supervisor knows at the end; plain data, so it can cross a socket."""
+
+    status: int | None = None
+    cpu_user: float | None = None
+    cpu_system: float | None = None
+    memory_peak: int | None = None
+    processes: int | None = None
+    oom: bool = False
+    setup_time: float = 0.0
+    wall_time: float = 0.0
+    error: tuple[str, str, int, str] | None = None  # (class, step, errno, detail)
+    verdict: str | None = None
+    limits: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class JailWatch:
+    """Supervises one jail: handshake records, exit, time and CPU limits, escalation, reaping."""
+
+    def __init__(self, jail: Jail, log: Log | None = None) -> None:
+        self.jail = jail
+        self.log = log
+        self.error: tuple[str, str, int, str] | None = None
+        self.exec_at: float | None = None
+        self.program: tuple[int, float, float, int] | None = None
+        self.exited = False
+        self.chan_open = True
+        self.verdict: str | None = None
+        self.kill_at: float | None = None
+        self.exited_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.exited and not self.chan_open
+
+    def register(self, sel: selectors.BaseSelector) -> None:
+        sel.register(self.jail.chan, selectors.EVENT_READ, (self, "chan"))
+        sel.register(self.jail.pidfd, selectors.EVENT_READ, (self, "exit"))
+
+    def handle(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        if key.data[1] == "exit":
+            self.exited = True
+            self.exited_at = time.monotonic()
+            sel.unregister(self.jail.pidfd)
+            return
+        try:
+            rec = self.jail.chan.recv(65536)
+        except ConnectionResetError:
+            rec = b""
+        if rec:
+            self.on_record(rec)
+            return
+        self.chan_open = False
+        sel.unregister(self.jail.chan)
+        if self.exec_at is None and self.error is None:
+            self.exec_at = time.monotonic()  # --no-init: EOF on the channel means exec
+
+    def on_record(self, rec: bytes) -> None:
+        kind, body = rec[:1], rec[1:]
+        if kind == b"T" and self.log:
+            step, _, ns = body.partition(b"\0")
+            self.log(f"{step.decode(errors='replace')}: {int(ns) / 1e6:.3f} ms")
+        elif kind == b"E":
+            step, err, detail = (body.split(b"\0", 2) + [b"", b""])[:3]
+            cls = "ExecError" if step in (b"execve", b"find program") else "SetupError"
+            self.error = (cls, step.decode(errors="replace"), int(err or 0),
+                          detail.decode(errors="replace"))
+        elif kind == b"X":
+            self.exec_at = time.monotonic()
+        elif kind == b"S":
+            st, ut, syst, rss = body.split(b"\0")
+            self.program = (int(st), float(ut), float(syst), int(rss))
+
+    def limit_hit(self, verdict: str) -> None:
+        """Escalate: SIGTERM (forwarded by init) now, SIGKILL to the whole jail after the grace."""
+        if self.verdict is None and not self.exited:
+            self.verdict = verdict
+            self.jail.signal(signal.SIGTERM)
+            self.kill_at = time.monotonic() + self.jail.spec.kill_grace
+
+    def tick(self, now: float) -> float | None:
+        """Check the limits; return the next time this watch needs a tick, or None."""
+        if self.exited:
+            return None
+        spec, cg = self.jail.spec, self.jail.cgroup
+        start = self.exec_at or self.jail.started
+        marks = []
+        if spec.time_limit is not None and self.verdict is None:
+            if now - start >= spec.time_limit:
+                self.limit_hit("time-limit")
+            else:
+                marks.append(start + spec.time_limit)
+        if spec.cpu_limit is not None and cg is not None and self.verdict is None:
+            if cg.cpu_time() >= spec.cpu_limit:
+                self.limit_hit("cpu-limit")
+            else:
+                marks.append(now + 0.01)  # poll the jail's CPU time every 10 ms
+        if self.kill_at is not None:
+            if now >= self.kill_at:
+                self.jail.signal(signal.SIGKILL)
+                self.kill_at = None
+            else:
+                marks.append(self.kill_at)
+        return min(marks) if marks else None
+
+    def finish(self) -> Outcome:
+        """Reap, read the counters, remove the cgroup; the jail is gone after this."""
+        jail = self.jail
+        usage = None
+        try:
+            _, status, ru = os.wait4(jail.pid, 0)
+            if jail.cgroup is not None:
+                usage = jail.cgroup.usage()
+        finally:
+            jail.close()
+        end = self.exited_at or time.monotonic()
+        out = Outcome(error=self.error, verdict=self.verdict, limits=jail.limits, notes=jail.notes,
+                      setup_time=(self.exec_at or end) - jail.started,
+                      wall_time=end - (self.exec_at or jail.started))
+        if self.program is not None:
+            out.status, out.cpu_user, out.cpu_system, rss = self.program
+            out.memory_peak = rss * 1024
         else:
-            w.pipes[fd] = _Pipe(fd, relays.get(fd))
-            names[fd] = which
-            w.sel.register(fd, selectors.EVENT_READ, "out")
-    captured = dict(w.pipes)
-    old_handlers = _forward_signals(jail) if forward_signals else {}
-    usage = None
-    try:
-        w.run()
-        _, status, ru = os.wait4(jail.pid, 0)
-        if jail.cgroup is not None:
-            usage = jail.cgroup.usage()
-    finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        for fd in list(w.pipes):
+            out.status, out.cpu_user, out.cpu_system = status, ru.ru_utime, ru.ru_stime
+            out.memory_peak = ru.ru_maxrss * 1024
+        if usage is not None:
+            out.cpu_user = usage.cpu_user if usage.cpu_user is not None else out.cpu_user
+            out.cpu_system = usage.cpu_system if usage.cpu_system is not None else out.cpu_system
+            out.memory_peak = usage.memory_peak or out.memory_peak
+            out.processes = usage.pids_peak
+            out.oom = usage.oom_killed
+        return out
+
+
+# ---- the caller side --------------------------------------------------------------------------
+
+
+@dataclass
+class _Pipe:
+    fd: int
+    name: str
+    relay: int | None = None  # copy to this fd instead of keeping (an --output-limit on a tty/file)
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    truncated: bool = False
+
+
+class IOWatch:
+    """The caller's end of the jail's stdio: captured pipes, input to feed, the output cap."""
+
+    def __init__(self, output_limit: int | None, on_limit: Callable[[str], None]) -> None:
+        self.output_limit = output_limit
+        self.on_limit = on_limit
+        self.pipes: dict[int, _Pipe] = {}
+        self.done_pipes: list[_Pipe] = []
+        self.input: memoryview | None = None
+        self.input_fd = -1
+
+    @property
+    def done(self) -> bool:
+        return not self.pipes
+
+    def register(self, sel: selectors.BaseSelector) -> None:
+        for fd in self.pipes:
+            sel.register(fd, selectors.EVENT_READ, (self, "out"))
+        if self.input_fd >= 0:
+            os.set_blocking(self.input_fd, False)
+            sel.register(self.input_fd, selectors.EVENT_WRITE, (self, "in"))
+
+    def handle(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        if key.data[1] == "in":
+            self._write_input(sel)
+        else:
+            self._read(sel, self.pipes[key.fd])
+
+    def _read(self, sel: selectors.BaseSelector, p: _Pipe) -> None:
+        data = os.read(p.fd, 65536)
+        if not data:
+            sel.unregister(p.fd)
+            os.close(p.fd)
+            self.done_pipes.append(self.pipes.pop(p.fd))
+            return
+        if self.output_limit is not None:
+            room = self.output_limit - sum(q.size for q in (*self.pipes.values(), *self.done_pipes))
+            if len(data) > room:
+                data = data[:max(room, 0)]
+                p.truncated = True
+                self.on_limit("output-limit")
+        p.size += len(data)
+        if p.relay is None:
+            p.chunks.append(data)
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(p.relay, view):]
+            except BlockingIOError:
+                select.select([], [p.relay], [])
+            except OSError:
+                return
+
+    def _write_input(self, sel: selectors.BaseSelector) -> None:
+        assert self.input is not None
+        try:
+            n = os.write(self.input_fd, self.input[:65536])
+        except BrokenPipeError:
+            n = len(self.input)
+        self.input = self.input[n:]
+        if not self.input:
+            sel.unregister(self.input_fd)
+            os.close(self.input_fd)
+            self.input_fd = -1
+
+    def close(self) -> None:
+        for fd in list(self.pipes):
             os.close(fd)
-        for key in list(w.sel.get_map().values()):
-            if key.data == "in":
-                os.close(key.fd)
-        w.sel.close()
-        jail.close()
-    if w.error is not None:
-        raise w.error
-    end = time.monotonic()
-    res = Result(argv=jail.spec.argv, verdict="ok",
-                 wall_time=end - (w.exec_at or jail.started),
-                 setup_time=(w.exec_at or end) - jail.started,
-                 limits=jail.limits, notes=jail.notes)
-    if w.program_status is not None:
-        st, res.cpu_user, res.cpu_system, rss = w.program_status
-        res.memory_peak = rss * 1024
-    else:
-        st = status
-        res.cpu_user, res.cpu_system, res.memory_peak = ru.ru_utime, ru.ru_stime, ru.ru_maxrss * 1024
+            self.done_pipes.append(self.pipes.pop(fd))
+        if self.input_fd >= 0:
+            os.close(self.input_fd)
+            self.input_fd = -1
+        for p in self.done_pipes:
+            if p.relay is not None:
+                os.close(p.relay)
+                p.relay = None
+
+    def fill(self, res: Result) -> None:
+        for p in self.done_pipes:
+            if p.relay is None and not p.name.startswith("relay"):
+                setattr(res, p.name, b"".join(p.chunks))
+            setattr(res, p.name.removeprefix("relay-") + "_truncated", p.truncated)
+
+
+@dataclass
+class Stdio:
+    """The jail's descriptors (fd in this process, fd number in the jail) and the caller's ends."""
+
+    child: list[tuple[int, int]]
+    close_after_start: list[int]
+    io: IOWatch
+
+
+def open_stdio(spec: Spec, stdin: Any, stdout: Any, stderr: Any, input: bytes | None,
+               capture_output: bool, on_limit: Callable[[str], None]) -> Stdio:
+    """subprocess-style arguments -> pipes and descriptors; output is piped through the caller
+    when it is captured or capped by --output-limit."""
+    io = IOWatch(spec.output_limit, on_limit)
+    child: list[tuple[int, int]] = []
+    close: list[int] = []
+    try:
+        if input is not None:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            child.append((r, 0))
+            close.append(r)
+            io.input, io.input_fd = memoryview(input), w
+        else:
+            child.append((_fd_for(stdin, 0, os.O_RDONLY, close), 0))
+        for target, name, value in ((1, "stdout", stdout), (2, "stderr", stderr)):
+            if capture_output or value == subprocess.PIPE:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                io.pipes[r] = _Pipe(r, name)
+            elif spec.output_limit is not None:
+                fd = _fd_for(value, target, os.O_WRONLY, close)
+                r, w = os.pipe2(os.O_CLOEXEC)
+                io.pipes[r] = _Pipe(r, "relay-" + name, relay=os.dup(fd))
+            else:
+                child.append((_fd_for(value, target, os.O_WRONLY, close), target))
+                continue
+            child.append((w, target))
+            close.append(w)
+        child.extend((fd, fd) for fd in spec.pass_fds)
+    except BaseException:
+        for fd in close:
+            os.close(fd)
+        io.close()
+        raise
+    return Stdio(child, close, io)
+
+
+def _fd_for(value: Any, default: int, mode: int, close: list[int]) -> int:
+    if value is None:
+        return default
+    if value == subprocess.DEVNULL:
+        fd = os.open(os.devnull, mode | os.O_CLOEXEC)
+        close.append(fd)
+        return fd
+    if isinstance(value, int):
+        return value
+    return value.fileno()
+
+
+def result(spec: Spec, out: Outcome, io: IOWatch | None) -> Result:
+    """The Result of an Outcome, or the SetupError/ExecError it carries."""
+    if out.error is not None:
+        cls, step, err, detail = out.error
+        raise (ExecError if cls == "ExecError" else SetupError)(step, err, detail)
+    res = Result(argv=spec.argv, verdict="ok", wall_time=out.wall_time, setup_time=out.setup_time,
+                 cpu_user=out.cpu_user, cpu_system=out.cpu_system, memory_peak=out.memory_peak,
+                 processes=out.processes, limits=out.limits, notes=out.notes)
+    st = out.status if out.status is not None else 0
     if os.WIFSIGNALED(st):
         res.signal = os.WTERMSIG(st)
     else:
         res.exit_code = os.WEXITSTATUS(st)
-    for fd, p in captured.items():
-        if p.relay is None:
-            setattr(res, names[fd], b"".join(p.chunks))
-        setattr(res, names[fd] + "_truncated", p.truncated)
-    oom = False
-    if usage is not None:
-        res.cpu_user = usage.cpu_user if usage.cpu_user is not None else res.cpu_user
-        res.cpu_system = usage.cpu_system if usage.cpu_system is not None else res.cpu_system
-        res.memory_peak = usage.memory_peak or res.memory_peak
-        res.processes = usage.pids_peak
-        oom = usage.oom_killed
-    res.verdict = w.verdict or _verdict(jail.spec, res, oom)
-    if res.verdict == "seccomp" and jail.spec.seccomp_log is False:
-        res.syscall = _seccomp_syscall(jail.pid)
+    if io is not None:
+        io.fill(res)
+    res.verdict = out.verdict or _verdict(spec, res, out.oom)
     return res
 
 
@@ -484,16 +529,66 @@ def _verdict(spec: Spec, res: Result, oom: bool) -> str:
     return "ok" if res.exit_code == 0 else "nonzero-exit"
 
 
-def _seccomp_syscall(pid: int) -> str | None:
-    """The blocked syscall of a program killed by seccomp, where the kernel's audit log has it."""
-    return None
+def drive(sel: selectors.BaseSelector, watches: list[Any], ticks: Callable[[float], float | None],
+          finished: Callable[[], bool]) -> None:
+    """One event loop: dispatch ready descriptors to their watcher, tick the limits."""
+    while not finished():
+        now = time.monotonic()
+        nxt = ticks(now)
+        timeout = None if nxt is None else max(0.0, nxt - now)
+        for key, _ in sel.select(timeout):
+            key.data[0].handle(sel, key)
 
 
-def _forward_signals(jail: Jail) -> dict[int, Any]:
+# ---- one jail, in this process ----------------------------------------------------------------
+
+
+def run(spec: Spec, *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
+        input: bytes | None = None, capture_output: bool = False, forward_signals: bool = False,
+        verbose: bool = False, log: Log | None = None) -> Result:
+    """Run one jail to completion from this process (the CLI's path: it clones from here)."""
+    watch: list[JailWatch] = []
+    stdio = open_stdio(spec, stdin, stdout, stderr, input, capture_output,
+                       lambda v: watch[0].limit_hit(v) if watch else None)
+    try:
+        jail = start(spec, tuple(stdio.child), verbose)
+    except BaseException:
+        stdio.io.close()
+        raise
+    finally:
+        for fd in stdio.close_after_start:
+            os.close(fd)
+    jw = JailWatch(jail, log if verbose else None)
+    watch.append(jw)
+    sel = selectors.DefaultSelector()
+    jw.register(sel)
+    stdio.io.register(sel)
+    old = _forward_signals(jail.signal) if forward_signals else {}
+    try:
+        drive(sel, [jw, stdio.io], lambda now: _next_tick(jw, spec, now),
+              lambda: jw.done and (stdio.io.done or _drained(jw, spec)))
+        outcome = jw.finish()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        sel.close()
+        stdio.io.close()
+    return result(spec, outcome, stdio.io)
+
+
+def _next_tick(jw: JailWatch, spec: Spec, now: float) -> float | None:
+    if jw.exited_at is not None:
+        return jw.exited_at + max(spec.kill_grace, 0.5)
+    return jw.tick(now)
+
+
+def _drained(jw: JailWatch, spec: Spec) -> bool:
+    """Stop reading output a grace period after the jail ended (a leftover may hold a pipe)."""
+    return jw.exited_at is not None and time.monotonic() > jw.exited_at + max(spec.kill_grace, 0.5)
+
+
+def _forward_signals(send: Callable[[int], None]) -> dict[int, Any]:
     """Install handlers that pass the caller's signals to the jail; only the main thread can."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    old = {}
-    for sig in FORWARDED:
-        old[sig] = signal.signal(sig, lambda s, _f: jail.signal(s))
-    return old
+    return {sig: signal.signal(sig, lambda s, _f: send(s)) for sig in FORWARDED}
