@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from .errors import ExecError, Isol8rError, JailFailed, SetupError, SpecError
 from .result import Result
 from .spec import Spec
 
-__all__ = ["run", "Spec", "Result", "Isol8rError", "SpecError", "SetupError", "ExecError",
+__all__ = ["run", "run_async", "Spec", "Result", "Isol8rError", "SpecError", "SetupError", "ExecError",
            "JailFailed"]
 __version__ = "0.1.0"
 
@@ -22,16 +23,68 @@ __version__ = "0.1.0"
 def run(cmd: Sequence[str] | Spec, *, capture_output: bool = False, input: bytes | str | None = None,
         stdin: Any = None, stdout: Any = None, stderr: Any = None, timeout: float | None = None,
         check: bool = False, text: bool = False, forward_signals: bool = False,
-        **options: Any) -> Result:
+        fork_server: bool = True, **options: Any) -> Result:
     """Run cmd in a jail, with subprocess.run habits; options are the CLI's long names
     with underscores (rootfs=, ro_bind=[...], share_net=True, memory="64M", ...).
 
     timeout is the jail's wall-clock limit: the Result's verdict says "time-limit" rather than
     an exception being raised, unless check=True. Raises SpecError for bad input and SetupError
     when the jail could not be set up; the host is left as it was in both cases.
+    Jails are cloned by a small fork server started on first use (fork_server=False clones
+    from this process: only safe while it has a single thread).
     """
     from . import supervisor
 
+    spec = _spec(cmd, timeout, options)
+    data = input.encode() if isinstance(input, str) else input
+    if fork_server:
+        stdio = supervisor.open_stdio(spec, stdin, stdout, stderr, data, capture_output,
+                                      lambda _v: None)
+        result = _client().run(spec, stdio, forward_signals=forward_signals)
+    else:
+        result = supervisor.run(spec, stdin=stdin, stdout=stdout, stderr=stderr, input=data,
+                                capture_output=capture_output, forward_signals=forward_signals)
+    return _finish(result, text, check)
+
+
+async def run_async(cmd: Sequence[str] | Spec, *, capture_output: bool = False,
+                    input: bytes | str | None = None, stdin: Any = None, stdout: Any = None,
+                    stderr: Any = None, timeout: float | None = None, check: bool = False,
+                    text: bool = False, **options: Any) -> Result:
+    """run() for asyncio: the jail is cloned and watched by the fork server; this coroutine
+    only waits on descriptors, so many jails need no thread each."""
+    from . import server, supervisor
+
+    spec = _spec(cmd, timeout, options)
+    data = input.encode() if isinstance(input, str) else input
+    stdio = supervisor.open_stdio(spec, stdin, stdout, stderr, data, capture_output, lambda _v: None)
+    return _finish(await server.run_async(_client(), spec, stdio), text, check)
+
+
+_CLIENT: Any = None
+
+
+def _client() -> Any:
+    global _CLIENT
+    if _CLIENT is None:
+        from . import server
+        _CLIENT = server.Client()
+    return _CLIENT
+
+
+def _finish(result: Result, text: bool, check: bool) -> Result:
+    if text:
+        for name in ("stdout", "stderr"):
+            value = getattr(result, name)
+            if value is not None:
+                setattr(result, name, value.decode("utf-8", "replace"))
+    if check and result.status != 0:
+        raise JailFailed(result)
+    return result
+
+
+def _spec(cmd: Sequence[str] | Spec, timeout: float | None, options: dict[str, Any]) -> Spec:
+    """The Spec of a call, with --keep-env resolved here: the fork server has its own environment."""
     if isinstance(cmd, Spec):
         if options:
             raise SpecError("", sorted(options), "options cannot be combined with a Spec")
@@ -48,14 +101,7 @@ def run(cmd: Sequence[str] | Spec, *, capture_output: bool = False, input: bytes
         spec = Spec.from_options(cmd, options)
     if timeout is not None and isinstance(cmd, Spec):
         spec = spec.replace(time_limit=float(timeout))
-    data = input.encode() if isinstance(input, str) else input
-    result = supervisor.run(spec, stdin=stdin, stdout=stdout, stderr=stderr, input=data,
-                            capture_output=capture_output, forward_signals=forward_signals)
-    if text:
-        for name in ("stdout", "stderr"):
-            value = getattr(result, name)
-            if value is not None:
-                setattr(result, name, value.decode("utf-8", "replace"))
-    if check and result.status != 0:
-        raise JailFailed(result)
-    return result
+    if spec.keep_env:
+        kept = tuple((k, os.environ[k]) for k in spec.keep_env if k in os.environ)
+        spec = spec.replace(env=kept + spec.env, keep_env=())
+    return spec

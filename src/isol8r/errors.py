@@ -50,3 +50,22 @@ class JailFailed(Isol8rError):
         self.result = result
         super().__init__(f"jailed program {result.argv[0] if result.argv else ''!s} ended: "
                          f"{result.describe()}")
+
+
+def to_wire(e: Isol8rError) -> tuple[Any, ...]:
+    """An error as plain data, to cross the fork server's socket."""
+    if isinstance(e, SetupError):
+        return (type(e).__name__, e.step, e.errno, e.detail)
+    if isinstance(e, SpecError):
+        return ("SpecError", e.field, e.value, e.reason)
+    return ("Isol8rError", str(e))
+
+
+def from_wire(t: tuple[Any, ...]) -> Isol8rError:
+    """The error to_wire() described."""
+    kind, *args = t
+    if kind in ("SetupError", "ExecError"):
+        return (ExecError if kind == "ExecError" else SetupError)(*args)
+    if kind == "SpecError":
+        return SpecError(*args)
+    return Isol8rError(*args)

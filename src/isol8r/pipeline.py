@@ -142,7 +142,8 @@ class _Channel:
             raise _Failed(getattr(e, "syscall", None) and f"{name}: {e.syscall}" or name,
                           e.errno or errno.EIO, detail) from None
         if self.verbose:
-            self.send(b"T%s\0%d" % (name.encode(), time.monotonic_ns() - start))
+            end = time.monotonic_ns()
+            self.send(b"T%s\0%d\0%d" % (name.encode(), end - start, end))
 
     def fail(self, f: _Failed, code: int = 125) -> NoReturn:
         detail = f.detail.replace("\n", " ").encode("utf-8", "surrogateescape")
@@ -311,5 +312,5 @@ class _MountLog(mounts.StepLog):
 
     def op(self, description: str) -> None:
         now = time.monotonic_ns()
-        self.ch.send(b"T  %s\0%d" % (description.encode(), now - self.t))
+        self.ch.send(b"T  %s\0%d\0%d" % (description.encode(), now - self.t, now))
         self.t = now

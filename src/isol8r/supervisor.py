@@ -262,8 +262,10 @@ class JailWatch:
     def on_record(self, rec: bytes) -> None:
         kind, body = rec[:1], rec[1:]
         if kind == b"T" and self.log:
-            step, _, ns = body.partition(b"\0")
-            self.log(f"{step.decode(errors='replace')}: {int(ns) / 1e6:.3f} ms")
+            step, took, at = (body.split(b"\0") + [b"0"])[:3]
+            since = int(at) / 1e9 - self.jail.started if int(at) else 0.0
+            self.log(f"{step.decode(errors='replace')}: {int(took) / 1e6:.3f} ms "
+                     f"(at +{since * 1e3:.3f} ms)")
         elif kind == b"E":
             step, err, detail = (body.split(b"\0", 2) + [b"", b""])[:3]
             cls = "ExecError" if step in (b"execve", b"find program") else "SetupError"

@@ -1,0 +1,539 @@
+"""Cgroups: the jail's memory, pids and CPU limits and the counters its verdict is built from.
+
+Only a group of processes can be capped and accounted as a whole, so each jail gets its own cgroup:
+one v2 group on unified hosts, or one group per v1 hierarchy on hybrid hosts (memory, pids, cpu,
+cpuacct, freezer), found at run time from /proc/self/mountinfo and /proc/self/cgroup.
+
+The machine's cgroups are not ours. We create groups only in an `isol8r/` directory beneath the
+cgroup this process runs in (or beneath the user's cgroup_parent), write control files only of
+groups we created, use on v2 only controllers already delegated to that cgroup, and remove all we
+create.
+Where no group can be made, create() raises CgroupUnavailable with a one-line reason, so the caller
+can report "fell back to rlimits" instead of silently running without limits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import itertools
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+
+from .errors import Isol8rError
+
+PERIOD_US = 100_000  # CFS period for the cpus limit: 100 ms
+_V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
+_ACCOUNTING = frozenset({"memory", "pids"})  # used for peaks when present, even without a limit
+_STALE_NAME = re.compile(r"jail-(\d+)-\d+-[0-9a-f]+\Z")
+_STALE_AGE = 60.0  # seconds: younger groups may belong to a supervisor in another pid namespace
+_counter = itertools.count()
+
+
+class CgroupUnavailable(Isol8rError):
+    """No cgroup could be made for this jail; `reason` is one line the result can show."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the jail's cgroup caps: bytes of memory (swap included), processes, CPU cores."""
+
+    memory: int | None = None
+    pids: int | None = None
+    cpus: float | None = None
+
+    def __post_init__(self) -> None:
+        for field, value in (("memory", self.memory), ("pids", self.pids), ("cpus", self.cpus)):
+            if value is not None and not value > 0:
+                raise ValueError(f"cgroup limit {field} must be positive, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The jail's counters for the verdict; None where this kernel or layout lacks the counter."""
+
+    cpu_user: float | None
+    cpu_system: float | None
+    memory_peak: int | None
+    oom_killed: bool
+    pids_peak: int | None
+
+
+# ---- layout -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted cgroup hierarchy as this process sees it."""
+
+    mountpoint: str
+    root: str  # the mount's root inside the hierarchy (mountinfo field 4)
+    current: str  # this process's cgroup in it (/proc/self/cgroup)
+    readonly: bool
+
+    def fs_path(self, cgroup: str) -> str | None:
+        """The directory of a cgroup path, or None when this mount does not show it."""
+        root = self.root.rstrip("/")
+        if cgroup != root and not cgroup.startswith(root + "/"):
+            return None
+        rel = cgroup[len(root):].strip("/")
+        return os.path.join(self.mountpoint, rel) if rel else self.mountpoint
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the hierarchies are. Tests build one over a fake tree: detect(mountinfo, cgroup)."""
+
+    v1: dict[str, Hierarchy]  # controller -> its v1 hierarchy (co-mounted ones share one)
+    v2: Hierarchy | None
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def detect(mountinfo: str | None = None, proc_cgroup: str | None = None) -> Layout:
+    """The layout from the texts of /proc/self/mountinfo and /proc/self/cgroup (default: ours)."""
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+    if proc_cgroup is None:
+        with open("/proc/self/cgroup") as f:
+            proc_cgroup = f.read()
+    current: dict[str, str] = {}  # controller -> path; "" -> the v2 path
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for ctl in parts[1].split(",") if parts[1] else [""]:
+                current.setdefault(ctl, parts[2])
+    v1: dict[str, Hierarchy] = {}
+    v2: Hierarchy | None = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        sep = fields.index("-")
+        fstype = fields[sep + 1]
+        superopts = fields[sep + 3].split(",") if len(fields) > sep + 3 else []
+        readonly = "ro" in fields[5].split(",") or "ro" in superopts
+        mnt, root = _unescape(fields[4]), _unescape(fields[3])
+        if fstype == "cgroup2" and v2 is None and "" in current:
+            v2 = Hierarchy(mnt, root, current[""], readonly)
+        elif fstype == "cgroup":
+            for ctl in _V1_CONTROLLERS:
+                if ctl in superopts and ctl in current and ctl not in v1:
+                    v1[ctl] = Hierarchy(mnt, root, current[ctl], readonly)
+    return Layout(v1, v2)
+
+
+# ---- plan: which directories to create groups in ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    version: int
+    bases: dict[str, str]  # controller -> the existing group to make isol8r/<name> in ("" on v2)
+    enable: tuple[str, ...]  # v2: controllers to enable in isol8r/cgroup.subtree_control
+
+
+def _base(h: Hierarchy, parent: str | None, what: str) -> str:
+    cgroup = parent if parent is not None else h.current
+    path = h.fs_path(cgroup)
+    if path is None:
+        raise CgroupUnavailable(f"cgroup {cgroup} is outside the {what} mount at {h.mountpoint}")
+    if not os.path.isdir(path):
+        raise CgroupUnavailable(f"cgroup parent {cgroup} does not exist in the {what} hierarchy")
+    if h.readonly:
+        raise CgroupUnavailable(f"the {what} cgroup filesystem at {h.mountpoint} is read-only")
+    return path
+
+
+def _plan(limits: Limits, parent: str | None, layout: Layout) -> _Plan:
+    required = {c for c, v in (("memory", limits.memory), ("pids", limits.pids),
+                               ("cpu", limits.cpus)) if v is not None}
+    if any(c in layout.v1 for c in ("memory", "pids", "cpu", "cpuacct")):
+        required.add("cpuacct")  # CPU time is always wanted
+        bases: dict[str, str] = {}
+        for ctl in _V1_CONTROLLERS:
+            if ctl not in required and ctl not in _ACCOUNTING | {"freezer"}:
+                continue
+            try:
+                if ctl not in layout.v1:
+                    raise CgroupUnavailable(f"no cgroup v1 hierarchy has the {ctl} controller")
+                bases[ctl] = _base(layout.v1[ctl], parent, f"{ctl} (v1)")
+            except CgroupUnavailable:
+                if ctl in required:
+                    raise
+        return _Plan(1, bases, ())
+    if layout.v2 is None:
+        raise CgroupUnavailable("no cgroup filesystem is mounted")
+    base = _base(layout.v2, parent, "v2")
+    try:
+        delegated = set(_read(os.path.join(base, "cgroup.subtree_control")).split())
+    except OSError as e:
+        raise _fail("read", e) from e
+    missing = required - delegated
+    if missing:
+        where = parent if parent is not None else layout.v2.current
+        raise CgroupUnavailable(f"cgroup v2 controller {' '.join(sorted(missing))} not delegated "
+                                f"to {where} (absent from its cgroup.subtree_control)")
+    return _Plan(2, {"": base}, tuple(sorted(required | (_ACCOUNTING & delegated))))
+
+
+def available(parent: str | None = None, *, limits: Limits | None = None,
+              layout: Layout | None = None) -> str | None:
+    """None when create() should work here, else the reason it would not (for docs/diagnostics)."""
+    try:
+        plan = _plan(limits or Limits(), parent, layout or detect())
+    except CgroupUnavailable as e:
+        return e.reason
+    except OSError as e:
+        return f"cannot read the cgroup layout: {e}"
+    for base in plan.bases.values():
+        if not os.access(base, os.W_OK):
+            return f"cgroup {base} is not writable"
+    return None
+
+
+# ---- file helpers -------------------------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _read_opt(path: str) -> str | None:
+    try:
+        return _read(path)
+    except FileNotFoundError:
+        return None
+
+
+def _int_opt(path: str) -> int | None:
+    text = _read_opt(path)
+    return int(text) if text and text.strip().isdigit() else None
+
+
+def _kv(text: str | None) -> dict[str, int]:
+    """Parse "key value" lines (cpu.stat, memory.events, memory.oom_control, cpuacct.stat)."""
+    out = {}
+    for line in (text or "").splitlines():
+        k, _, v = line.partition(" ")
+        if v.strip().lstrip("-").isdigit():
+            out[k] = int(v)
+    return out
+
+
+def _write(path: str, text: str) -> None:
+    # O_CREAT|O_TRUNC is what the shell's `>` does: harmless on cgroupfs, and it lets a test's
+    # fake tree record what was written.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+    finally:
+        os.close(fd)
+
+
+def _fail(what: str, e: OSError) -> CgroupUnavailable:
+    name = errno.errorcode.get(e.errno or 0, str(e.errno))
+    return CgroupUnavailable(f"{what} {e.filename}: {name} ({e.strerror})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _sweep(top: str) -> None:
+    """Remove empty groups left by an isol8r that died before its cleanup ran (its pid is gone)."""
+    try:
+        names = os.listdir(top)
+    except OSError:
+        return
+    for name in names:
+        m = _STALE_NAME.match(name)
+        if not m or _alive(int(m[1])):
+            continue
+        path = os.path.join(top, name)
+        try:
+            if time.time() - os.stat(path).st_mtime > _STALE_AGE:
+                os.rmdir(path)  # EBUSY while processes are still in it: those we leave alone
+        except OSError:
+            pass
+
+
+def _make(base: str, name: str, enable: tuple[str, ...]) -> str:
+    """mkdir base/isol8r/name; retried when a concurrent jail removes isol8r/ under our feet."""
+    top = os.path.join(base, "isol8r")
+    path = os.path.join(top, name)
+    for attempt in range(20):
+        try:
+            os.mkdir(top)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise _fail("mkdir", e) from e
+        if attempt == 0:
+            _sweep(top)
+        try:
+            if enable:
+                _write(os.path.join(top, "cgroup.subtree_control"),
+                       " ".join("+" + c for c in enable))
+            os.mkdir(path)
+            return path
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise _fail("mkdir" if e.filename == path else "write to", e) from e
+    raise CgroupUnavailable(f"mkdir {path}: {top} kept disappearing")
+
+
+def _new_name() -> str:
+    return f"jail-{os.getpid()}-{next(_counter)}-{os.urandom(3).hex()}"
+
+
+# ---- the jail's cgroup --------------------------------------------------------------------------
+
+
+class Cgroup:
+    """One jail's cgroup: a group in each v1 hierarchy used, or one v2 group."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self._dirs: dict[str, str] = {}  # controller -> the jail's group dir ("" -> the v2 group)
+        self._fd = -1
+        self._owner = os.getpid()
+
+    @classmethod
+    def create(cls, limits: Limits, *, parent: str | None = None, name: str | None = None,
+               layout: Layout | None = None) -> Cgroup:
+        """Make the jail's group(s) under isol8r/ and set the limits, or raise CgroupUnavailable.
+
+        parent is a cgroup path from the hierarchy root ("/mygroup"), default the one we run in.
+        layout is for tests (a fake tree); callers leave it None.
+        """
+        name = name if name is not None else _new_name()
+        if not name or "/" in name or name in (".", "..") or "\0" in name:
+            raise ValueError(f"cgroup name {name!r} is not a single path component")
+        if parent is not None and (not parent.startswith("/") or ".." in parent.split("/")):
+            raise ValueError(f"cgroup_parent {parent!r} must be an absolute path without '..'")
+        try:
+            plan = _plan(limits, parent, layout or detect())
+        except OSError as e:
+            raise CgroupUnavailable(f"cannot read the cgroup layout: {e}") from e
+        group = cls(plan.version)
+        _live.add(group)
+        try:
+            made: dict[str, str] = {}  # base -> our group there (co-mounted controllers share it)
+            for ctl, base in plan.bases.items():
+                if base not in made:
+                    made[base] = _make(base, name, plan.enable)
+                group._dirs[ctl] = made[base]
+            group._set_limits(limits)
+        except BaseException:
+            try:
+                group.remove()
+            except OSError:
+                pass  # the reason to report is the first failure
+            raise
+        return group
+
+    def path(self, controller: str = "") -> str | None:
+        """The directory holding this controller's files (v2: the one group), None if not used."""
+        return self._dirs.get("" if self.version == 2 else controller)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every directory this group is made of, one per hierarchy."""
+        return tuple(dict.fromkeys(self._dirs.values()))
+
+    def _put(self, controller: str, file: str, value: object, optional: bool = False) -> None:
+        path = os.path.join(self._dirs["" if self.version == 2 else controller], file)
+        try:
+            _write(path, str(value))
+        except OSError as e:
+            # a missing kernfs file reads EACCES on open(O_CREAT): e.g. no swap accounting
+            if not (optional and e.errno in (errno.ENOENT, errno.EACCES)):
+                raise _fail(f"write {value} to", e) from e
+
+    def _set_limits(self, limits: Limits) -> None:
+        quota = None if limits.cpus is None else max(1000, round(limits.cpus * PERIOD_US))
+        if self.version == 1:
+            if limits.memory is not None:  # a fresh group: the limit first, then memory+swap
+                self._put("memory", "memory.limit_in_bytes", limits.memory)
+                self._put("memory", "memory.memsw.limit_in_bytes", limits.memory, optional=True)
+            if limits.pids is not None:
+                self._put("pids", "pids.max", limits.pids)
+            if quota is not None:
+                self._put("cpu", "cpu.cfs_period_us", PERIOD_US)
+                self._put("cpu", "cpu.cfs_quota_us", quota)
+        else:
+            if limits.memory is not None:  # swap 0 keeps memory+swap under the limit, as memsw
+                self._put("", "memory.max", limits.memory)
+                self._put("", "memory.swap.max", 0, optional=True)
+            if limits.pids is not None:
+                self._put("", "pids.max", limits.pids)
+            if quota is not None:
+                self._put("", "cpu.max", f"{quota} {PERIOD_US}")
+
+    def clone_fd(self) -> int:
+        """v2: a directory fd of the group for clone3(CLONE_INTO_CGROUP); v1: -1.
+
+        The fd belongs to this object (close-on-exec, closed by remove()); do not close it.
+        """
+        if self.version != 2 or not self._dirs:
+            return -1
+        if self._fd < 0:
+            self._fd = os.open(self._dirs[""], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self._fd
+
+    def attach(self, pid: int) -> None:
+        """Move a process (and its later children) into every group of the jail."""
+        for path in self.paths:
+            _write(os.path.join(path, "cgroup.procs"), str(pid))
+
+    def cpu_time(self) -> float:
+        """User+system CPU seconds of the whole jail so far; one small read, fit for polling."""
+        if self.version == 2:
+            return _kv(_read(os.path.join(self._dirs[""], "cpu.stat")))["usage_usec"] / 1e6
+        return int(_read(os.path.join(self._dirs["cpuacct"], "cpuacct.usage"))) / 1e9
+
+    def usage(self) -> Usage:
+        """The counters for the verdict; call before remove()."""
+        if self.version == 2:
+            d = self._dirs[""]
+            cpu = _kv(_read(os.path.join(d, "cpu.stat")))  # microseconds
+            events = _kv(_read_opt(os.path.join(d, "memory.events")))
+            return Usage(cpu["user_usec"] / 1e6, cpu["system_usec"] / 1e6,
+                         _int_opt(os.path.join(d, "memory.peak")), events.get("oom_kill", 0) > 0,
+                         _int_opt(os.path.join(d, "pids.peak")))
+        user, system = self._cpu_v1()
+        peak, oom = None, False
+        if "memory" in self._dirs:
+            d = self._dirs["memory"]
+            peak = _int_opt(os.path.join(d, "memory.max_usage_in_bytes"))
+            ctl = _kv(_read(os.path.join(d, "memory.oom_control")))
+            oom = ctl.get("oom_kill", 0) > 0 or ctl.get("under_oom", 0) == 1
+        pids = self._dirs.get("pids")
+        return Usage(user, system, peak, oom,
+                     _int_opt(os.path.join(pids, "pids.peak")) if pids else None)
+
+    def _cpu_v1(self) -> tuple[float | None, float | None]:
+        d = self._dirs.get("cpuacct")
+        if d is None:
+            return None, None
+        user = _read_opt(os.path.join(d, "cpuacct.usage_user"))
+        system = _read_opt(os.path.join(d, "cpuacct.usage_sys"))
+        if user is not None and system is not None:  # nanoseconds
+            return int(user) / 1e9, int(system) / 1e9
+        st = _kv(_read(os.path.join(d, "cpuacct.stat")))  # USER_HZ ticks
+        hz = os.sysconf("SC_CLK_TCK")
+        return st["user"] / hz, st["system"] / hz
+
+    def _procs(self) -> set[int]:
+        """Every process in the jail's groups and in any group the jail made beneath them."""
+        pids: set[int] = set()
+        for path in self.paths:
+            for d, _, _ in os.walk(path):
+                text = _read_opt(os.path.join(d, "cgroup.procs")) or ""
+                pids.update(int(p) for p in text.split())
+        return pids
+
+    def _freeze(self, frozen: bool) -> bool:
+        """v1: freeze or thaw through the freezer group, so nothing forks or exits while we kill."""
+        d = self._dirs.get("freezer") if self.version == 1 else None
+        if d is None:
+            return False
+        state = "FROZEN" if frozen else "THAWED"
+        _write(os.path.join(d, "freezer.state"), state)
+        deadline = time.monotonic() + 1.0
+        while frozen and _read(os.path.join(d, "freezer.state")).strip() != state:
+            if time.monotonic() > deadline:
+                break  # a task stuck in the kernel; kill what we can anyway
+            time.sleep(0.005)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL every process in the jail: cgroup.kill on v2, else freeze, kill each, thaw."""
+        if self.version == 2 and self._dirs:
+            try:
+                _write(os.path.join(self._dirs[""], "cgroup.kill"), "1")
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.EACCES):  # no cgroup.kill before 5.14
+                    raise
+        frozen = self._freeze(True)
+        try:
+            for _ in range(100):
+                pids = self._procs()
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                if not pids or frozen:  # frozen: nothing could fork meanwhile, one pass is all
+                    return
+                time.sleep(0.01)
+        finally:
+            if frozen:
+                self._freeze(False)
+
+    def remove(self) -> None:
+        """Kill leftovers, rmdir our groups, then the isol8r/ dirs left empty. Idempotent.
+
+        Raises OSError when a group stays busy for 5 s (e.g. an unreaped zombie on v1).
+        """
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        deadline = time.monotonic() + 5.0
+        for path in self.paths:
+            while True:
+                try:
+                    if self._procs():
+                        self.kill()
+                    for d, _, _ in os.walk(path, topdown=False):
+                        os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            try:
+                os.rmdir(os.path.dirname(path))  # isol8r/, unless another jail still uses it
+            except OSError as e:
+                if e.errno not in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT, errno.EEXIST):
+                    raise
+        self._dirs = {}
+        _live.discard(self)
+
+
+_live: set[Cgroup] = set()
+
+
+@atexit.register
+def _remove_at_exit() -> None:
+    """Best effort for a supervisor that forgot remove(); never in a forked child."""
+    for group in list(_live):
+        if group._owner == os.getpid():
+            try:
+                group.remove()
+            except OSError:
+                pass
