@@ -347,6 +347,25 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
     return MountPlan((root, *rest), tuple(final), idmap)
 
 
+def prepare_overlay_dir(path: str, owner: int | None) -> None:
+    """Supervisor side: --overlay-dir's upper and work directories, owned by the jail's root
+    (a host id of the jail's range), so the jail can write them and no write is host root's."""
+    parent = os.path.abspath(path)
+    while owner is not None and parent != "/":
+        if not os.stat(parent).st_mode & 0o001:
+            raise PermissionError(errno.EACCES, f"{parent} is not searchable by the jail's ids "
+                                  "(it needs o+x): choose a directory the jail can reach", path)
+        parent = os.path.dirname(parent)
+    for d in ("upper", "work"):
+        full = os.path.join(path, d)
+        try:
+            os.mkdir(full, 0o755)
+        except FileExistsError:
+            pass
+        if owner is not None:
+            os.chown(full, owner, owner, follow_symlinks=False)
+
+
 def idmapped_tree(path: str, userns_fd: int) -> int:
     """Supervisor side: a detached, read-only, idmapped copy of a prepared root, for the child."""
     fd = linux.open_tree(path)

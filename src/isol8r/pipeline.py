@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
+import marshal
 import os
 import select
 import signal
@@ -33,7 +34,12 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
 @dataclass
 class Plan:
-    """Everything the child needs, computed before clone."""
+    """The jail's shape: everything the child sets up before it knows what it will run.
+
+    A child made from a Plan builds its namespaces, root, identity and capabilities, then waits
+    for a Request (what to run, and how) on its channel: right away on the normal path, or when
+    the fork server hands a pre-warmed jail to a caller.
+    """
 
     clone_flags: int
     unshare_cgroup: bool
@@ -42,19 +48,30 @@ class Plan:
     hostname: str | None
     loopback: bool
     init: bool
-    rlimits: tuple[tuple[int, int, int], ...]
     uid: int
     gid: int
     keep_groups: bool
     caps: caps.CapPlan
-    seccomp: linux.SeccompProgram | None
-    seccomp_flags: int
+    verbose: bool
+    signals: tuple[int, ...]  # the signals the cloning process catches or ignores: to reset
+
+
+@dataclass
+class Request:
+    """What to run in a jail and the per-run settings; sent to the child with marshal."""
+
     argv: list[bytes]
-    env: dict[bytes, bytes]
+    env: list[tuple[bytes, bytes]]
     search_path: list[bytes]
     cwd: str
-    fds: tuple[tuple[int, int], ...]  # (descriptor in the cloning process, number in the jail)
-    verbose: bool
+    rlimits: tuple[tuple[int, int, int], ...]
+    bpf: bytes | None
+    seccomp_flags: int
+    targets: list[int]  # the jail's numbers for the descriptors sent with the request
+
+    def encode(self) -> bytes:
+        return marshal.dumps((self.argv, self.env, self.search_path, self.cwd, self.rlimits,
+                              self.bpf, self.seccomp_flags, self.targets))
 
 
 def environment(spec: Spec) -> dict[str, str]:
@@ -67,10 +84,7 @@ def environment(spec: Spec) -> dict[str, str]:
     return env
 
 
-def prepare(spec: Spec, fds: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 2)),
-            verbose: bool = False,
-            derived_rlimits: dict[str, tuple[int, int]] | None = None,
-            bpf: bytes | None = None) -> Plan:
+def prepare(spec: Spec, verbose: bool = False) -> Plan:
     """Parent side: call each concern's planning function; nothing here touches the system."""
     ns = spec.namespaces
     flags = 0
@@ -88,7 +102,6 @@ def prepare(spec: Spec, fds: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 
             user_mounts=tuple((m.kind, m.dst, m.src, m.size) for m in spec.mounts),
             uid=spec.uid, gid=spec.gid, hostname=spec.hostname, new_net="net" in ns,
             tmp_size=spec.tmp_size)
-    env = environment(spec)
     return Plan(
         clone_flags=flags,
         unshare_cgroup="cgroup" in ns,
@@ -97,19 +110,35 @@ def prepare(spec: Spec, fds: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 
         hostname=spec.hostname if "uts" in ns else None,
         loopback="net" in ns,
         init=spec.init,
-        rlimits=rlimits.plan(spec.rlimits, derived_rlimits),
         uid=spec.uid,
         gid=spec.gid,
         keep_groups=ids is not None and not ids.can_become_root,
         caps=caps.plan(tuple(capability_number(c) for c in spec.caps)),
-        seccomp=linux.SeccompProgram(bpf) if bpf else None,
-        seccomp_flags=linux.SECCOMP_FILTER_FLAG_LOG if spec.seccomp_log else 0,
+        verbose=verbose,
+        signals=linux.handled_signals(),
+    )
+
+
+def shape(spec: Spec) -> tuple[object, ...]:
+    """The Spec fields prepare() reads: jails of one shape are interchangeable until activated."""
+    return (tuple(sorted(spec.namespaces)), spec.rootfs, spec.rw_root, spec.overlay,
+            spec.overlay_dir, spec.mounts, spec.hostname, spec.uid, spec.gid, spec.id_base,
+            spec.unsafe_map_host_root, spec.caps, spec.init, spec.tmp_size)
+
+
+def request(spec: Spec, targets: list[int], derived_rlimits: dict[str, tuple[int, int]] | None,
+            bpf: bytes | None) -> Request:
+    """Parent side: the per-run half of a jail."""
+    env = environment(spec)
+    return Request(
         argv=[os.fsencode(a) for a in spec.argv],
-        env={k.encode(): v.encode("utf-8", "surrogateescape") for k, v in env.items()},
+        env=[(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in env.items()],
         search_path=[os.fsencode(p) for p in env["PATH"].split(":") if p],
         cwd=spec.cwd,
-        fds=fds,
-        verbose=verbose,
+        rlimits=rlimits.plan(spec.rlimits, derived_rlimits),
+        bpf=bpf,
+        seccomp_flags=linux.SECCOMP_FILTER_FLAG_LOG if spec.seccomp_log else 0,
+        targets=targets,
     )
 
 
@@ -167,11 +196,11 @@ def child_main(plan: Plan, chan_fd: int) -> NoReturn:
 
 def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     gc.disable()  # a collection would touch every object: copy-on-write faults for nothing
-    linux.reset_signal_dispositions()
-    ch.fd = _install_fds(plan.fds, ch.fd)
-    go, tree_fd = _receive_go(ch.fd)
+    linux.reset_signal_dispositions(plan.signals)
+    go, fds = _receive(ch.fd, 16)
     if go != b"G":  # the parent died or refused before the id maps were written
         os._exit(125)
+    tree_fd = fds[0] if fds else -1
     if plan.ids is not None:
         ch.step("become root of the user namespace", userns.become_root, plan.ids)
     ch.step("parent death signal", _die_with_parent, lambda: _socket_alive(ch.fd))
@@ -185,37 +214,43 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     if plan.loopback:
         ch.step("loopback up", net.loopback_up)
     if not plan.init:
-        _program(plan, ch, lambda: _socket_alive(ch.fd))
+        _program(plan, ch, ch.fd, lambda: _socket_alive(ch.fd))
     r, w = os.pipe2(os.O_CLOEXEC)
     me = os.getpid()
     pid = linux.fork_raw()
     if pid == 0:
         os.close(r)
-        _program(plan, _Channel(w, True, plan.verbose), lambda: os.getppid() == me)
+        _program(plan, _Channel(w, True, plan.verbose), ch.fd, lambda: os.getppid() == me)
     os.close(w)
-    ch.step("init: drop privileges", caps.drop_for_init, plan.caps.last_cap)
+    ch.step("init: drop privileges", caps.drop_for_init)
     _quiet_stdio()
     _close_all_but((0, 1, 2, ch.fd, r))
     pid1.serve(pid, r, ch.send)
 
 
-def _program(plan: Plan, ch: _Channel, parent_alive: Callable[[], bool]) -> NoReturn:
+def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], bool]) -> NoReturn:
+    """The program's process: the rest of the shape, then wait for the Request and exec it."""
     try:
-        ch.step("rlimits", rlimits.apply, plan.rlimits)
         ch.step("setsid", os.setsid)
         ch.step("keep capabilities across the uid switch", caps.prepare_uid_switch)
         ch.step(f"switch to uid {plan.uid} gid {plan.gid}", userns.switch_to, plan.uid, plan.gid,
                 plan.keep_groups)
         ch.step("parent death signal", _die_with_parent, parent_alive)
         ch.step("drop capabilities", caps.drop, plan.caps)
-        ch.step(f"chdir {plan.cwd}", os.chdir, plan.cwd)
-        path = _resolve(plan)
-        ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *(t for _, t in plan.fds)))
+        data, fds = _receive(chan, 1 << 20, 64)
+        if not data:
+            os._exit(125)  # the supervisor went away before it sent work: a pre-warmed jail
+        argv, env, search, cwd, limits, bpf, sc_flags, targets = marshal.loads(data)
+        ch.step("rlimits", rlimits.apply, limits)
+        ch.step(f"chdir {cwd}", os.chdir, cwd)
+        path = _resolve(argv[0], search)
+        ch.fd = _install_fds(tuple(zip(fds, targets)), ch.fd)
+        ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *targets))
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        if plan.seccomp is not None:
-            ch.step("seccomp", plan.seccomp.load, plan.seccomp_flags)
+        if bpf is not None:
+            ch.step("seccomp", linux.SeccompProgram(bpf).load, sc_flags)
         try:
-            os.execve(path, plan.argv, plan.env)
+            os.execve(path, argv, dict(env))
         except OSError as e:
             raise _Failed("execve", e.errno or errno.EIO, os.fsdecode(path)) from None
     except _Failed as f:
@@ -225,30 +260,33 @@ def _program(plan: Plan, ch: _Channel, parent_alive: Callable[[], bool]) -> NoRe
     os._exit(125)
 
 
-def _receive_go(fd: int) -> tuple[bytes, int]:
-    """The parent's go, with the idmapped root's tree fd when it made one (SCM_RIGHTS)."""
+def _receive(fd: int, size: int, max_fds: int = 1) -> tuple[bytes, list[int]]:
+    """One message from the supervisor, with the descriptors it carries (SCM_RIGHTS)."""
     sock = socket.socket(fileno=fd)
     try:
-        msg, anc, _, _ = sock.recvmsg(16, socket.CMSG_SPACE(4))
+        msg, anc, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(4 * max_fds))
+    except OSError:
+        return b"", []
     finally:
         sock.detach()
+    fds: list[int] = []
     for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
-            return msg, int.from_bytes(data[:4], "little" if sys.byteorder == "little" else "big")
-    return msg, -1
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder)
+                       for i in range(0, len(data) - len(data) % 4, 4))
+    return msg, fds
 
 
 def _exec_code(err: int) -> int:
     return 127 if err in (errno.ENOENT, errno.ENOTDIR) else 126
 
 
-def _resolve(plan: Plan) -> bytes:
+def _resolve(name: bytes, search_path: list[bytes]) -> bytes:
     """execvp's search, done before seccomp so the filter need not allow stat or access."""
-    name = plan.argv[0]
     if b"/" in name:
         return name
     saved = errno.ENOENT
-    for d in plan.search_path:
+    for d in search_path:
         cand = d + b"/" + name
         try:
             st = os.stat(cand)

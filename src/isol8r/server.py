@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import supervisor
+from . import pipeline, supervisor
 from .errors import Isol8rError, SetupError, from_wire, to_wire
 from .result import Result
 from .spec import Spec
@@ -39,6 +39,9 @@ from .sys import linux
 
 _SEQ = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
 _MAX_FDS = 64
+PREWARM = int(os.environ.get("ISOL8R_PREWARM", "1"))  # warm jails kept per shape (0: none)
+_MAX_SHAPES = 4
+_WARM_FOR = 60.0  # seconds an unused warm jail is kept
 
 
 def _send(sock: socket.socket, msg: Any, fds: list[int] = []) -> None:
@@ -84,35 +87,138 @@ class _Run:
             self.watch.jail.signal(int(msg[1:]))
 
 
-def serve(control_fd: int) -> None:
+class _Warm:
+    """A pre-warmed jail: namespaces, root, identity and capabilities done, waiting for a Request.
+
+    It is watched while it waits: one that fails its setup or dies is dropped, not handed out.
+    """
+
+    def __init__(self, pool: "_Pool", key: tuple[object, ...], jail: supervisor.Jail) -> None:
+        self.pool, self.key, self.jail, self.born = pool, key, jail, time.monotonic()
+
+    def handle(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        if key.fileobj is self.jail.chan:
+            try:
+                rec = self.jail.chan.recv(65536)
+            except OSError:
+                rec = b""
+            if rec[:1] == b"T":
+                return
+        self.pool.drop(self)
+
+
+class _Pool:
+    """Warm jails by shape, so a caller's jail needs only its per-run half (pipeline.Request)."""
+
+    def __init__(self, sel: selectors.BaseSelector, size: int) -> None:
+        self.sel, self.size = sel, size
+        self.warm: dict[tuple[object, ...], list[_Warm]] = {}
+
+    @staticmethod
+    def poolable(spec: Spec) -> bool:
+        """Not a jail with --overlay-dir: two mounted overlays must not share an upper dir."""
+        return spec.overlay_dir is None
+
+    def take(self, spec: Spec, verbose: bool) -> supervisor.Jail | None:
+        if self.size <= 0 or verbose or not self.poolable(spec):
+            return None
+        key = pipeline.shape(spec)
+        waiting = self.warm.get(key)
+        if not waiting:
+            return None
+        w = waiting.pop(0)
+        self._unwatch(w)
+        return w.jail
+
+    def refill(self, spec: Spec) -> None:
+        """Start warm jails for this shape until the pool holds its size; cheap for the server:
+        it clones and says go, the jail sets itself up on another core."""
+        if self.size <= 0 or not self.poolable(spec):
+            return
+        key = pipeline.shape(spec)
+        waiting = self.warm.setdefault(key, [])
+        self.warm[key] = self.warm.pop(key)  # most recently used last
+        while len(self.warm) > _MAX_SHAPES:
+            for w in self.warm.pop(next(iter(self.warm))):
+                self.drop(w)
+        while len(waiting) < self.size:
+            try:
+                jail = supervisor.spawn(spec, pipeline.prepare(spec))
+            except Isol8rError:
+                return
+            w = _Warm(self, key, jail)
+            waiting.append(w)
+            self.sel.register(jail.chan, selectors.EVENT_READ, w)
+            self.sel.register(jail.pidfd, selectors.EVENT_READ, w)
+
+    def _unwatch(self, w: _Warm) -> None:
+        for f in (w.jail.chan, w.jail.pidfd):
+            try:
+                self.sel.unregister(f)
+            except (KeyError, ValueError):
+                pass
+
+    def drop(self, w: _Warm) -> None:
+        self._unwatch(w)
+        waiting = self.warm.get(w.key, [])
+        if w in waiting:
+            waiting.remove(w)
+        supervisor._discard(w.jail)
+
+    def expire(self, now: float) -> float | None:
+        """Drop jails unused for _WARM_FOR seconds; return when the next one expires."""
+        nxt = None
+        for waiting in list(self.warm.values()):
+            for w in list(waiting):
+                if now - w.born > _WARM_FOR:
+                    self.drop(w)
+                else:
+                    nxt = min(nxt or 1e18, w.born + _WARM_FOR)
+        return nxt
+
+    def close(self) -> None:
+        for waiting in list(self.warm.values()):
+            for w in list(waiting):
+                self.drop(w)
+
+
+def serve(control_fd: int, prewarm: int = PREWARM) -> None:
     """The server's loop; returns when the caller closes the control socket."""
     ctl = socket.socket(fileno=control_fd)
     sel = selectors.DefaultSelector()
     sel.register(ctl, selectors.EVENT_READ, None)
     runs: list[_Run] = []
+    pool = _Pool(sel, prewarm)
     gc.collect()
     gc.freeze()  # keep the interpreter's own objects out of every collection: fewer CoW faults
     while True:
         now = time.monotonic()
         ticks = [t for r in runs if (t := r.watch.tick(now)) is not None]
+        if (t := pool.expire(now)) is not None:
+            ticks.append(t)
         timeout = max(0.0, min(ticks) - now) if ticks else None
         for key, _ in sel.select(timeout):
+            if sel.get_map().get(key.fd) is not key:
+                continue  # unregistered or handed over by an earlier event of this batch
             if key.data is None:
-                if not _accept(ctl, sel, runs):
+                if not _accept(ctl, sel, runs, pool):
+                    pool.close()
                     for r in runs:
                         r.watch.jail.signal(signal.SIGKILL)
                         r.watch.finish()
                     return
-            elif isinstance(key.data, tuple):
-                key.data[0].handle(sel, key)
-            else:
-                key.data.handle(sel, key)
+                continue
+            try:
+                (key.data[0] if isinstance(key.data, tuple) else key.data).handle(sel, key)
+            except Exception as e:  # one jail's trouble must not end every caller's server
+                sys.stderr.write(f"isol8r fork server: {type(e).__name__}: {e}\n")
         for r in [r for r in runs if r.watch.done]:
             runs.remove(r)
             _finish(r, sel)
 
 
-def _accept(ctl: socket.socket, sel: selectors.BaseSelector, runs: list[_Run]) -> bool:
+def _accept(ctl: socket.socket, sel: selectors.BaseSelector, runs: list[_Run],
+            pool: _Pool) -> bool:
     try:
         data, fds = _recv(ctl)
     except OSError:
@@ -126,8 +232,9 @@ def _accept(ctl: socket.socket, sel: selectors.BaseSelector, runs: list[_Run]) -
         req = pickle.loads(data)
         child = tuple(zip(fds[1:], req["targets"]))
         log = (lambda m: _send(sock, ("log", m))) if req["verbose"] else None
+        spec = req["spec"]
         try:
-            jail = supervisor.start(req["spec"], child, req["verbose"])
+            jail = supervisor.start(spec, child, req["verbose"], pool.take(spec, req["verbose"]))
         finally:
             for fd in fds[1:]:
                 os.close(fd)
@@ -142,6 +249,7 @@ def _accept(ctl: socket.socket, sel: selectors.BaseSelector, runs: list[_Run]) -
     run.watch.register(sel)
     sel.register(sock, selectors.EVENT_READ, run)
     runs.append(run)
+    pool.refill(spec)
     return True
 
 

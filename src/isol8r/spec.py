@@ -92,6 +92,11 @@ class Spec:
         mounts: list[Mount] = []
         for raw_key, value in (options or {}).items():
             key = raw_key.replace("_", "-")
+            if key == "init":  # the library's positive spelling of --no-init
+                if not isinstance(value, bool):
+                    raise SpecError("init", value, "expected true or false")
+                kwargs["init"] = value
+                continue
             opt = OPTIONS.get(key)
             if opt is None:
                 raise SpecError("", raw_key, "unknown option")
@@ -436,6 +441,8 @@ def _validate(s: Spec) -> None:
             raise SpecError("--rootfs", s.rootfs, "the host's own root cannot be a jail root")
     if s.overlay_dir is not None and not s.overlay:
         raise SpecError("--overlay-dir", s.overlay_dir, "needs --overlay")
+    if s.overlay_dir is not None and not os.path.isdir(s.overlay_dir):
+        raise SpecError("--overlay-dir", s.overlay_dir, "no such directory")
     if s.overlay and s.rootfs is None:
         raise SpecError("--overlay", True, "needs --rootfs")
     if not has_mount and (s.rootfs or s.mounts or s.overlay):

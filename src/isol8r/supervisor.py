@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import mounts, pipeline, userns
-from .errors import ExecError, SetupError
+from .errors import ExecError, SetupError, SpecError
 from .result import Result
 from .spec import RLIMITS, Spec
 from .sys import linux
@@ -51,6 +51,8 @@ class Jail:
 
     def signal(self, sig: int) -> None:
         """Send sig to the jail: its init forwards it to the program's process group."""
+        if self.pidfd < 0:
+            return
         try:
             linux.pidfd_send_signal(self.pidfd, sig)
         except OSError as e:
@@ -59,7 +61,9 @@ class Jail:
 
     def close(self) -> None:
         self.chan.close()
-        os.close(self.pidfd)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
         if self.cgroup is not None:
             self.cgroup.remove()
             self.cgroup = None
@@ -68,19 +72,81 @@ class Jail:
 # ---- starting ---------------------------------------------------------------------------------
 
 
-def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False) -> Jail:
-    """Cgroup, plan and spawn: fds maps descriptors of this process onto the jail's (0, 1, 2, ...)."""
+def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False,
+          jail: "Jail | None" = None) -> Jail:
+    """Cgroup, plan, spawn and activate: fds maps descriptors of this process onto the jail's
+    numbers (0, 1, 2, ...). With jail, a pre-warmed jail of the same shape is used instead of
+    a new one (the fork server's pool)."""
+    if spec.rootfs is not None and not spec.allow_unsafe_root:
+        _check_root(spec.rootfs)
     cg, derived, notes = _limits(spec)
     try:
-        plan = pipeline.prepare(spec, fds, verbose, derived, _bpf(spec))
-        jail = spawn(spec, plan, cg)
+        req = pipeline.request(spec, [t for _, t in fds], derived, _bpf(spec))
+        if jail is None:
+            plan = pipeline.prepare(spec, verbose)
+            if spec.overlay_dir is not None:
+                try:
+                    mounts.prepare_overlay_dir(spec.overlay_dir,
+                                               plan.ids.uid_base if plan.ids else None)
+                except OSError as e:
+                    raise SpecError("--overlay-dir", spec.overlay_dir, e.strerror or str(e)) from None
+            jail = spawn(spec, plan, cg)
+        else:
+            jail.spec, jail.started = spec, time.monotonic()
+            if cg is not None:
+                jail.cgroup = cg
+                for pid in jail_pids(jail.pid):
+                    cg.attach(pid)
+        activate(jail, req, [src for src, _ in fds])
     except BaseException:
-        if cg is not None:
+        if jail is not None:
+            _discard(jail)
+        elif cg is not None:
             cg.remove()
         raise
     jail.notes.extend(notes)
-    jail.limits.update(_limits_applied(spec, plan, cg))
+    jail.limits.update(_limits_applied(spec, req, cg))
     return jail
+
+
+def _check_root(root: str) -> None:
+    """Refuse a prepared root holding setuid files or device nodes (they are inert under nosuid,
+    nodev and no_new_privs, but a root that has them was not built for a jail)."""
+    from . import rootfs
+    bad = [f for f in rootfs.check_root(root, quick=True) if f.severity == "error"]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise SpecError("--rootfs", root, f"unsafe root: {bad[0]}{more}; check it with "
+                        "`isol8r check-root`, or pass --allow-unsafe-root")
+
+
+def activate(jail: Jail, req: pipeline.Request, fds: list[int]) -> None:
+    """Send the jail what to run, with the descriptors it gets as SCM_RIGHTS."""
+    try:
+        jail.chan.sendmsg([req.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                            b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+    except OSError as e:
+        raise SetupError("send the request to the jail", e.errno or errno.EIO,
+                         "it died while being set up") from None
+
+
+def jail_pids(init_pid: int) -> list[int]:
+    """The jail's first process and its children (a pre-warmed jail: init and the program)."""
+    try:
+        with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
+            return [init_pid, *map(int, f.read().split())]
+    except OSError:
+        return [init_pid]
+
+
+def _discard(jail: Jail) -> None:
+    """Kill, reap and clean up a jail that will not run."""
+    jail.signal(signal.SIGKILL)
+    try:
+        os.waitpid(jail.pid, 0)
+    except ChildProcessError:
+        pass
+    jail.close()
 
 
 def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
@@ -117,9 +183,7 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         else:
             parent.send(b"G")
     except OSError as e:
-        jail.signal(signal.SIGKILL)
-        os.waitpid(pid, 0)
-        jail.close()
+        _discard(jail)
         raise SetupError("write id maps / cgroup", e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
 
@@ -179,7 +243,7 @@ def _limits(spec: Spec) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
         return None, derived, notes
 
 
-def _limits_applied(spec: Spec, plan: pipeline.Plan, cg: Any) -> dict[str, Any]:
+def _limits_applied(spec: Spec, plan: pipeline.Request, cg: Any) -> dict[str, Any]:
     names = {num: name for name, num in RLIMITS.items()}
     out: dict[str, Any] = {k: getattr(spec, k) for k in
                            ("memory", "pids", "cpus", "time_limit", "cpu_limit", "output_limit")
@@ -250,7 +314,9 @@ class JailWatch:
         try:
             rec = self.jail.chan.recv(65536)
         except ConnectionResetError:
-            rec = b""
+            # the child closed with our Request unread (it failed before reading it): the error
+            # is reported once, and the records it sent are still queued behind it
+            return
         if rec:
             self.on_record(rec)
             return

@@ -20,15 +20,16 @@ class IdPlan:
     gid_lines: bytes
     deny_setgroups: bool
     can_become_root: bool
+    uid_base: int | None  # the host id of the jail's root, when it has one
 
 
 def plan(uid: int, gid: int, id_map: tuple[tuple[int, int, int], ...]) -> IdPlan:
     """The maps to write: the whole range as root, else the jail user onto the caller's ids."""
     if os.geteuid() == 0:
         lines = "".join(f"{i} {o} {n}\n" for i, o, n in id_map).encode()
-        return IdPlan(lines, lines, False, True)
+        return IdPlan(lines, lines, False, True, id_map[0][1])
     return IdPlan(f"{uid} {os.geteuid()} 1\n".encode(), f"{gid} {os.getegid()} 1\n".encode(),
-                  True, False)
+                  True, False, None)
 
 
 def write_maps(pid: int, p: IdPlan) -> None:

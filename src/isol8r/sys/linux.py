@@ -260,9 +260,20 @@ _libc.signal.restype = ctypes.c_void_p
 _libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
 
 
-def reset_signal_dispositions() -> None:
-    """Restore SIG_DFL for every catchable signal, below Python's own handler table."""
-    for sig in range(1, 65):
+def handled_signals() -> tuple[int, ...]:
+    """Signals this process catches or ignores (SigCgt | SigIgn): the ones a child must reset,
+    since an ignored signal stays ignored across execve (Python ignores SIGPIPE and SIGXFSZ)."""
+    mask = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("SigCgt:", "SigIgn:")):
+                mask |= int(line.split()[1], 16)
+    return tuple(s for s in range(1, 65) if mask >> (s - 1) & 1 and s not in (9, 19, 32, 33))
+
+
+def reset_signal_dispositions(signals: tuple[int, ...] = tuple(range(1, 65))) -> None:
+    """Restore SIG_DFL for these signals, below Python's own handler table."""
+    for sig in signals:
         if sig not in (9, 19, 32, 33):  # SIGKILL, SIGSTOP and glibc's reserved two
             _libc.signal(sig, _SIG_DFL)
 

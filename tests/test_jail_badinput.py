@@ -1,0 +1,168 @@
+"""Issue 2, bad input: every mistake is one line naming the value, exit 125 on the CLI (no
+traceback) or SpecError in the library, before anything is created; and the caller's process
+is left as it was (no descriptor or child left behind; conftest checks mounts and cgroups).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import isol8r
+from conftest import cli, jail, needs_root
+
+pytestmark = needs_root
+
+# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
+# every test below under the default filter.
+NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
+CLI_NOSECCOMP = [f"--{k}={v}" for k, v in NOSECCOMP.items()]
+
+# (id, library options, CLI arguments, text the error must name); {tmp} is a scratch directory
+# that exists, {file} a regular file in it.
+CASES = [
+    ("missing-rootfs", {"rootfs": "{tmp}/nope"}, ["--rootfs", "{tmp}/nope"], "{tmp}/nope"),
+    ("file-rootfs", {"rootfs": "{file}"}, ["--rootfs", "{file}"], "{file}"),
+    ("relative-rootfs", {"rootfs": "rootfs"}, ["--rootfs", "rootfs"], "rootfs"),
+    ("missing-bind-source", {"bind": ["{tmp}/nope:/x"]}, ["--bind", "{tmp}/nope:/x"], "{tmp}/nope"),
+    ("missing-ro-bind-source", {"ro_bind": ["{tmp}/gone"]}, ["--ro-bind", "{tmp}/gone"], "{tmp}/gone"),
+    ("relative-bind-source", {"bind": ["rel:/x"]}, ["--bind", "rel:/x"], "rel"),
+    ("relative-bind-dst", {"bind": ["{tmp}:x"]}, ["--bind", "{tmp}:x"], "x"),
+    ("bind-over-root", {"bind": ["{tmp}:/"]}, ["--bind", "{tmp}:/"], "/"),
+    ("relative-tmpfs", {"tmpfs": ["scratch"]}, ["--tmpfs", "scratch"], "scratch"),
+    ("bad-tmpfs-size", {"tmpfs": ["/s:lots"]}, ["--tmpfs", "/s:lots"], "lots"),
+    ("relative-cwd", {"cwd": "tmp"}, ["--cwd", "tmp"], "tmp"),
+    ("dotdot-cwd", {"cwd": "/tmp/../etc"}, ["--cwd", "/tmp/../etc"], "/tmp/../etc"),
+    ("uid-out-of-range", {"user": "70000"}, ["--user", "70000"], "70000"),
+    ("gid-out-of-range", {"user": "1:70000"}, ["--user", "1:70000"], "70000"),
+    ("negative-uid", {"user": "-1"}, ["--user=-1"], "-1"),
+    ("uid-not-a-number", {"user": "alice"}, ["--user", "alice"], "alice"),
+    ("unknown-capability", {"cap": ["CAP_BOGUS"]}, ["--cap", "CAP_BOGUS"], "CAP_BOGUS"),
+    ("bad-hostname", {"hostname": "no spaces"}, ["--hostname", "no spaces"], "no spaces"),
+    ("bad-tmp-size", {"tmp_size": "huge"}, ["--tmp-size", "huge"], "huge"),
+    ("bad-env", {"env": ["NOEQUALS"]}, ["--env", "NOEQUALS"], "NOEQUALS"),
+    ("bad-keep-env", {"keep_env": ["A=B"]}, ["--keep-env", "A=B"], "A=B"),
+    ("bad-seccomp", {"seccomp": "strict"}, ["--seccomp=strict"], "strict"),
+    ("bad-rlimit", {"rlimit": ["BOGUS=1"]}, ["--rlimit", "BOGUS=1"], "BOGUS"),
+    ("bad-time-limit", {"time_limit": "-1"}, ["--time-limit=-1"], "-1"),
+    ("nul-in-argument", None, None, None),
+]
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "file").write_text("not a directory\n")
+    return {"tmp": str(tmp_path), "file": str(tmp_path / "file")}
+
+
+def _fill(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.format(**names)
+    if isinstance(value, list):
+        return [_fill(v, names) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, names) for k, v in value.items()}
+    return value
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture
+def fds_unchanged() -> Any:
+    """The caller's descriptors after a refused run are those before it (after a warm-up run,
+    so a fork server started on first use does not count)."""
+    jail("/bin/true", **NOSECCOMP)
+    before = open_fds()
+    yield
+    leaked = open_fds() - before
+    assert not leaked, f"descriptors left open in the caller: {sorted(leaked)}"
+
+
+CASE_IDS = [c[0] for c in CASES if c[1] is not None]
+
+
+@pytest.mark.parametrize("options, named", [(c[1], c[3]) for c in CASES if c[1] is not None],
+                         ids=CASE_IDS)
+def test_library_raises_spec_error(options: dict[str, Any], named: str,
+                                   scratch: dict[str, str], fds_unchanged: None) -> None:
+    options, named = _fill(options, scratch), _fill(named, scratch)
+    with pytest.raises(isol8r.SpecError) as info:
+        jail("/bin/true", **options, **NOSECCOMP)
+    assert named in str(info.value), f"the error does not name {named!r}: {info.value}"
+    assert "\n" not in str(info.value)
+    assert info.value.exit_code == 125
+
+
+@pytest.mark.parametrize("args, named", [(c[2], c[3]) for c in CASES if c[1] is not None],
+                         ids=CASE_IDS)
+def test_cli_exits_125_with_one_line(args: list[str], named: str, scratch: dict[str, str],
+                                     tmp_path: Path) -> None:
+    args, named = _fill(args, scratch), _fill(named, scratch)
+    marker = tmp_path / "ran"
+    p = cli("run", *CLI_NOSECCOMP, *args, "--", "/bin/sh", "-c", f"echo ran > {marker}")
+    assert p.returncode == 125, (p.returncode, p.stderr)
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    assert named in lines[0], f"the error does not name {named!r}: {lines[0]}"
+    assert p.stdout == "" and not marker.exists()
+
+
+def test_unknown_option_library() -> None:
+    with pytest.raises(isol8r.SpecError, match="bogus"):
+        jail("/bin/true", bogus=1, **NOSECCOMP)
+
+
+def test_unknown_option_cli() -> None:
+    p = cli("run", *CLI_NOSECCOMP, "--bogus", "--", "/bin/true")
+    assert p.returncode == 125
+    assert len(p.stderr.splitlines()) == 1 and "--bogus" in p.stderr and "Traceback" not in p.stderr
+    assert "usage" not in p.stderr.lower()
+
+
+def test_missing_value_cli() -> None:
+    p = cli("run", *CLI_NOSECCOMP, "--", )
+    assert p.returncode == 125
+    assert len(p.stderr.splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_nul_in_an_argument_is_refused() -> None:
+    with pytest.raises(isol8r.SpecError):
+        jail("/bin/echo", "a\0b", **NOSECCOMP)
+
+
+def test_a_flag_given_a_value_is_refused() -> None:
+    with pytest.raises(isol8r.SpecError, match="share"):
+        jail("/bin/true", share_net="yes", **NOSECCOMP)
+
+
+def test_share_mount_with_mounts_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(isol8r.SpecError):
+        jail("/bin/true", share_mount=True, ro_bind=[str(tmp_path)], **NOSECCOMP)
+
+
+# ---- failures found only while setting the jail up leave the caller as it was -------------------
+
+
+def test_setup_failure_leaves_the_caller_as_it_was(tmp_path: Path, fds_unchanged: None) -> None:
+    (tmp_path / "file").write_text("a file\n")
+    with pytest.raises(isol8r.SetupError):
+        # a file cannot be mounted on /tmp, which the jail already has as a directory
+        jail("/bin/true", ro_bind=[f"{tmp_path}/file:/tmp"], **NOSECCOMP)
+    with pytest.raises(isol8r.SetupError):
+        jail("/bin/true", cwd="/nonexistent", **NOSECCOMP)
+    with pytest.raises(isol8r.ExecError):
+        jail("/nonexistent", **NOSECCOMP)
+
+
+def test_setup_failure_cli_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file\n")
+    p = cli("run", *CLI_NOSECCOMP, "--ro-bind", f"{tmp_path}/file:/tmp", "--", "/bin/true")
+    assert p.returncode == 125
+    assert len(p.stderr.splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "/tmp" in p.stderr
