@@ -407,6 +407,17 @@ class Cgroup:
         for path in self.paths:
             _write(os.path.join(path, "cgroup.procs"), str(pid))
 
+    def view(self) -> tuple[int, dict[str, str]]:
+        """Where the group's counters are, for another process to read (the fork server's caller)."""
+        return self.version, dict(self._dirs)
+
+    @classmethod
+    def reader(cls, view: tuple[int, dict[str, str]]) -> "Cgroup":
+        """A handle on a group another process owns, for cpu_time() and usage() only."""
+        g = cls(view[0])
+        g._dirs = dict(view[1])
+        return g
+
     def cpu_time(self) -> float:
         """User+system CPU seconds of the whole jail so far; one small read, fit for polling."""
         if self.version == 2:

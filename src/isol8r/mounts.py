@@ -109,19 +109,36 @@ class Op:
 
 @dataclass
 class Bind(Op):
-    """A recursive bind of a host path (read from /oldroot), then nosuid,nodev[,ro] on every submount."""
+    """A recursive bind of a host path, then nosuid,nodev[,ro] on every submount.
+
+    A user's bind (by_supervisor) arrives as a detached tree the supervisor opened as the caller
+    (open_tree), so a source under a directory the jail's ids cannot cross still binds; the
+    others are read from /oldroot.
+    """
 
     src: str
     dst: str
     readonly: bool = True
     devices: bool = False
+    noexec: bool = False
+    by_supervisor: bool = False
+    tree_fd: int = -1
+
+    def attrs(self) -> int:
+        return (linux.MOUNT_ATTR_NOSUID | (0 if self.devices else linux.MOUNT_ATTR_NODEV)
+                | (linux.MOUNT_ATTR_RDONLY if self.readonly else 0)
+                | (linux.MOUNT_ATTR_NOEXEC if self.noexec else 0))
 
     def execute(self) -> None:
-        src = OLD + self.src
-        target = _mountpoint(self.dst, os.path.isdir(src))
-        linux.mount(src, target, None, linux.MS_BIND | linux.MS_REC)
-        attrs = linux.MOUNT_ATTR_NOSUID | (0 if self.devices else linux.MOUNT_ATTR_NODEV)
-        linux.mount_setattr(target, attrs | (linux.MOUNT_ATTR_RDONLY if self.readonly else 0))
+        if self.tree_fd >= 0:
+            target = _mountpoint(self.dst, stat.S_ISDIR(os.fstat(self.tree_fd).st_mode))
+            linux.move_mount(self.tree_fd, target)
+            os.close(self.tree_fd)
+        else:
+            src = OLD + self.src
+            target = _mountpoint(self.dst, os.path.isdir(src))
+            linux.mount(src, target, None, linux.MS_BIND | linux.MS_REC)
+        linux.mount_setattr(target, self.attrs())
 
     def describe(self) -> str:
         return f"{'ro-bind' if self.readonly else 'bind'} {self.src} -> {self.dst}"
@@ -302,7 +319,8 @@ def etc_files(uid: int, gid: int, hostname: str, share_net: bool) -> list[File]:
 
 def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str | None,
          user_mounts: tuple[tuple[str, str, str | None, int | None], ...],
-         uid: int, gid: int, hostname: str, new_net: bool, tmp_size: int) -> MountPlan:
+         uid: int, gid: int, hostname: str, new_net: bool, tmp_size: int,
+         new_pid: bool = True) -> MountPlan:
     """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size)."""
     ops: list[Op] = []
     final: list[Op] = []
@@ -323,7 +341,10 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
         if not rw_root:
             final.append(ReadOnly("/"))
     no_exec = _NOSUID_NODEV | linux.MS_NOEXEC
-    ops.append(Special("proc", "/proc", no_exec))
+    if new_pid:
+        ops.append(Special("proc", "/proc", no_exec))
+    else:  # a proc of the host's PID namespace can only be bound, not mounted anew
+        ops.append(Bind("/proc", "/proc", readonly=False, noexec=True))
     if new_net:
         ops.append(Special("sysfs", "/sys", no_exec | linux.MS_RDONLY))
     ops.append(Tmpfs("/dev", 1 << 20, 0o755, flags=linux.MS_NOSUID | linux.MS_NOEXEC))
@@ -340,7 +361,7 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
             ops.append(Tmpfs(dst, size or (64 << 20), 0o755, owner=(uid, gid)))
         else:
             assert src is not None
-            ops.append(Bind(src, dst, readonly=(kind == "ro-bind")))
+            ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), by_supervisor=True))
     root, rest = ops[0], ops[1:]
     rest.sort(key=lambda op: op.dst.rstrip("/").count("/"))
     idmap = rootfs if rootfs is not None and (overlay or not rw_root) else None
@@ -366,6 +387,23 @@ def prepare_overlay_dir(path: str, owner: int | None) -> None:
             os.chown(full, owner, owner, follow_symlinks=False)
 
 
+def host_trees(p: MountPlan) -> list[int]:
+    """Supervisor side: detached trees of the user's bind sources, opened with the caller's
+    access and already nosuid,nodev[,ro]; sent to the child in plan order."""
+    fds: list[int] = []
+    try:
+        for op in p.ops:
+            if isinstance(op, Bind) and op.by_supervisor:
+                fd = linux.open_tree(op.src)
+                fds.append(fd)
+                linux.set_tree_attrs(fd, op.attrs())
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
 def idmapped_tree(path: str, userns_fd: int) -> int:
     """Supervisor side: a detached, read-only, idmapped copy of a prepared root, for the child."""
     fd = linux.open_tree(path)
@@ -378,11 +416,19 @@ def idmapped_tree(path: str, userns_fd: int) -> int:
     return fd
 
 
-def enter(p: MountPlan, log: "StepLog | None" = None, tree_fd: int = -1) -> None:
-    """Child side: stop propagation, stage, assemble /newroot, pivot into it, detach the old root."""
+def enter(p: MountPlan, log: "StepLog | None" = None, root_fd: int = -1,
+          bind_fds: list[int] = []) -> None:
+    """Child side: stop propagation, stage, assemble /newroot, pivot into it, detach the old root.
+
+    root_fd is the idmapped prepared root, bind_fds the user's binds (host_trees()), if sent.
+    """
     root = p.ops[0]
-    if tree_fd >= 0 and isinstance(root, (RootBind, Overlay)):
-        root.tree_fd = tree_fd
+    if root_fd >= 0 and isinstance(root, (RootBind, Overlay)):
+        root.tree_fd = root_fd
+    fds = iter(bind_fds)
+    for op in p.ops:
+        if isinstance(op, Bind) and op.by_supervisor:
+            op.tree_fd = next(fds, -1)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
     linux.mount("tmpfs", SCRATCH, "tmpfs", _NOSUID_NODEV, "size=1m,mode=700")
     os.chdir(SCRATCH)

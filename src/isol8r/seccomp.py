@@ -13,6 +13,10 @@ import errno as _errno
 import json
 import os
 import re
+import select
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -864,3 +868,195 @@ def show(name_or_file: str) -> str:
 def check(path: str) -> Policy:
     """Load and compile a profile, raising SpecError for anything wrong with it."""
     return _compiled("default", path, (), (), False)[0]
+
+
+# ---- the syscall that got a program killed ----------------------------------------------------
+#
+# The kernel does not tell the parent which call a SIGSYS kill was for (si_syscall is set only in
+# the dying process's own siginfo). It does log every seccomp kill: with kill_process and
+# kill_thread in /proc/sys/kernel/seccomp/actions_logged (the default), each one becomes an audit
+# record "type=1326 audit(WALL:SERIAL): auid=.. uid=HOSTUID gid=.. ses=.. pid=HOSTPID comm=".."
+# exe=".." sig=31 arch=AUDIT_ARCH syscall=NR compat=.. ip=.. code=ACTION". Without auditd the
+# kernel prints it to its log, which root reads from /dev/kmsg. uid and pid are as seen from the
+# initial namespaces, so they can be told apart from other jails' and the host's.
+
+_SECCOMP_RECORD = re.compile(rb"audit: type=1326 audit\((\d+)\.(\d+):\d+\): (.*)")
+_FIELD = re.compile(rb'(\w+)=("[^"]*"|\S+)')
+#: Seccomp actions that kill with SIGSYS (code & 0xffff0000): kill-process, kill-thread, trap.
+_SIGSYS_CODES = {0x80000000, 0x00000000, 0x00030000}
+#: Audit arches of the other ABIs, by the name policy show uses for them.
+_AUDIT_ARCH_NAMES = {scmp.ARCH_X86: "x86", scmp.ARCH_ARM: "arm"}
+_NATIVE_AUDIT_ARCH = {"x86_64": scmp.ARCH_X86_64, "aarch64": scmp.ARCH_AARCH64}[MACHINE]
+
+
+@dataclass(frozen=True)
+class Kill:
+    """One seccomp kill from the kernel log."""
+
+    wall: float        # the audit record's time stamp (CLOCK_REALTIME, coarse, ms)
+    pid: int           # thread-group id in the initial pid namespace
+    uid: int           # real uid in the initial user namespace
+    comm: str
+    exe: str
+    arch: int          # AUDIT_ARCH_*
+    nr: int
+    code: int          # the seccomp action
+
+    @property
+    def syscall(self) -> str:
+        """The name, as syscall_name gives it; "x86:name" for an i386 call, "#N" if unknown."""
+        if self.arch == _NATIVE_AUDIT_ARCH:
+            name = syscall_name(self.nr)
+        elif self.arch in _AUDIT_ARCH_NAMES:
+            other = scmp.resolve_num(self.nr, self.arch)
+            name = f"{_AUDIT_ARCH_NAMES[self.arch]}:{other}" if other else None
+        else:
+            name = None
+        return name or f"#{self.nr}"
+
+
+def _audit_text(raw: bytes) -> str:
+    """An audit string field: "quoted", or hex when it held spaces, quotes or control bytes."""
+    if raw.startswith(b'"'):
+        return raw[1:-1].decode(errors="replace")
+    try:
+        return bytes.fromhex(raw.decode()).decode(errors="replace")
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+def parse_kill(record: bytes) -> Kill | None:
+    """A /dev/kmsg record ("PRI,SEQ,TS,FLAGS;MESSAGE\\n...") if it is a SIGSYS seccomp record."""
+    text = record.partition(b";")[2].partition(b"\n")[0]
+    m = _SECCOMP_RECORD.match(text)
+    if m is None:
+        return None
+    f = {k.decode(): v for k, v in _FIELD.findall(m[3])}
+    try:
+        if f.get("sig") != b"31" or int(f["code"], 16) & 0xFFFF0000 not in _SIGSYS_CODES:
+            return None
+        return Kill(wall=int(m[1]) + int(m[2]) / 1000, pid=int(f["pid"]), uid=int(f["uid"]),
+                    comm=_audit_text(f.get("comm", b'""')), exe=_audit_text(f.get("exe", b'""')),
+                    arch=int(f["arch"], 16), nr=int(f["syscall"]), code=int(f["code"], 16))
+    except (KeyError, ValueError):
+        return None
+
+
+class _KernelLog:
+    """Seccomp kills read from /dev/kmsg, incrementally: the first read takes the whole ring
+    buffer (a few ms), later ones only what was logged since; kills are kept in a bounded list.
+    The descriptor is O_NONBLOCK (a read never waits) and O_CLOEXEC; a forked child opens its own,
+    since an inherited one would share the file position with the parent."""
+
+    KEEP = 4096
+
+    def __init__(self, path: str = "/dev/kmsg") -> None:
+        self.path = path
+        self.fd = -1
+        self.owner = -1
+        self.kills: deque[Kill] = deque(maxlen=self.KEEP)
+        self.lock = threading.Lock()
+
+    def _open(self) -> int:
+        if self.owner != os.getpid():
+            self.fd, self.owner = -1, os.getpid()  # an inherited fd is the parent's: not ours
+            self.kills.clear()
+        if self.fd < 0:
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                return -1  # no /dev/kmsg, or not allowed to read it (dmesg_restrict, no root)
+        return self.fd
+
+    def drain(self) -> bool:
+        """Read every record not read yet; False when the log cannot be read."""
+        fd = self._open()
+        if fd < 0:
+            return False
+        while True:
+            try:
+                rec = os.read(fd, 8192)
+            except BlockingIOError:
+                return True
+            except BrokenPipeError:
+                continue  # records were overwritten before we read them; go on from the oldest
+            except OSError:
+                return True
+            if not rec:
+                return True
+            if b"type=1326" in rec:
+                kill = parse_kill(rec)
+                if kill is not None:
+                    self.kills.append(kill)
+
+    def wait(self, timeout: float) -> None:
+        if self.fd >= 0 and timeout > 0:
+            p = select.poll()
+            p.register(self.fd, select.POLLIN)
+            p.poll(timeout * 1000)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.fd >= 0 and self.owner == os.getpid():
+                os.close(self.fd)
+            self.fd, self.kills = -1, deque(maxlen=self.KEEP)
+
+
+_KMSG = _KernelLog()
+
+
+def find_kill(kills: Iterable[Kill], host_pid: int | None, since: float, until: float,
+              uids: range | None = None, comm: str | None = None) -> Kill | None:
+    """The kill that ended a jail, among kills logged by the kernel.
+
+    Candidates were logged between since and until (wall-clock seconds, with 20 ms of slack for
+    the coarse audit clock) by a uid in uids. A jail's processes get host pids after its first
+    one (host_pid: init, or the program itself with --no-init), so the candidate whose pid comes
+    next at or after host_pid (modulo pid wrap-around) is taken; comm breaks a tie of equal pid.
+    """
+    pid_max = _pid_max()
+
+    def rank(k: Kill) -> tuple[int, int, float]:
+        dist = (k.pid - host_pid) % pid_max if host_pid is not None else 0
+        return dist, 0 if comm is None or k.comm == comm[:15] else 1, -k.wall
+
+    return min((k for k in kills if since - 0.02 <= k.wall <= until + 0.02
+                and (uids is None or k.uid in uids)), key=rank, default=None)
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 22
+
+
+def blocked_syscall(host_pid: int | None, since: float, *, uids: range | None = None,
+                    comm: str | None = None, wait: float = 0.01) -> str | None:
+    """The syscall that got a jailed program killed by seccomp, from the kernel's log, or None.
+
+    Call it only when the verdict is 'seccomp' (reading the log is cheap, not free).
+    host_pid: the host pid of the jail's first process (Jail.pid); since: when the jail was
+    started, in time.monotonic() seconds (Jail.started); uids: the host uids the jail's ids map
+    to (id_base .. id_base + 65535 with a user namespace); comm: the program's name (basename of
+    argv[0]), a tie-breaker only. When the record is not there yet (the kernel's audit thread
+    prints it asynchronously, normally well before the parent learns of the death), the log is
+    polled for at most `wait` seconds. None when the log cannot be read (not root with
+    kernel.dmesg_restrict, auditd holding the records, kill_process not in actions_logged,
+    printk's rate limit of 10 records in 5 s exceeded) or nothing matches.
+    """
+    now_wall, now_mono = time.time(), time.monotonic()
+    window = (now_wall - (now_mono - since), now_wall)
+    deadline = now_mono + wait
+    with _KMSG.lock:
+        while True:
+            if not _KMSG.drain():
+                return None
+            kill = find_kill(_KMSG.kills, host_pid, *window, uids=uids, comm=comm)
+            if kill is not None:
+                return kill.syscall
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            _KMSG.wait(left)

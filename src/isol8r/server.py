@@ -66,25 +66,47 @@ def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
 # ---- the server process -----------------------------------------------------------------------
 
 
-class _Run:
-    """One jail of the server, and the caller's socket for it."""
+class _Lease:
+    """A jail handed to a caller. The caller activates and watches it; the server keeps a pidfd to
+    reap it, and the cgroup, to report the counters and remove it."""
 
-    def __init__(self, watch: supervisor.JailWatch, sock: socket.socket) -> None:
-        self.watch, self.sock, self.caller_gone = watch, sock, False
+    def __init__(self, jail: supervisor.Jail, sock: socket.socket) -> None:
+        self.jail, self.sock = jail, sock
+        self.caller_gone = self.exited = False
+
+    def register(self, sel: selectors.BaseSelector) -> None:
+        sel.register(self.jail.pidfd, selectors.EVENT_READ, self)
+        sel.register(self.sock, selectors.EVENT_READ, self)
 
     def handle(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        if key.fileobj is self.sock:
+            try:
+                msg = self.sock.recv(64)
+            except OSError:
+                msg = b""
+            if not msg:  # the caller is done with it, or gone: the jail ends now either way
+                self.caller_gone = True
+                sel.unregister(self.sock)
+                self.jail.signal(signal.SIGKILL)
+            return
+        self.exited = True
+        sel.unregister(self.jail.pidfd)
+
+    def finish(self, sel: selectors.BaseSelector) -> None:
+        usage = None
         try:
-            msg = self.sock.recv(64)
-        except OSError:
-            msg = b""
-        if not msg:
-            self.caller_gone = True
+            _, status, ru = os.wait4(self.jail.pid, 0)
+            if self.jail.cgroup is not None:
+                usage = self.jail.cgroup.usage()
+        finally:
+            self.jail.close()
+        if not self.caller_gone:
             sel.unregister(self.sock)
-            self.watch.jail.signal(signal.SIGKILL)
-        elif msg == b"O":
-            self.watch.limit_hit("output-limit")
-        elif msg[:1] == b"K":
-            self.watch.jail.signal(int(msg[1:]))
+            try:
+                _send(self.sock, ("reaped", (status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss, usage)))
+            except OSError:
+                pass
+        self.sock.close()
 
 
 class _Warm:
@@ -187,16 +209,14 @@ def serve(control_fd: int, prewarm: int = PREWARM) -> None:
     ctl = socket.socket(fileno=control_fd)
     sel = selectors.DefaultSelector()
     sel.register(ctl, selectors.EVENT_READ, None)
-    runs: list[_Run] = []
+    runs: list[_Lease] = []
     pool = _Pool(sel, prewarm)
     gc.collect()
     gc.freeze()  # keep the interpreter's own objects out of every collection: fewer CoW faults
     while True:
         now = time.monotonic()
-        ticks = [t for r in runs if (t := r.watch.tick(now)) is not None]
-        if (t := pool.expire(now)) is not None:
-            ticks.append(t)
-        timeout = max(0.0, min(ticks) - now) if ticks else None
+        nxt = pool.expire(now)
+        timeout = max(0.0, nxt - now) if nxt is not None else None
         for key, _ in sel.select(timeout):
             if sel.get_map().get(key.fd) is not key:
                 continue  # unregistered or handed over by an earlier event of this batch
@@ -204,21 +224,27 @@ def serve(control_fd: int, prewarm: int = PREWARM) -> None:
                 if not _accept(ctl, sel, runs, pool):
                     pool.close()
                     for r in runs:
-                        r.watch.jail.signal(signal.SIGKILL)
-                        r.watch.finish()
+                        r.jail.signal(signal.SIGKILL)
+                        r.caller_gone = True
+                        r.finish(sel)
                     return
                 continue
             try:
                 (key.data[0] if isinstance(key.data, tuple) else key.data).handle(sel, key)
             except Exception as e:  # one jail's trouble must not end every caller's server
                 sys.stderr.write(f"isol8r fork server: {type(e).__name__}: {e}\n")
-        for r in [r for r in runs if r.watch.done]:
+        for r in [r for r in runs if r.exited]:
             runs.remove(r)
-            _finish(r, sel)
+            try:
+                r.finish(sel)
+            except Exception as e:
+                sys.stderr.write(f"isol8r fork server: reap: {type(e).__name__}: {e}\n")
 
 
-def _accept(ctl: socket.socket, sel: selectors.BaseSelector, runs: list[_Run],
+def _accept(ctl: socket.socket, sel: selectors.BaseSelector, runs: list[_Lease],
             pool: _Pool) -> bool:
+    """One lease request: a jail of the spec's shape, in its cgroup, handed over with its channel
+    and a pidfd; then the pool is topped up for the next caller."""
     try:
         data, fds = _recv(ctl)
     except OSError:
@@ -228,27 +254,30 @@ def _accept(ctl: socket.socket, sel: selectors.BaseSelector, runs: list[_Run],
     if not fds:
         return True
     sock = socket.socket(fileno=fds[0])
+    for fd in fds[1:]:
+        os.close(fd)
     try:
         req = pickle.loads(data)
-        child = tuple(zip(fds[1:], req["targets"]))
-        log = (lambda m: _send(sock, ("log", m))) if req["verbose"] else None
         spec = req["spec"]
-        try:
-            jail = supervisor.start(spec, child, req["verbose"], pool.take(spec, req["verbose"]))
-        finally:
-            for fd in fds[1:]:
-                os.close(fd)
-        _send(sock, ("started", jail.pid), [jail.pidfd])
+        jail, derived = supervisor.lease(spec, req["verbose"], pool.take(spec, req["verbose"]))
     except Isol8rError as e:
         _reply_error(sock, to_wire(e))
         return True
     except Exception as e:  # a bug must cost this request, not every caller's server
         _reply_error(sock, ("Isol8rError", f"fork server: {type(e).__name__}: {e}"))
         return True
-    run = _Run(supervisor.JailWatch(jail, log), sock)
-    run.watch.register(sel)
-    sel.register(sock, selectors.EVENT_READ, run)
-    runs.append(run)
+    info = {"pid": jail.pid, "derived": derived, "limits": jail.limits, "notes": jail.notes,
+            "cgroup": jail.cgroup.view() if jail.cgroup is not None else None}
+    try:
+        _send(sock, ("lease", info), [jail.chan.fileno(), jail.pidfd])
+    except OSError:
+        supervisor._discard(jail)
+        sock.close()
+        return True
+    jail.chan.close()  # the caller owns the channel now
+    lease = _Lease(jail, sock)
+    lease.register(sel)
+    runs.append(lease)
     pool.refill(spec)
     return True
 
@@ -259,20 +288,6 @@ def _reply_error(sock: socket.socket, wire: tuple[Any, ...]) -> None:
     except OSError:
         pass
     sock.close()
-
-
-def _finish(run: _Run, sel: selectors.BaseSelector) -> None:
-    try:
-        outcome = run.watch.finish()
-    except Exception as e:
-        outcome = supervisor.Outcome(error=("SetupError", "fork server: reap", errno.EIO, str(e)))
-    if not run.caller_gone:
-        sel.unregister(run.sock)
-        try:
-            _send(run.sock, ("done", outcome))
-        except OSError:
-            pass
-    run.sock.close()
 
 
 def main() -> None:
@@ -291,11 +306,12 @@ def main() -> None:
 class Client:
     """The caller's handle on its fork server, started on first use; safe from many threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, prewarm: int | None = None) -> None:
         self._lock = threading.Lock()
         self._ctl: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner = -1
+        self._prewarm = prewarm
 
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
@@ -310,11 +326,13 @@ class Client:
 
     def _start(self) -> None:
         if self._ctl is not None and self._owner == os.getpid():
-            self.close()
+            self._ctl.close()
         mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
         pkg_parent = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if self._prewarm is not None:
+            env["ISOL8R_PREWARM"] = str(self._prewarm)
         self._proc = subprocess.Popen(
             [sys.executable, "-s", "-m", "isol8r.server", str(theirs.fileno()), str(os.getpid())],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -335,110 +353,123 @@ class Client:
                     self._proc.wait()
             self._proc = None
 
-    def submit(self, spec: Spec, stdio: supervisor.Stdio, verbose: bool) -> socket.socket:
-        """Ask for a jail; returns the per-run socket (the server answers on it)."""
+    def lease(self, spec: Spec, verbose: bool) -> socket.socket:
+        """Ask for a jail of spec's shape; returns the per-run socket the answer comes on."""
         ctl = self._control()
         mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
         try:
-            _send(ctl, {"spec": spec, "verbose": verbose, "targets": [t for _, t in stdio.child]},
-                  [theirs.fileno(), *(src for src, _ in stdio.child)])
+            _send(ctl, {"spec": spec, "verbose": verbose}, [theirs.fileno()])
         except OSError as e:
             mine.close()
             raise SetupError("fork server", e.errno or errno.EPIPE, "cannot reach it") from None
         finally:
             theirs.close()
-            for fd in stdio.close_after_start:
-                os.close(fd)
         return mine
 
     def run(self, spec: Spec, stdio: supervisor.Stdio, *, verbose: bool = False,
             log: supervisor.Log | None = None, forward_signals: bool = False) -> Result:
-        sock = self.submit(spec, stdio, verbose)
-        session = _Session(sock, stdio.io, log, spec)
-        sel = selectors.DefaultSelector()
-        sel.register(sock, selectors.EVENT_READ, (session, "run"))
-        stdio.io.register(sel)
-        old = supervisor._forward_signals(session.signal) if forward_signals else {}
+        session = _Session(self.lease(spec, verbose), spec, stdio, log if verbose else None)
         try:
-            supervisor.drive(sel, [session, stdio.io], session.next_tick, session.finished)
+            session.begin(*_recv(session.sock))
+            sel = selectors.DefaultSelector()
+            session.register(sel)
+            old = supervisor._forward_signals(session.watch.jail.signal) if forward_signals else {}
+            try:
+                supervisor.drive(sel, [session], session.next_tick, session.finished)
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+                sel.close()
         finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-            sel.close()
-            stdio.io.close()
             session.close()
         return session.result()
 
 
 class _Session:
-    """The caller's view of one jail run by the server."""
+    """The caller's side of one leased jail: it sends the Request, watches the jail (records,
+    limits, output) and takes the server's reap report when the cgroup's counters are wanted."""
 
-    def __init__(self, sock: socket.socket, io: supervisor.IOWatch, log: supervisor.Log | None,
-                 spec: Spec) -> None:
-        self.sock, self.io, self.log, self.spec = sock, io, log, spec
-        self.pidfd = -1
+    def __init__(self, sock: socket.socket, spec: Spec, stdio: supervisor.Stdio,
+                 log: supervisor.Log | None) -> None:
+        self.sock, self.spec, self.stdio, self.log = sock, spec, stdio, log
+        self.watch: supervisor.JailWatch | None = None
         self.outcome: supervisor.Outcome | None = None
-        self.error: tuple[Any, ...] | None = None
-        self.ended_at: float | None = None
-        io.on_limit = lambda _v: self._tell(b"O")
 
-    def _tell(self, msg: bytes) -> None:
+    def begin(self, data: bytes, fds: list[int]) -> None:
+        """Take the lease (or its error), activate the jail with this caller's descriptors."""
         try:
-            self.sock.send(msg)
-        except OSError:
-            pass
+            if not data:
+                raise SetupError("fork server", errno.EPIPE, "it closed the connection")
+            kind, info = pickle.loads(data)
+            if kind == "error":
+                raise from_wire(info)
+            chan_fd, pidfd = fds
+            cg = None
+            if info["cgroup"] is not None:
+                from .cgroups import Cgroup
+                cg = Cgroup.reader(info["cgroup"])
+            jail = supervisor.Jail(self.spec, info["pid"], pidfd, socket.socket(fileno=chan_fd),
+                                   time.monotonic(), info["limits"], info["notes"], cg)
+            self.watch = supervisor.JailWatch(jail, self.log, reaper=False)
+            self.stdio.io.on_limit = self.watch.limit_hit
+            req = pipeline.request(self.spec, [t for _, t in self.stdio.child], info["derived"],
+                                   supervisor._bpf(self.spec))
+            supervisor.activate(jail, req, [src for src, _ in self.stdio.child])
+        finally:
+            for fd in self.stdio.close_after_start:
+                os.close(fd)
+            self.stdio.close_after_start = []
 
-    def signal(self, sig: int) -> None:
-        self._tell(b"K%d" % sig)
+    def register(self, sel: Any) -> None:
+        assert self.watch is not None
+        self.watch.register(sel)
+        self.stdio.io.register(sel)
+        sel.register(self.sock, selectors.EVENT_READ, (self, "server"))
 
     def handle(self, sel: Any, key: Any) -> None:
+        """The server's reap report (or its end)."""
+        assert self.watch is not None
         try:
-            data, fds = _recv(self.sock)
+            data, _ = _recv(self.sock)
         except OSError:
-            data, fds = b"", []
+            data = b""
         if not data:
             sel.unregister(self.sock)
-            self.ended_at = self.ended_at or time.monotonic()
-            if self.outcome is None and self.error is None:
-                self.error = ("SetupError", "fork server", errno.EPIPE, "it died during the run")
+            if not self.watch.done:
+                self.watch.reaped(9 if self.watch.program is None else self.watch.program[0],
+                                  0.0, 0.0, 0, None)
             return
         kind, value = pickle.loads(data)
-        if kind == "started":
-            self.pidfd = fds[0] if fds else -1
-        elif kind == "log" and self.log:
-            self.log(value)
-        elif kind == "done":
-            self.outcome = value
-            self.ended_at = time.monotonic()
-        elif kind == "error":
-            self.error = value
-            self.ended_at = time.monotonic()
+        if kind == "reaped":
+            self.watch.reaped(*value)
 
     def next_tick(self, now: float) -> float | None:
-        if self.ended_at is None:
-            return None
-        return self.ended_at + max(self.spec.kill_grace, 0.5)
+        assert self.watch is not None
+        if self.watch.done:
+            return (self.watch.exited_at or now) + max(self.spec.kill_grace, 0.5)
+        return self.watch.tick(now)
 
     def finished(self) -> bool:
-        if self.ended_at is None:
+        w = self.watch
+        if w is None or not w.done:
             return False
-        return self.io.done or time.monotonic() > self.ended_at + max(self.spec.kill_grace, 0.5)
+        if w.exited_at is None:
+            w.exited_at = time.monotonic()
+        return self.stdio.io.done or time.monotonic() > w.exited_at + max(self.spec.kill_grace, 0.5)
 
     def close(self) -> None:
+        if self.watch is not None and self.outcome is None:
+            self.outcome = self.watch.finish()
+        self.stdio.io.close()
         self.sock.close()
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
 
     def result(self) -> Result:
-        if self.error is not None:
-            raise from_wire(self.error)
         assert self.outcome is not None
-        return supervisor.result(self.spec, self.outcome, self.io)
+        return supervisor.result(self.spec, self.outcome, self.stdio.io)
 
 
 class _LoopSelector:
-    """The two calls IOWatch and _Session make of a selector, served by an asyncio loop."""
+    """The two calls the watchers make of a selector, served by an asyncio loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
         self.loop, self.wake = loop, wake
@@ -448,11 +479,15 @@ class _LoopSelector:
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         key = selectors.SelectorKey(fileobj, fd, events, data)
         self.keys[fd] = key
-        cb = lambda: (data[0].handle(self, key), self.wake())  # noqa: E731
+
+        def ready() -> None:
+            if self.keys.get(fd) is key:
+                data[0].handle(self, key)
+            self.wake()
         if events & selectors.EVENT_READ:
-            self.loop.add_reader(fd, cb)
+            self.loop.add_reader(fd, ready)
         else:
-            self.loop.add_writer(fd, cb)
+            self.loop.add_writer(fd, ready)
 
     def unregister(self, fileobj: Any) -> None:
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
@@ -469,13 +504,18 @@ class _LoopSelector:
 async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Result:
     """One jail through the fork server, awaited on the running loop: no thread per jail."""
     loop = asyncio.get_running_loop()
-    sock = client.submit(spec, stdio, False)
-    session = _Session(sock, stdio.io, None, spec)
+    session = _Session(client.lease(spec, False), spec, stdio, None)
     wake = asyncio.Event()
     sel = _LoopSelector(loop, wake.set)
-    sel.register(sock, selectors.EVENT_READ, (session, "run"))
-    stdio.io.register(sel)  # type: ignore[arg-type]
     try:
+        got = loop.create_future()
+        loop.add_reader(session.sock.fileno(), lambda: got.done() or got.set_result(None))
+        try:
+            await got
+        finally:
+            loop.remove_reader(session.sock.fileno())
+        session.begin(*_recv(session.sock))
+        session.register(sel)
         while not session.finished():
             wake.clear()
             nxt = session.next_tick(time.monotonic())
@@ -486,7 +526,6 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Resu
                 pass
     finally:
         sel.close()
-        stdio.io.close()
         session.close()
     return session.result()
 

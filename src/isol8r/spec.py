@@ -29,6 +29,10 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# The library also takes the Spec's own field names where they differ from the option's.
+_ALIASES = {"caps": "cap", "pass-fds": "pass-fd"}
+
+
 @dataclass(frozen=True)
 class Mount:
     """A user mount: bind (rw), ro-bind, or tmpfs; dst is the absolute path inside the jail."""
@@ -92,6 +96,7 @@ class Spec:
         mounts: list[Mount] = []
         for raw_key, value in (options or {}).items():
             key = raw_key.replace("_", "-")
+            key = _ALIASES.get(key, key)
             if key == "init":  # the library's positive spelling of --no-init
                 if not isinstance(value, bool):
                     raise SpecError("init", value, "expected true or false")
@@ -183,12 +188,10 @@ def _abs_path(key: str, value: Any) -> str:
         raise SpecError(key, value, "a path cannot hold a NUL byte")
     if not value.startswith("/"):
         raise SpecError(key, value, "must be an absolute path")
-    norm = os.path.normpath(value)
-    if norm.startswith("//"):
-        norm = norm[1:]
-    if ".." in norm.split("/"):
+    if ".." in value.split("/"):
         raise SpecError(key, value, "must not contain '..'")
-    return norm
+    norm = os.path.normpath(value)
+    return norm[1:] if norm.startswith("//") else norm
 
 
 def _split_pair(key: str, value: Any) -> tuple[str, str | None]:

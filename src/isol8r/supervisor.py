@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import mounts, pipeline, userns
+from . import mounts, pipeline, rlimits, userns
 from .errors import ExecError, SetupError, SpecError
 from .result import Result
 from .spec import RLIMITS, Spec
@@ -59,29 +59,41 @@ class Jail:
             if e.errno != errno.ESRCH:
                 raise
 
-    def close(self) -> None:
+    def close(self, remove_cgroup: bool = True) -> None:
         self.chan.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
-        if self.cgroup is not None:
+        if self.cgroup is not None and remove_cgroup:
             self.cgroup.remove()
-            self.cgroup = None
+        self.cgroup = None
 
 
 # ---- starting ---------------------------------------------------------------------------------
 
 
-def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False,
-          jail: "Jail | None" = None) -> Jail:
-    """Cgroup, plan, spawn and activate: fds maps descriptors of this process onto the jail's
-    numbers (0, 1, 2, ...). With jail, a pre-warmed jail of the same shape is used instead of
-    a new one (the fork server's pool)."""
+def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False) -> Jail:
+    """Lease and activate in one process: fds maps descriptors of this process onto the jail's
+    numbers (0, 1, 2, ...)."""
+    jail, derived = lease(spec, verbose)
+    try:
+        activate(jail, pipeline.request(spec, [t for _, t in fds], derived, _bpf(spec)),
+                 [src for src, _ in fds])
+    except BaseException:
+        _discard(jail)
+        raise
+    return jail
+
+
+def lease(spec: Spec, verbose: bool = False,
+          jail: "Jail | None" = None) -> tuple[Jail, dict[str, tuple[int, int]]]:
+    """A jail of spec's shape, set up and waiting for its Request, in its cgroup: a new one, or
+    the pre-warmed jail given (the fork server's pool). Returns it with the rlimits that stand
+    in for cgroup limits no cgroup could hold."""
     if spec.rootfs is not None and not spec.allow_unsafe_root:
         _check_root(spec.rootfs)
     cg, derived, notes = _limits(spec)
     try:
-        req = pipeline.request(spec, [t for _, t in fds], derived, _bpf(spec))
         if jail is None:
             plan = pipeline.prepare(spec, verbose)
             if spec.overlay_dir is not None:
@@ -97,7 +109,6 @@ def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False,
                 jail.cgroup = cg
                 for pid in jail_pids(jail.pid):
                     cg.attach(pid)
-        activate(jail, req, [src for src, _ in fds])
     except BaseException:
         if jail is not None:
             _discard(jail)
@@ -105,8 +116,8 @@ def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False,
             cg.remove()
         raise
     jail.notes.extend(notes)
-    jail.limits.update(_limits_applied(spec, req, cg))
-    return jail
+    jail.limits.update(_limits_applied(spec, derived, cg))
+    return jail, derived
 
 
 def _check_root(root: str) -> None:
@@ -174,14 +185,16 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         if cgroup is not None and clone_fd < 0:
             cgroup.attach(pid)
         tree = _idmapped_root(pid, plan)
-        if tree >= 0:
-            try:
-                parent.sendmsg([b"G"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                         tree.to_bytes(4, sys.byteorder))])
-            finally:
-                os.close(tree)
-        else:
-            parent.send(b"G")
+        trees = ([tree] if tree >= 0 else []) + \
+            (mounts.host_trees(plan.mounts) if plan.mounts is not None else [])
+        try:
+            parent.sendmsg([b"GR" if tree >= 0 else b"G"],
+                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                             b"".join(fd.to_bytes(4, sys.byteorder) for fd in trees))]
+                           if trees else [])
+        finally:
+            for fd in trees:
+                os.close(fd)
     except OSError as e:
         _discard(jail)
         raise SetupError("write id maps / cgroup", e.errno or errno.EIO, str(e.filename or "")) from None
@@ -243,13 +256,14 @@ def _limits(spec: Spec) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
         return None, derived, notes
 
 
-def _limits_applied(spec: Spec, plan: pipeline.Request, cg: Any) -> dict[str, Any]:
+def _limits_applied(spec: Spec, derived: dict[str, tuple[int, int]], cg: Any) -> dict[str, Any]:
     names = {num: name for name, num in RLIMITS.items()}
     out: dict[str, Any] = {k: getattr(spec, k) for k in
                            ("memory", "pids", "cpus", "time_limit", "cpu_limit", "output_limit")
                            if getattr(spec, k) is not None}
     out["cgroup"] = f"v{cg.version}" if cg is not None else None
-    out["rlimits"] = {names.get(r, str(r)): [soft, hard] for r, soft, hard in plan.rlimits}
+    out["rlimits"] = {names.get(r, str(r)): [soft, hard]
+                      for r, soft, hard in rlimits.plan(spec.rlimits, derived)}
     return out
 
 
@@ -285,9 +299,11 @@ class Outcome:
 class JailWatch:
     """Supervises one jail: handshake records, exit, time and CPU limits, escalation, reaping."""
 
-    def __init__(self, jail: Jail, log: Log | None = None) -> None:
+    def __init__(self, jail: Jail, log: Log | None = None, reaper: bool = True) -> None:
         self.jail = jail
         self.log = log
+        self.reaper = reaper  # False: the fork server reaps; its report comes to reaped()
+        self.reaped_report: tuple[int, float, float, int, Any] | None = None
         self.error: tuple[str, str, int, str] | None = None
         self.exec_at: float | None = None
         self.program: tuple[int, float, float, int] | None = None
@@ -299,7 +315,19 @@ class JailWatch:
 
     @property
     def done(self) -> bool:
-        return self.exited and not self.chan_open
+        if self.reaper:
+            return self.exited and not self.chan_open
+        if self.reaped_report is not None:
+            return True
+        # the program's status from init is enough, unless the cgroup's counters are wanted;
+        # the namespaces' teardown then goes on without the caller waiting for it
+        return self.program is not None and self.jail.cgroup is None
+
+    def reaped(self, status: int, utime: float, stime: float, maxrss: int, usage: Any) -> None:
+        """The fork server's report: it reaped the jail's init and read its cgroup."""
+        self.reaped_report = (status, utime, stime, maxrss, usage)
+        self.exited = True
+        self.exited_at = self.exited_at or time.monotonic()
 
     def register(self, sel: selectors.BaseSelector) -> None:
         sel.register(self.jail.chan, selectors.EVENT_READ, (self, "chan"))
@@ -376,15 +404,21 @@ class JailWatch:
         return min(marks) if marks else None
 
     def finish(self) -> Outcome:
-        """Reap, read the counters, remove the cgroup; the jail is gone after this."""
+        """Reap (or take the server's report), read the counters, remove the cgroup."""
         jail = self.jail
         usage = None
         try:
-            _, status, ru = os.wait4(jail.pid, 0)
-            if jail.cgroup is not None:
-                usage = jail.cgroup.usage()
+            if self.reaped_report is not None:
+                st, ut, syst, rss, usage = self.reaped_report
+                status, ru = st, _Rusage(ut, syst, rss)
+            elif self.reaper:
+                _, status, ru = os.wait4(jail.pid, 0)
+                if jail.cgroup is not None:
+                    usage = jail.cgroup.usage()
+            else:
+                status, ru = 0, _Rusage(0.0, 0.0, 0)  # init's S record has the real figures
         finally:
-            jail.close()
+            jail.close(remove_cgroup=self.reaper)
         end = self.exited_at or time.monotonic()
         out = Outcome(error=self.error, verdict=self.verdict, limits=jail.limits, notes=jail.notes,
                       setup_time=(self.exec_at or end) - jail.started,
@@ -402,6 +436,13 @@ class JailWatch:
             out.processes = usage.pids_peak
             out.oom = usage.oom_killed
         return out
+
+
+@dataclass
+class _Rusage:
+    ru_utime: float
+    ru_stime: float
+    ru_maxrss: int
 
 
 # ---- the caller side --------------------------------------------------------------------------

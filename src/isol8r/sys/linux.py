@@ -301,6 +301,13 @@ def idmap_tree(tree_fd: int, userns_fd: int, attr_set: int = 0) -> None:
                     ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr(idmap)")
 
 
+def set_tree_attrs(tree_fd: int, attr_set: int) -> None:
+    """Mount attributes on a detached tree and every mount in it."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    _check(_syscall(NR["mount_setattr"], tree_fd, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+                    ctypes.byref(attr), ctypes.sizeof(attr)), "mount_setattr")
+
+
 def move_mount(tree_fd: int, target: str) -> None:
     """Attach a detached tree at target."""
     _check(_syscall(NR["move_mount"], tree_fd, b"", AT_FDCWD, _b(target),
