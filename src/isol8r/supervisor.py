@@ -162,6 +162,10 @@ def _discard(jail: Jail) -> None:
 
 def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
     """Clone the child into its namespaces and let it go; raises SetupError if it cannot start."""
+    if _threads() > 1:
+        raise SetupError("clone3", errno.EDEADLK, "this process has several threads: a bare clone "
+                         "could inherit a lock another thread holds; use the fork server "
+                         "(isol8r.run's default)")
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     clone_fd = cgroup.clone_fd() if cgroup is not None else -1
     started = time.monotonic()
@@ -199,6 +203,15 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         _discard(jail)
         raise SetupError("write id maps / cgroup", e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
+
+
+def _threads() -> int:
+    """This process's thread count, from the kernel: native threads count too."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Threads:"):
+                return int(line.split()[1])
+    return 1
 
 
 def _idmapped_root(pid: int, plan: pipeline.Plan) -> int:
