@@ -170,10 +170,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_supervisor_killed_takes_the_jail_with_it() -> None:
+LIBRARY_CALLER = ("import isol8r; isol8r.run(['/bin/sleep', '60'], **{nosec!r})")
+
+
+# The CLI supervises in its own process; a library caller has its jails cloned and reaped by a
+# fork server: killing the caller must end the jail (and that server) all the same.
+@pytest.mark.parametrize("caller", ["cli", "library"])
+def test_supervisor_killed_takes_the_jail_with_it(caller: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    p = subprocess.Popen([sys.executable, "-m", "isol8r", "run", *CLI_NOSECCOMP, "--", "sleep", "60"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    if caller == "cli":
+        argv = [sys.executable, "-m", "isol8r", "run", *CLI_NOSECCOMP, "--", "sleep", "60"]
+    else:
+        argv = [sys.executable, "-c", LIBRARY_CALLER.format(nosec=NOSECCOMP)]
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     jailed: dict[int, str] = {}
     try:

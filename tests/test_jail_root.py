@@ -9,7 +9,6 @@ import errno
 import json
 import os
 import shutil
-import stat
 import subprocess
 import tempfile
 import uuid
@@ -35,9 +34,10 @@ BUSYBOX_APPLETS = ("sh", "ls", "cat", "echo", "find", "test", "touch", "id", "st
 def open_dir() -> Iterator[Path]:
     """A scratch directory the jail's unprivileged ids can traverse, removed afterwards.
 
-    pytest's tmp_path lies under /tmp/pytest-of-root (mode 0700): the jail mounts as root of its
-    user namespace, which maps no id onto host root and so cannot traverse it (see
-    test_bind_source_under_a_private_host_dir, which documents that as a bug).
+    pytest's tmp_path lies under /tmp/pytest-of-root (mode 0700), which ids of the jail's user
+    namespace cannot traverse: whatever isol8r mounts by path from inside the namespace fails
+    there. The tests *_under_a_private_host_dir check that it does not; the others use this
+    directory so that they test their own concern whatever those find.
     """
     d = Path(tempfile.mkdtemp(prefix="isol8r-test-"))
     d.chmod(0o755)
@@ -47,10 +47,7 @@ def open_dir() -> Iterator[Path]:
         shutil.rmtree(d)
 
 
-@pytest.fixture
-def busybox_root(open_dir: Path) -> Path:
-    """A tiny root: a static busybox with applet links, and empty proc, sys, dev, tmp."""
-    root = open_dir / "rootfs"
+def make_busybox_root(root: Path) -> Path:
     (root / "bin").mkdir(parents=True)
     shutil.copy2("/bin/busybox", root / "bin" / "busybox")
     for applet in BUSYBOX_APPLETS:
@@ -58,6 +55,12 @@ def busybox_root(open_dir: Path) -> Path:
     for d in ("proc", "sys", "dev", "tmp"):
         (root / d).mkdir()
     return root
+
+
+@pytest.fixture
+def busybox_root(open_dir: Path) -> Path:
+    """A tiny root: a static busybox with applet links, and empty proc, sys, dev, tmp."""
+    return make_busybox_root(open_dir / "rootfs")
 
 
 def parse_mountinfo(text: str) -> list[dict[str, Any]]:
@@ -187,6 +190,15 @@ def test_rootfs_is_read_only_unless_rw_root(busybox_root: Path) -> None:
     assert (busybox_root / "newfile").exists()
 
 
+@pytest.mark.parametrize("rw_root", [False, True], ids=["ro", "rw"])
+def test_rootfs_under_a_private_host_dir(tmp_path: Path, rw_root: bool) -> None:
+    """A root directory root can read (pytest's tmp_path, under a 0700 root-owned directory)
+    must work, read-only and read-write alike: isol8r runs as root."""
+    root = make_busybox_root(tmp_path / "rootfs")
+    r = sh("echo inside", rootfs=str(root), rw_root=rw_root, **NOSECCOMP)
+    assert r.stdout == b"inside\n", r
+
+
 def test_rootfs_gets_proc_dev_tmp(busybox_root: Path) -> None:
     mi = mountinfo(rootfs=str(busybox_root))
     assert mi["/proc"]["fstype"] == "proc"
@@ -197,7 +209,7 @@ def test_rootfs_gets_proc_dev_tmp(busybox_root: Path) -> None:
 # ---- /proc, /sys --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("opts", [{}, {"share_net": True}])
+@pytest.mark.parametrize("opts", [{}, {"share_net": True}, {"share_pid": True}])
 def test_proc_is_nosuid_nodev_noexec(opts: dict[str, Any]) -> None:
     proc = mountinfo(**opts)["/proc"]
     assert proc["fstype"] == "proc"

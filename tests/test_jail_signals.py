@@ -29,9 +29,10 @@ FORWARDED = ("SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "S
              "SIGTERM")
 
 HANDLER_CODE = f"""
-import signal, sys
+import os, signal, sys
 def handler(sig, frame):
-    print(signal.Signals(sig).name, flush=True)
+    # os.write, not print: a signal can land while print('ready') is still flushing
+    os.write(1, signal.Signals(sig).name.encode() + b"\\n")
     if sig == signal.SIGTERM:
         sys.exit(3)
 for name in {FORWARDED!r}:
@@ -85,7 +86,12 @@ def test_signals_to_isol8r_reach_the_program() -> None:
         assert out.line(10) == "ready", p.stderr.read() if p.poll() is not None else "no ready"
         for name in FORWARDED:
             p.send_signal(getattr(signal, name))
-            assert out.line() == name, f"{name} sent to isol8r did not reach the program"
+            got = out.line()
+            if got != name:
+                p.kill()
+                err = p.communicate(timeout=5)[1]
+                raise AssertionError(f"{name} sent to isol8r did not reach the program: {got!r}, "
+                                     f"stderr {err!r}")
         assert p.wait(timeout=5) == 3
     finally:
         _finish(p)

@@ -8,6 +8,7 @@ is not found.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any, NoReturn, Sequence
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = spec_from_args(ns)
         if ns.dry_run:
-            print(spec.to_json())
+            _write(sys.stdout, spec.to_json() + "\n")
             return 0
         from . import supervisor
         log = (lambda m: sys.stderr.write(f"isol8r: {m}\n")) if ns.verbose else None
@@ -99,11 +100,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.json:
         text = result.to_json() + "\n"
         if ns.json == "-":
-            sys.stdout.write(text)
+            _write(sys.stdout, text)
         else:
             with open(ns.json, "w") as f:
                 f.write(text)
     return result.status
+
+
+def _write(stream: Any, text: str) -> None:
+    """Write and flush; a reader that went away (`| head`) is not an error of ours."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def _delegate(cmd: str, argv: list[str]) -> int:

@@ -289,6 +289,7 @@ class MountPlan:
     ops: tuple[Op, ...]
     final: tuple[Op, ...]
     idmap_root: str | None = None  # a read-only prepared root the supervisor should idmap
+    root_src: str | None = None  # a prepared root the supervisor opens for the child
 
 
 def etc_files(uid: int, gid: int, hostname: str, share_net: bool) -> list[File]:
@@ -365,7 +366,7 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
     root, rest = ops[0], ops[1:]
     rest.sort(key=lambda op: op.dst.rstrip("/").count("/"))
     idmap = rootfs if rootfs is not None and (overlay or not rw_root) else None
-    return MountPlan((root, *rest), tuple(final), idmap)
+    return MountPlan((root, *rest), tuple(final), idmap, rootfs)
 
 
 def prepare_overlay_dir(path: str, owner: int | None) -> None:
@@ -404,15 +405,19 @@ def host_trees(p: MountPlan) -> list[int]:
     return fds
 
 
-def idmapped_tree(path: str, userns_fd: int) -> int:
-    """Supervisor side: a detached, read-only, idmapped copy of a prepared root, for the child."""
-    fd = linux.open_tree(path)
-    try:
-        linux.idmap_tree(fd, userns_fd, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID
-                         | linux.MOUNT_ATTR_NODEV)
-    except OSError:
-        os.close(fd)
-        raise
+def root_tree(p: MountPlan, userns_fd: int) -> int:
+    """Supervisor side: a detached copy of the prepared root, opened with the caller's access (so
+    a root below a directory the jail's ids cannot cross still works); read-only and idmapped
+    where the plan allows and the filesystem can, else a plain tree; -1 without a prepared root."""
+    if p.root_src is None:
+        return -1
+    fd = linux.open_tree(p.root_src)
+    if p.idmap_root is not None and userns_fd >= 0:
+        try:
+            linux.idmap_tree(fd, userns_fd, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID
+                             | linux.MOUNT_ATTR_NODEV)
+        except OSError:
+            pass  # e.g. a filesystem without idmapped-mount support: the plain tree serves
     return fd
 
 

@@ -369,19 +369,19 @@ class Client:
     def run(self, spec: Spec, stdio: supervisor.Stdio, *, verbose: bool = False,
             log: supervisor.Log | None = None, forward_signals: bool = False) -> Result:
         session = _Session(self.lease(spec, verbose), spec, stdio, log if verbose else None)
-        try:
-            session.begin(*_recv(session.sock))
-            sel = selectors.DefaultSelector()
-            session.register(sel)
-            old = supervisor._forward_signals(session.watch.jail.signal) if forward_signals else {}
+        with supervisor.Forwarder(forward_signals) as fwd:
             try:
-                supervisor.drive(sel, [session], session.next_tick, session.finished)
+                session.begin(*_recv(session.sock))
+                sel = selectors.DefaultSelector()
+                session.register(sel)
+                assert session.watch is not None
+                fwd.attach(session.watch.jail.signal)
+                try:
+                    supervisor.drive(sel, [session], session.next_tick, session.finished)
+                finally:
+                    sel.close()
             finally:
-                for sig, handler in old.items():
-                    signal.signal(sig, handler)
-                sel.close()
-        finally:
-            session.close()
+                session.close()
         return session.result()
 
 

@@ -137,8 +137,27 @@ def activate(jail: Jail, req: pipeline.Request, fds: list[int]) -> None:
         jail.chan.sendmsg([req.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                             b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
     except OSError as e:
-        raise SetupError("send the request to the jail", e.errno or errno.EIO,
-                         "it died while being set up") from None
+        raise _queued_error(jail) or SetupError("send the request to the jail", e.errno or errno.EIO,
+                                                "it died while being set up") from None
+
+
+def _queued_error(jail: Jail) -> SetupError | None:
+    """The error record a jail that died during setup left on its channel, if any."""
+    watch = JailWatch(jail)
+    while True:
+        try:
+            rec = jail.chan.recv(65536, socket.MSG_DONTWAIT)
+        except ConnectionResetError:
+            continue  # reported once, ahead of the records still queued
+        except OSError:
+            rec = b""
+        if not rec:
+            break
+        watch.on_record(rec)
+    if watch.error is None:
+        return None
+    cls, step, err, detail = watch.error
+    return (ExecError if cls == "ExecError" else SetupError)(step, err, detail)
 
 
 def jail_pids(init_pid: int) -> list[int]:
@@ -188,7 +207,7 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             userns.write_maps(pid, plan.ids)
         if cgroup is not None and clone_fd < 0:
             cgroup.attach(pid)
-        tree = _idmapped_root(pid, plan)
+        tree = _root_tree(pid, plan)
         trees = ([tree] if tree >= 0 else []) + \
             (mounts.host_trees(plan.mounts) if plan.mounts is not None else [])
         try:
@@ -214,18 +233,18 @@ def _threads() -> int:
     return 1
 
 
-def _idmapped_root(pid: int, plan: pipeline.Plan) -> int:
-    """An idmapped tree of a read-only prepared root, or -1 where the kernel or fs cannot."""
-    if plan.mounts is None or plan.mounts.idmap_root is None or plan.ids is None \
-            or not plan.ids.can_become_root:
+def _root_tree(pid: int, plan: pipeline.Plan) -> int:
+    """The prepared root as a detached tree for the child (idmapped where it can be), or -1."""
+    if plan.mounts is None or plan.mounts.root_src is None:
         return -1
-    userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    userns_fd = -1
+    if plan.ids is not None and plan.ids.can_become_root:
+        userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return mounts.idmapped_tree(plan.mounts.idmap_root, userns_fd)
-    except OSError:
-        return -1  # e.g. a filesystem without idmapped-mount support: plain bind instead
+        return mounts.root_tree(plan.mounts, userns_fd)
     finally:
-        os.close(userns_fd)
+        if userns_fd >= 0:
+            os.close(userns_fd)
 
 
 def _clone_hint(err: int | None) -> str:
@@ -672,29 +691,28 @@ def run(spec: Spec, *, stdin: Any = None, stdout: Any = None, stderr: Any = None
     watch: list[JailWatch] = []
     stdio = open_stdio(spec, stdin, stdout, stderr, input, capture_output,
                        lambda v: watch[0].limit_hit(v) if watch else None)
-    try:
-        jail = start(spec, tuple(stdio.child), verbose)
-    except BaseException:
-        stdio.io.close()
-        raise
-    finally:
-        for fd in stdio.close_after_start:
-            os.close(fd)
-    jw = JailWatch(jail, log if verbose else None)
-    watch.append(jw)
-    sel = selectors.DefaultSelector()
-    jw.register(sel)
-    stdio.io.register(sel)
-    old = _forward_signals(jail.signal) if forward_signals else {}
-    try:
-        drive(sel, [jw, stdio.io], lambda now: _next_tick(jw, spec, now),
-              lambda: jw.done and (stdio.io.done or _drained(jw, spec)))
-        outcome = jw.finish()
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        sel.close()
-        stdio.io.close()
+    with Forwarder(forward_signals) as fwd:
+        try:
+            jail = start(spec, tuple(stdio.child), verbose)
+        except BaseException:
+            stdio.io.close()
+            raise
+        finally:
+            for fd in stdio.close_after_start:
+                os.close(fd)
+        jw = JailWatch(jail, log if verbose else None)
+        watch.append(jw)
+        sel = selectors.DefaultSelector()
+        jw.register(sel)
+        stdio.io.register(sel)
+        fwd.attach(jail.signal)
+        try:
+            drive(sel, [jw, stdio.io], lambda now: _next_tick(jw, spec, now),
+                  lambda: jw.done and (stdio.io.done or _drained(jw, spec)))
+            outcome = jw.finish()
+        finally:
+            sel.close()
+            stdio.io.close()
     return result(spec, outcome, stdio.io)
 
 
@@ -709,8 +727,34 @@ def _drained(jw: JailWatch, spec: Spec) -> bool:
     return jw.exited_at is not None and time.monotonic() > jw.exited_at + max(spec.kill_grace, 0.5)
 
 
-def _forward_signals(send: Callable[[int], None]) -> dict[int, Any]:
-    """Install handlers that pass the caller's signals to the jail; only the main thread can."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {sig: signal.signal(sig, lambda s, _f: send(s)) for sig in FORWARDED}
+class Forwarder:
+    """Passes the caller's signals to the jail. Armed before the jail starts (the signals are
+    blocked, so one sent while the program starts stays pending), attached once the jail exists
+    (handlers installed, mask restored: the pending ones are delivered then), restored after.
+    Only the main thread can install handlers; elsewhere this does nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.mask: set[int] | None = None
+        self.handlers: dict[int, Any] = {}
+
+    def __enter__(self) -> "Forwarder":
+        if self.enabled:
+            self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        return self
+
+    def attach(self, send: Callable[[int], None]) -> None:
+        if self.enabled:
+            self.handlers = {sig: signal.signal(sig, lambda s, _f: send(s)) for sig in FORWARDED}
+            self._unblock()
+
+    def _unblock(self) -> None:
+        if self.mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+            self.mask = None
+
+    def __exit__(self, *_: Any) -> None:
+        for sig, handler in self.handlers.items():
+            signal.signal(sig, handler)
+        self.handlers = {}
+        self._unblock()
