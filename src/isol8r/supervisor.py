@@ -423,7 +423,11 @@ class JailWatch:
             else:
                 marks.append(start + spec.time_limit)
         if spec.cpu_limit is not None and cg is not None and self.verdict is None:
-            if cg.cpu_time() >= spec.cpu_limit:
+            try:
+                used = cg.cpu_time()
+            except OSError:  # the fork server removed the group: the jail has ended
+                used = 0.0
+            if used >= spec.cpu_limit:
                 self.limit_hit("cpu-limit")
             else:
                 marks.append(now + 0.01)  # poll the jail's CPU time every 10 ms
