@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
+	@# bytecode once, so a CLI start does not compile (PYTHONDONTWRITEBYTECODE may be set)
+	$(BIN)/python -m compileall -q src >/dev/null
 
 install: $(STAMP)
 
