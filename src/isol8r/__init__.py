@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Sequence
 
 from .errors import ExecError, Isol8rError, JailFailed, SetupError, SpecError
@@ -62,14 +63,17 @@ async def run_async(cmd: Sequence[str] | Spec, *, capture_output: bool = False,
 
 
 _CLIENT: Any = None
+_CLIENT_LOCK = threading.Lock()
 
 
 def _client() -> Any:
+    """This process's fork server client: one, also when many threads ask at once."""
     global _CLIENT
-    if _CLIENT is None:
-        from . import server
-        _CLIENT = server.Client()
-    return _CLIENT
+    with _CLIENT_LOCK:
+        if _CLIENT is None:
+            from . import server
+            _CLIENT = server.Client()
+        return _CLIENT
 
 
 def _finish(result: Result, text: bool, check: bool) -> Result:
@@ -97,7 +101,8 @@ def _spec(cmd: Sequence[str] | Spec, timeout: float | None, options: dict[str, A
         profile = options.pop("profile", None)
         if profile is not None:
             from . import profiles
-            options = {**profiles.load(profile), **{k.replace("_", "-"): v for k, v in options.items()}}
+            options = profiles.merge(profiles.load(profile),
+                                     {k.replace("_", "-"): v for k, v in options.items()})
         spec = Spec.from_options(cmd, options)
     if timeout is not None and isinstance(cmd, Spec):
         spec = spec.replace(time_limit=float(timeout))

@@ -63,13 +63,13 @@ def spec_from_args(ns: argparse.Namespace) -> Spec:
     if command and command[0] == "--":
         command = command[1:]
     options: dict[str, Any] = {}
-    if ns.profile:
-        from . import profiles
-        options.update(profiles.load(ns.profile))
     for name in OPTIONS:
         value = getattr(ns, "opt_" + name.replace("-", "_"))
         if value is not None:
             options[name] = value
+    if ns.profile:
+        from . import profiles
+        options = profiles.merge(profiles.load(ns.profile), options)
     return Spec.from_options(command, options)
 
 

@@ -362,7 +362,8 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
             ops.append(Tmpfs(dst, size or (64 << 20), 0o755, owner=(uid, gid)))
         else:
             assert src is not None
-            ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), by_supervisor=True))
+            # open_tree needs CAP_SYS_ADMIN: without root the child binds from /oldroot
+            ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), by_supervisor=os.geteuid() == 0))
     root, rest = ops[0], ops[1:]
     rest.sort(key=lambda op: op.dst.rstrip("/").count("/"))
     idmap = rootfs if rootfs is not None and (overlay or not rw_root) else None

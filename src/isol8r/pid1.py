@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import time
 from typing import Callable, NoReturn
 
 FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
@@ -33,9 +34,10 @@ def serve(program: int, exec_pipe: int, report: Callable[[bytes], None]) -> NoRe
             failed = failed or line.startswith(b"E")
             report(line)
     if not failed:
-        report(b"X")
+        report(b"X%d" % time.monotonic_ns())
     status, ru = _wait_for(program)
-    report(b"S%d\0%.6f\0%.6f\0%d" % (status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss))
+    report(b"S%d\0%.6f\0%.6f\0%d\0%d" % (status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss,
+                                         time.monotonic_ns()))
     if os.WIFSIGNALED(status):
         os._exit(128 + os.WTERMSIG(status))
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255)

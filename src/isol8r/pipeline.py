@@ -55,6 +55,7 @@ class Plan:
     caps: caps.CapPlan
     verbose: bool
     signals: tuple[int, ...]  # the signals the cloning process catches or ignores: to reset
+    parent_pidfd: int  # the cloning process's own pidfd: readable once it is gone
 
 
 @dataclass
@@ -117,6 +118,7 @@ def prepare(spec: Spec, verbose: bool = False) -> Plan:
         caps=caps.plan(tuple(capability_number(c) for c in spec.caps)),
         verbose=verbose,
         signals=linux.handled_signals(),
+        parent_pidfd=linux.own_pidfd(),
     )
 
 
@@ -197,7 +199,16 @@ def child_main(plan: Plan, chan_fd: int) -> NoReturn:
 
 def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     gc.disable()  # a collection would touch every object: copy-on-write faults for nothing
+    # Nothing of the supervisor's but the channel stays open here: a pre-warmed jail must not
+    # hold copies of other jails' sockets (their EOFs would never come).
+    _close_all_but((0, 1, 2, ch.fd, plan.parent_pidfd))
     linux.reset_signal_dispositions(plan.signals)
+    # Die with the supervisor from now on, also while waiting for go; the pidfd closes the race
+    # with a supervisor that died before the prctl.
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _readable(plan.parent_pidfd):
+        os._exit(125)
+    os.close(plan.parent_pidfd)
     go, fds = _receive(ch.fd, 16, 64)
     if go[:1] != b"G":  # the parent died or refused before the id maps were written
         os._exit(125)
@@ -326,6 +337,13 @@ def _die_with_parent(alive: Callable[[], bool]) -> None:
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if not alive():
         os._exit(125)
+
+
+def _readable(fd: int) -> bool:
+    """A pidfd polls readable once its process has exited."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
 
 
 def _socket_alive(fd: int) -> bool:

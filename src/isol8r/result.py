@@ -59,7 +59,7 @@ class Result:
             how = f"exit code {self.exit_code}"
         else:
             how = self.error or "did not start"
-        return f"{self.verdict}: {how}"
+        return f"{self.verdict}: {how}" + (f", syscall: {self.syscall}" if self.syscall else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -115,8 +115,10 @@ class _Warm:
     It is watched while it waits: one that fails its setup or dies is dropped, not handed out.
     """
 
-    def __init__(self, pool: "_Pool", key: tuple[object, ...], jail: supervisor.Jail) -> None:
+    def __init__(self, pool: "_Pool", key: tuple[object, ...], jail: supervisor.Jail,
+                 sources: dict[str, tuple[int, int] | None]) -> None:
         self.pool, self.key, self.jail, self.born = pool, key, jail, time.monotonic()
+        self.sources = sources  # the host paths it opened, and what they were then
 
     def handle(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
         if key.fileobj is self.jail.chan:
@@ -138,19 +140,38 @@ class _Pool:
 
     @staticmethod
     def poolable(spec: Spec) -> bool:
-        """Not a jail with --overlay-dir: two mounted overlays must not share an upper dir."""
-        return spec.overlay_dir is None
+        """Not --overlay-dir (two mounted overlays must not share an upper dir), not --rw-root (a
+        waiting jail would create mount points in a tree its owner may be changing)."""
+        return spec.overlay_dir is None and not spec.rw_root
+
+    @staticmethod
+    def sources(spec: Spec) -> dict[str, tuple[int, int] | None]:
+        """The host paths a jail of this spec opens, by identity (device, inode): a warm jail is
+        only handed out while each path still names what it opened."""
+        paths = [spec.rootfs] if spec.rootfs else []
+        paths += [m.src for m in spec.mounts if m.src]
+        out: dict[str, tuple[int, int] | None] = {}
+        for p in paths:
+            try:
+                st = os.stat(p)
+                out[p] = (st.st_dev, st.st_ino)
+            except OSError:
+                out[p] = None
+        return out
 
     def take(self, spec: Spec, verbose: bool) -> supervisor.Jail | None:
         if self.size <= 0 or verbose or not self.poolable(spec):
             return None
         key = pipeline.shape(spec)
         waiting = self.warm.get(key)
-        if not waiting:
-            return None
-        w = waiting.pop(0)
-        self._unwatch(w)
-        return w.jail
+        now = self.sources(spec) if waiting else {}
+        while waiting:
+            w = waiting.pop(0)
+            self._unwatch(w)
+            if w.sources == now:
+                return w.jail
+            supervisor._discard(w.jail)  # a path now names another tree: never hand that out
+        return None
 
     def refill(self, spec: Spec) -> None:
         """Start warm jails for this shape until the pool holds its size; cheap for the server:
@@ -164,11 +185,12 @@ class _Pool:
             for w in self.warm.pop(next(iter(self.warm))):
                 self.drop(w)
         while len(waiting) < self.size:
+            sources = self.sources(spec)
             try:
                 jail = supervisor.spawn(spec, pipeline.prepare(spec))
             except Isol8rError:
                 return
-            w = _Warm(self, key, jail)
+            w = _Warm(self, key, jail, sources)
             waiting.append(w)
             self.sel.register(jail.chan, selectors.EVENT_READ, w)
             self.sel.register(jail.pidfd, selectors.EVENT_READ, w)
@@ -291,10 +313,10 @@ def _reply_error(sock: socket.socket, wire: tuple[Any, ...]) -> None:
 
 
 def main() -> None:
-    control_fd, parent = int(sys.argv[1]), int(sys.argv[2])
-    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        return
+    # No parent-death signal here: it would fire when the *thread* that started the server
+    # exits (a worker of the caller's thread pool). The caller's end of the control socket
+    # closes when the caller process ends, however it ends, and that ends the server.
+    control_fd = int(sys.argv[1])
     for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     serve(control_fd)
@@ -316,10 +338,13 @@ class Client:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def _control(self) -> socket.socket:
+    def _control(self, restart: socket.socket | None = None) -> socket.socket:
+        """The control socket; a new server when there is none yet, when this process is a fork
+        of the one that started it, when it exited, or when `restart` (a socket it stopped
+        answering on) is still the current one."""
         with self._lock:
             if self._ctl is None or self._owner != os.getpid() or self._proc is None \
-                    or self._proc.poll() is not None:
+                    or self._proc.poll() is not None or (restart is not None and restart is self._ctl):
                 self._start()
             assert self._ctl is not None
             return self._ctl
@@ -334,7 +359,7 @@ class Client:
         if self._prewarm is not None:
             env["ISOL8R_PREWARM"] = str(self._prewarm)
         self._proc = subprocess.Popen(
-            [sys.executable, "-s", "-m", "isol8r.server", str(theirs.fileno()), str(os.getpid())],
+            [sys.executable, "-s", "-m", "isol8r.server", str(theirs.fileno())],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         theirs.close()
         self._ctl, self._owner = mine, os.getpid()
@@ -354,17 +379,22 @@ class Client:
             self._proc = None
 
     def lease(self, spec: Spec, verbose: bool) -> socket.socket:
-        """Ask for a jail of spec's shape; returns the per-run socket the answer comes on."""
+        """Ask for a jail of spec's shape; returns the per-run socket the answer comes on.
+        A server that went away (killed, say) is replaced once."""
         ctl = self._control()
-        mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
-        try:
-            _send(ctl, {"spec": spec, "verbose": verbose}, [theirs.fileno()])
-        except OSError as e:
-            mine.close()
-            raise SetupError("fork server", e.errno or errno.EPIPE, "cannot reach it") from None
-        finally:
-            theirs.close()
-        return mine
+        for attempt in (1, 2):
+            mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
+            try:
+                _send(ctl, {"spec": spec, "verbose": verbose}, [theirs.fileno()])
+                return mine
+            except OSError as e:
+                mine.close()
+                if attempt == 2:
+                    raise SetupError("fork server", e.errno or errno.EPIPE, "cannot reach it") from None
+                ctl = self._control(restart=ctl)
+            finally:
+                theirs.close()
+        raise AssertionError("unreachable")
 
     def run(self, spec: Spec, stdio: supervisor.Stdio, *, verbose: bool = False,
             log: supervisor.Log | None = None, forward_signals: bool = False) -> Result:

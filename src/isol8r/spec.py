@@ -108,7 +108,7 @@ class Spec:
             if value is None or (opt.kind == "flag" and value is False):
                 continue
             if opt.kind == "list":
-                values = [value] if isinstance(value, (str, int)) else list(value)
+                values = list(value) if isinstance(value, (list, tuple)) else [value]
             else:
                 values = [value]
             for v in values:
@@ -425,7 +425,7 @@ def _validate(s: Spec) -> None:
         raise SpecError("command", list(s.argv), "an argument cannot hold a NUL byte")
     if not s.namespaces <= set(NAMESPACES):
         raise SpecError("namespaces", sorted(s.namespaces), f"known ones: {', '.join(NAMESPACES)}")
-    if not _HOSTNAME.match(s.hostname):
+    if not isinstance(s.hostname, str) or not _HOSTNAME.match(s.hostname):
         raise SpecError("--hostname", s.hostname, "letters, digits, '.' and '-', at most 64")
     for name, value in (("--user", s.uid), ("--user", s.gid)):
         if not 0 <= value < ID_RANGE:

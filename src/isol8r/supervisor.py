@@ -25,7 +25,7 @@ from typing import Any, Callable
 from . import mounts, pipeline, rlimits, userns
 from .errors import ExecError, SetupError, SpecError
 from .result import Result
-from .spec import RLIMITS, Spec
+from .spec import ID_RANGE, RLIMITS, Spec
 from .sys import linux
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -220,7 +220,8 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
                 os.close(fd)
     except OSError as e:
         _discard(jail)
-        raise SetupError("write id maps / cgroup", e.errno or errno.EIO, str(e.filename or "")) from None
+        step = getattr(e, "syscall", None) or "write id maps / cgroup / open the binds"
+        raise SetupError(step, e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
 
 
@@ -326,6 +327,8 @@ class Outcome:
     verdict: str | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    pid: int | None = None  # the jail's first process on the host, for seccomp.blocked_syscall
+    started: float = 0.0  # time.monotonic() when it was started or leased
 
 
 class JailWatch:
@@ -351,9 +354,9 @@ class JailWatch:
             return self.exited and not self.chan_open
         if self.reaped_report is not None:
             return True
-        # the program's status from init is enough, unless the cgroup's counters are wanted;
-        # the namespaces' teardown then goes on without the caller waiting for it
-        return self.program is not None and self.jail.cgroup is None
+        # init's report and its exit are enough, unless the cgroup's counters are wanted: init
+        # exits only once every other process of its PID namespace is gone
+        return self.program is not None and self.exited and self.jail.cgroup is None
 
     def reaped(self, status: int, utime: float, stime: float, maxrss: int, usage: Any) -> None:
         """The fork server's report: it reaped the jail's init and read its cgroup."""
@@ -368,7 +371,7 @@ class JailWatch:
     def handle(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
         if key.data[1] == "exit":
             self.exited = True
-            self.exited_at = time.monotonic()
+            self.exited_at = self.exited_at or time.monotonic()
             sel.unregister(self.jail.pidfd)
             return
         try:
@@ -397,11 +400,13 @@ class JailWatch:
             cls = "ExecError" if step in (b"execve", b"find program") else "SetupError"
             self.error = (cls, step.decode(errors="replace"), int(err or 0),
                           detail.decode(errors="replace"))
-        elif kind == b"X":
-            self.exec_at = time.monotonic()
+        elif kind == b"X":  # init's clock: CLOCK_MONOTONIC is one clock for every process
+            self.exec_at = int(body) / 1e9 if body else time.monotonic()
         elif kind == b"S":
-            st, ut, syst, rss = body.split(b"\0")
+            st, ut, syst, rss, *end = body.split(b"\0")
             self.program = (int(st), float(ut), float(syst), int(rss))
+            if end:
+                self.exited_at = int(end[0]) / 1e9
 
     def limit_hit(self, verdict: str) -> None:
         """Escalate: SIGTERM (forwarded by init) now, SIGKILL to the whole jail after the grace."""
@@ -457,6 +462,7 @@ class JailWatch:
             jail.close(remove_cgroup=self.reaper)
         end = self.exited_at or time.monotonic()
         out = Outcome(error=self.error, verdict=self.verdict, limits=jail.limits, notes=jail.notes,
+                      pid=jail.pid, started=jail.started,
                       setup_time=(self.exec_at or end) - jail.started,
                       wall_time=end - (self.exec_at or jail.started))
         if self.program is not None:
@@ -653,7 +659,19 @@ def result(spec: Spec, out: Outcome, io: IOWatch | None) -> Result:
     if io is not None:
         io.fill(res)
     res.verdict = out.verdict or _verdict(spec, res, out.oom)
+    if res.verdict == "seccomp":
+        from . import seccomp
+        res.syscall = seccomp.blocked_syscall(out.pid, out.started, uids=_host_uids(spec),
+                                              comm=os.path.basename(spec.argv[0]))
     return res
+
+
+def _host_uids(spec: Spec) -> range:
+    """The host uids a jail's processes run as, as the kernel's audit records show them."""
+    if "user" not in spec.namespaces:
+        return range(spec.uid, spec.uid + 1)
+    base = 0 if spec.unsafe_map_host_root else spec.id_base
+    return range(base, base + ID_RANGE)
 
 
 def _verdict(spec: Spec, res: Result, oom: bool) -> str:

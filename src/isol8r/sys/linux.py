@@ -149,6 +149,18 @@ def pidfd_open(pid: int) -> int:
     return os.pidfd_open(pid)
 
 
+_OWN_PIDFD: tuple[int, int] = (-1, -1)  # (pid, pidfd)
+
+
+def own_pidfd() -> int:
+    """A pidfd of this process (close-on-exec), opened once per process; a child uses it to
+    notice that its parent is gone."""
+    global _OWN_PIDFD
+    if _OWN_PIDFD[0] != os.getpid():
+        _OWN_PIDFD = (os.getpid(), os.pidfd_open(os.getpid()))
+    return _OWN_PIDFD[1]
+
+
 def pidfd_send_signal(pidfd: int, sig: int) -> None:
     _check(_syscall(NR["pidfd_send_signal"], pidfd, sig, None, 0), "pidfd_send_signal")
 
