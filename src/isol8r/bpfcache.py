@@ -85,5 +85,16 @@ def _store(d: str, path: str, bpf: bytes) -> None:
         finally:
             os.close(fd)
         os.rename(tmp, path)
+        _prune(d)
     except OSError:
         pass
+
+
+def _prune(d: str, keep: int = 64) -> None:
+    """Keep the most recently written filters; every other profile path adds an entry."""
+    entries = sorted(os.scandir(d), key=lambda e: e.stat().st_mtime_ns, reverse=True)
+    for e in entries[keep:]:
+        try:
+            os.unlink(e.path)
+        except OSError:
+            pass

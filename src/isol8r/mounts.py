@@ -21,6 +21,7 @@ OLD = "/oldroot"
 NEW = "/newroot"
 SCRATCH = "/tmp"  # any host directory will do: the scratch tmpfs hides it only in the jail's view
 HOST_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
              ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
@@ -209,6 +210,21 @@ class File(Op):
 
 
 @dataclass
+class ProcReadOnly(Op):
+    """Bind a path of the jail's /proc onto itself, read-only (skipped where it does not exist)."""
+
+    dst: str
+
+    def execute(self) -> None:
+        path = NEW + self.dst
+        if not os.path.exists(path):
+            return
+        linux.mount(path, path, None, linux.MS_BIND | linux.MS_REC)
+        linux.mount_setattr(path, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID
+                            | linux.MOUNT_ATTR_NODEV | linux.MOUNT_ATTR_NOEXEC)
+
+
+@dataclass
 class ReadOnly(Op):
     """Make one mount read-only without touching the mounts beneath it."""
 
@@ -346,6 +362,9 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
         ops.append(Special("proc", "/proc", no_exec))
     else:  # a proc of the host's PID namespace can only be bound, not mounted anew
         ops.append(Bind("/proc", "/proc", readonly=False, noexec=True))
+    # The kernel's knobs stay read-only even for an id that could write them (--no-userns,
+    # --unsafe-map-host-root): /proc/sys/kernel/core_pattern alone is host root.
+    ops.extend(ProcReadOnly(p) for p in PROC_READ_ONLY)
     if new_net:
         ops.append(Special("sysfs", "/sys", no_exec | linux.MS_RDONLY))
     ops.append(Tmpfs("/dev", 1 << 20, 0o755, flags=linux.MS_NOSUID | linux.MS_NOEXEC))

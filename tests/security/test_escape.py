@@ -199,7 +199,9 @@ def test_a_symlinked_bind_target_cannot_mount_outside_the_root(tools: Tools, wor
         assert r.exit_code == 0, r
         out = r.stdout.decode()
         assert "ok exists_0" in out, out  # the payload is visible where the jail looks for it
-        standard = {"/", "/proc", "/sys", "/dev", "/tmp", "/dev/pts", "/dev/shm", "/dev/mqueue"}
+        from isol8r.mounts import PROC_READ_ONLY
+        standard = {"/", "/proc", "/sys", "/dev", "/tmp", "/dev/pts", "/dev/shm", "/dev/mqueue",
+                    *PROC_READ_ONLY}
         points = [line.split(" ", 2)[2] for line in out.splitlines()
                   if line.startswith("info mountpoint ")]
         ours = [p for p in points if p not in standard and not p.startswith("/dev/")]

@@ -111,6 +111,7 @@ def test_host_sysctls_are_not_writable(tools: Tools) -> None:
     also for jail root with CAP_SYS_ADMIN and CAP_DAC_OVERRIDE."""
     before = swappiness()
     r = probe(tools, "sysctl", "/proc/sys/vm/swappiness", "/proc/sys/kernel/core_pattern")
+    # the owner check refuses the jail user (EACCES); /proc/sys is also read-only (EROFS)
     assert r.errno("sysctl_0") == "EACCES" and r.errno("sysctl_1") == "EACCES", r
     r = probe(tools, "sysctl", "/proc/sys/vm/swappiness", user="0",
               caps=["CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE"], twin="jail-root")
@@ -118,11 +119,17 @@ def test_host_sysctls_are_not_writable(tools: Tools) -> None:
     assert swappiness() == before
 
 
-def test_host_sysctl_twin_mapping_host_root_writes_it(tools: Tools) -> None:
-    """Twin: --unsafe-map-host-root --user 0: jail root IS host root for /proc/sys's owner check,
-    and writes vm.swappiness (its own value back: nothing changes)."""
-    before = swappiness()
+def test_host_sysctls_read_only_even_for_host_root_ids(tools: Tools) -> None:
+    """With jail root mapped onto host root, the read-only /proc/sys still refuses."""
     r = probe(tools, "sysctl", "/proc/sys/vm/swappiness", **JAIL_ROOT_IDENTITY)
+    assert r.errno("sysctl_0") == "EROFS", r
+
+
+def test_host_sysctl_twin_mapping_host_root_writes_it(tools: Tools) -> None:
+    """Twin: --unsafe-map-host-root --user 0 --share-mount (no read-only /proc/sys): jail root IS
+    host root for /proc/sys's owner check, and writes vm.swappiness (its own value back)."""
+    before = swappiness()
+    r = probe(tools, "sysctl", "/proc/sys/vm/swappiness", share_mount=True, **JAIL_ROOT_IDENTITY)
     assert r.ok("sysctl_0"), r
     assert swappiness() == before
 
@@ -138,15 +145,16 @@ def test_sysrq_trigger_and_sys_cannot_be_opened_for_writing(tools: Tools) -> Non
 
 
 def test_sysrq_twin_mapping_host_root_opens_them(tools: Tools) -> None:
-    """Twin: --unsafe-map-host-root --user 0 opens core_pattern (and sysrq-trigger, where this
-    kernel has one) for writing; /sys stays read-only: no option mounts it writable."""
+    """Twin: --unsafe-map-host-root --user 0 --share-mount opens core_pattern (and sysrq-trigger,
+    where this kernel has one) for writing; with a mount namespace, /proc/sys stays read-only."""
     paths = ["/proc/sys/kernel/core_pattern", "/proc/sysrq-trigger",
              "/sys/kernel/mm/transparent_hugepage/enabled"]
     r = probe(tools, "openw", *paths, **JAIL_ROOT_IDENTITY)
+    assert r.errno("openw_0") == "EROFS", r  # the read-only /proc/sys holds even then
+    r = probe(tools, "openw", *paths, share_mount=True, **JAIL_ROOT_IDENTITY)
     assert r.ok("openw_0"), r
     if os.path.exists("/proc/sysrq-trigger"):
         assert r.ok("openw_1"), r
-    assert r.errno("openw_2") == "EROFS", r
 
 
 # ---- devices ------------------------------------------------------------------------------------
