@@ -56,6 +56,7 @@ class Plan:
     verbose: bool
     signals: tuple[int, ...]  # the signals the cloning process catches or ignores: to reset
     parent_pidfd: int  # the cloning process's own pidfd: readable once it is gone
+    bpf: bytes | None = None  # the default seccomp filter, loaded before the Request arrives
 
 
 @dataclass
@@ -86,8 +87,16 @@ def environment(spec: Spec) -> dict[str, str]:
     return env
 
 
-def prepare(spec: Spec, verbose: bool = False) -> Plan:
-    """Parent side: call each concern's planning function; nothing here touches the system."""
+def default_policy(spec: Spec) -> bool:
+    """The default filter exactly: a deny-list that lets the request half run under it, so a
+    jail loads it while it waits rather than after the caller asked."""
+    return (spec.seccomp == "default" and spec.seccomp_profile is None and not spec.seccomp_allow
+            and not spec.seccomp_deny and not spec.seccomp_log)
+
+
+def prepare(spec: Spec, verbose: bool = False, bpf: bytes | None = None) -> Plan:
+    """Parent side: call each concern's planning function; nothing here touches the system.
+    bpf, when given, is the default filter (default_policy(spec)) to load ahead."""
     ns = spec.namespaces
     flags = 0
     for name, bit in (("user", linux.CLONE_NEWUSER), ("pid", linux.CLONE_NEWPID),
@@ -119,6 +128,7 @@ def prepare(spec: Spec, verbose: bool = False) -> Plan:
         verbose=verbose,
         signals=linux.handled_signals(),
         parent_pidfd=linux.own_pidfd(),
+        bpf=bpf if default_policy(spec) else None,
     )
 
 
@@ -126,12 +136,14 @@ def shape(spec: Spec) -> tuple[object, ...]:
     """The Spec fields prepare() reads: jails of one shape are interchangeable until activated."""
     return (tuple(sorted(spec.namespaces)), spec.rootfs, spec.rw_root, spec.overlay,
             spec.overlay_dir, spec.mounts, spec.hostname, spec.uid, spec.gid, spec.id_base,
-            spec.unsafe_map_host_root, spec.caps, spec.init, spec.tmp_size)
+            spec.unsafe_map_host_root, spec.caps, spec.init, spec.tmp_size, default_policy(spec))
 
 
 def request(spec: Spec, targets: list[int], derived_rlimits: dict[str, tuple[int, int]] | None,
             bpf: bytes | None) -> Request:
-    """Parent side: the per-run half of a jail."""
+    """Parent side: the per-run half of a jail (no filter when the shape loaded it already)."""
+    if default_policy(spec):
+        bpf = None
     env = environment(spec)
     return Request(
         argv=[os.fsencode(a) for a in spec.argv],
@@ -250,6 +262,8 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
         ch.step("parent death signal", _die_with_parent, parent_alive)
         ch.step("drop capabilities", caps.drop, plan.caps)
         _rehearse(ch.fd)
+        if plan.bpf is not None:
+            ch.step("seccomp", linux.SeccompProgram(plan.bpf).load, 0)
         data, fds = _receive(chan, 1 << 20, 64)
         if not data:
             os._exit(125)  # the supervisor went away before it sent work: a pre-warmed jail

@@ -187,7 +187,7 @@ class _Pool:
         while len(waiting) < self.size:
             sources = self.sources(spec)
             try:
-                jail = supervisor.spawn(spec, pipeline.prepare(spec))
+                jail = supervisor.spawn(spec, pipeline.prepare(spec, False, supervisor._bpf(spec)))
             except Isol8rError:
                 return
             w = _Warm(self, key, jail, sources)

@@ -95,7 +95,7 @@ def lease(spec: Spec, verbose: bool = False,
     cg, derived, notes = _limits(spec)
     try:
         if jail is None:
-            plan = pipeline.prepare(spec, verbose)
+            plan = pipeline.prepare(spec, verbose, _bpf(spec))
             if spec.overlay_dir is not None:
                 try:
                     mounts.prepare_overlay_dir(spec.overlay_dir,
@@ -254,6 +254,11 @@ def _clone_hint(err: int | None) -> str:
     return ""
 
 
+def wants_cgroup(spec: Spec) -> bool:
+    return not (spec.memory is None and spec.pids is None and spec.cpus is None
+                and spec.cpu_limit is None)
+
+
 def _limits(spec: Spec) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
     """The jail's cgroup when a cgroup limit is asked for, else None; the rlimits that stand in
     for what no cgroup can hold, and notes saying so (never a silent fallback)."""
@@ -261,7 +266,7 @@ def _limits(spec: Spec) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
     notes: list[str] = []
     if spec.output_limit is not None:
         derived["FSIZE"] = (spec.output_limit, spec.output_limit)
-    if spec.memory is None and spec.pids is None and spec.cpus is None and spec.cpu_limit is None:
+    if not wants_cgroup(spec):
         return None, derived, notes
     from . import cgroups
     try:
@@ -339,6 +344,7 @@ class JailWatch:
         self.log = log
         self.reaper = reaper  # False: the fork server reaps; its report comes to reaped()
         self.reaped_report: tuple[int, float, float, int, Any] | None = None
+        self.emptied = False  # init killed and reaped every other process of the jail
         self.error: tuple[str, str, int, str] | None = None
         self.exec_at: float | None = None
         self.program: tuple[int, float, float, int] | None = None
@@ -354,9 +360,11 @@ class JailWatch:
             return self.exited and not self.chan_open
         if self.reaped_report is not None:
             return True
-        # init's report and its exit are enough, unless the cgroup's counters are wanted: init
-        # exits only once every other process of its PID namespace is gone
-        return self.program is not None and self.exited and self.jail.cgroup is None
+        # init's report is enough once nothing of the jail runs: init emptied its PID namespace
+        # before reporting, or it has exited (which, as PID 1, it does only once every other
+        # process of the namespace is gone); unless the cgroup's counters are wanted
+        return self.program is not None and (self.emptied or self.exited) \
+            and self.jail.cgroup is None
 
     def reaped(self, status: int, utime: float, stime: float, maxrss: int, usage: Any) -> None:
         """The fork server's report: it reaped the jail's init and read its cgroup."""
@@ -403,10 +411,11 @@ class JailWatch:
         elif kind == b"X":  # init's clock: CLOCK_MONOTONIC is one clock for every process
             self.exec_at = int(body) / 1e9 if body else time.monotonic()
         elif kind == b"S":
-            st, ut, syst, rss, *end = body.split(b"\0")
+            st, ut, syst, rss, *rest = body.split(b"\0")
             self.program = (int(st), float(ut), float(syst), int(rss))
-            if end:
-                self.exited_at = int(end[0]) / 1e9
+            if rest:
+                self.exited_at = int(rest[0]) / 1e9
+            self.emptied = rest[1:2] == [b"1"]
 
     def limit_hit(self, verdict: str) -> None:
         """Escalate: SIGTERM (forwarded by init) now, SIGKILL to the whole jail after the grace."""
