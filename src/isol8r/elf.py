@@ -23,6 +23,8 @@ import platform
 import struct
 from dataclasses import dataclass, field
 
+from .paths import chase  # noqa: F401  (elf.chase stays part of this module's interface)
+
 __all__ = ["ElfInfo", "NotElf", "read_elf", "is_elf", "LibraryResolver", "chase"]
 
 PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
@@ -176,39 +178,6 @@ def _vaddr_to_offset(addr: int, loads: list[tuple[int, int, int]]) -> int | None
 
 # ---------------------------------------------------------------------------------------------
 # Paths under a sysroot
-
-
-def chase(sysroot: str, path: str, *, follow_last: bool = True, max_links: int = 40) -> str:
-    """The host path of `path` as seen from inside `sysroot`: symlinks are read and resolved there.
-
-    An absolute link target or a '..' above the top stays inside `sysroot`, the way the kernel
-    resolves paths after chroot, so a hostile link cannot point this at a host file. The result
-    may not exist; its missing tail is kept as given.
-    """
-    sysroot = os.path.abspath(sysroot)
-    todo = [p for p in path.split("/") if p]
-    done: list[str] = []
-    links = 0
-    while todo:
-        name = todo.pop(0)
-        if name == ".":
-            continue
-        if name == "..":
-            if done:
-                done.pop()
-            continue
-        host = os.path.join(sysroot, *done, name)
-        if (todo or follow_last) and os.path.islink(host):
-            links += 1
-            if links > max_links:
-                raise OSError(40, "Too many levels of symbolic links", path)
-            target = os.readlink(host)
-            if target.startswith("/"):
-                done = []
-            todo[:0] = [p for p in target.split("/") if p]
-            continue
-        done.append(name)
-    return os.path.join(sysroot, *done)
 
 
 def _in_root(sysroot: str, host_path: str) -> str:

@@ -15,6 +15,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from .paths import chase
 from .sys import linux
 
 OLD = "/oldroot"
@@ -26,37 +27,6 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
              ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
 _NOSUID_NODEV = linux.MS_NOSUID | linux.MS_NODEV
-
-
-def chase(root: str, path: str, max_links: int = 40) -> str:
-    """Resolve path under root as if root were '/': symlinks, absolute or relative, stay inside."""
-    todo = [p for p in path.split("/") if p and p != "."]
-    done: list[str] = []
-    links = 0
-    while todo:
-        part = todo.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        cur = root + "/" + "/".join(done + [part])
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            done.append(part)
-            done.extend(p for p in todo if p != "..")
-            break
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > max_links:
-                raise linux.SyscallError(errno.ELOOP, "chase", path)
-            target = os.readlink(cur)
-            if target.startswith("/"):
-                done = []
-            todo = [p for p in target.split("/") if p and p != "."] + todo
-        else:
-            done.append(part)
-    return root + ("/" + "/".join(done) if done else "")
 
 
 def _mkdirs(path: str, mode: int = 0o755) -> None:
