@@ -8,8 +8,10 @@ each test (processes) and at the end of the session (the rest), also when a test
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -84,6 +86,23 @@ def host_left_as_it_was() -> Iterator[None]:
     assert mounts() == m, "the test session changed the host's mount table"
     assert isol8r_cgroups() == c, f"cgroups left behind: {sorted(set(isol8r_cgroups()) - set(c))}"
     assert netns() == n, "named network namespaces left behind"
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A scratch directory the jail's unprivileged ids can traverse, removed afterwards.
+
+    pytest's tmp_path lies under /tmp/pytest-of-root (mode 0700), which ids of the jail's user
+    namespace cannot traverse: whatever isol8r mounts by path from inside the namespace fails
+    there. The tests *_under_a_private_host_dir check that it does not; the others use this
+    directory so that they test their own concern whatever those find.
+    """
+    d = Path(tempfile.mkdtemp(prefix="isol8r-test-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
 
 
 def jail(*cmd: str, **options: Any) -> isol8r.Result:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -91,17 +90,6 @@ def test_unknown_capability_on_the_cli() -> None:
 
 
 # ---- setuid files -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A scratch directory the jail's ids can traverse (pytest's tmp_path is under a 0700 dir)."""
-    d = Path(tempfile.mkdtemp(prefix="isol8r-test-"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d)
 
 
 # Owned by host root (unmapped in the jail), and by the host id that is root inside the jail:

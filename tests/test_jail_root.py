@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,23 +27,6 @@ NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
 DEV_NODES = {"null", "zero", "full", "random", "urandom", "tty"}
 DEV_EXPECTED = DEV_NODES | {"pts", "shm", "fd", "stdin", "stdout", "stderr", "ptmx"}
 BUSYBOX_APPLETS = ("sh", "ls", "cat", "echo", "find", "test", "touch", "id", "stat", "readlink")
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A scratch directory the jail's unprivileged ids can traverse, removed afterwards.
-
-    pytest's tmp_path lies under /tmp/pytest-of-root (mode 0700), which ids of the jail's user
-    namespace cannot traverse: whatever isol8r mounts by path from inside the namespace fails
-    there. The tests *_under_a_private_host_dir check that it does not; the others use this
-    directory so that they test their own concern whatever those find.
-    """
-    d = Path(tempfile.mkdtemp(prefix="isol8r-test-"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d)
 
 
 def make_busybox_root(root: Path) -> Path:

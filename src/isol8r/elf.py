@@ -56,15 +56,6 @@ class ElfInfo:
     soname: str | None = None
     nodeflib: bool = False
 
-    @property
-    def is_dynamic(self) -> bool:
-        """True when a loader is involved: it has an interpreter or shared library needs."""
-        return self.interp is not None or bool(self.needed)
-
-    @property
-    def machine_name(self) -> str:
-        return _MACHINE_NAMES.get(self.machine, f"machine {self.machine}")
-
     def compatible(self, other: ElfInfo) -> bool:
         """Could the loader map `other` into a process built from this object (same ABI)?"""
         return (self.elf_class, self.little_endian, self.machine) == (

@@ -891,34 +891,44 @@ def mkroot_main(argv: list[str]) -> int:
     p.add_argument("--user", metavar="NAME:UID:GID", help="the jail user in /etc/passwd "
                    "(default nobody:65534:65534)")
     p.add_argument("--check", action="store_true", help="check DIR instead of building it")
+    return _guarded("isol8r mkroot", lambda: _mkroot_cli(p, argv))
+
+
+def _mkroot_cli(p: argparse.ArgumentParser, argv: list[str]) -> int:
+    ns = _parse(p, argv)
+    if ns.check:
+        if ns.programs or ns.busybox or ns.user:
+            raise _UsageError("isol8r mkroot: --check takes only DIR")
+        return _print_findings(ns.dir, check_root(ns.dir))
+    user = _parse_user(ns.user) if ns.user else DEFAULT_USER
+    programs = ns.programs if ns.programs is not None else (
+        () if ns.busybox else DEFAULT_PROGRAMS)
+
+    def warn(text: str) -> None:
+        sys.stderr.write(f"isol8r mkroot: warning: {text}\n")
+
     try:
-        ns = _parse(p, argv)
-        if ns.check:
-            if ns.programs or ns.busybox or ns.user:
-                raise _UsageError("isol8r mkroot: --check takes only DIR")
-            return _print_findings(ns.dir, check_root(ns.dir))
-        user = _parse_user(ns.user) if ns.user else DEFAULT_USER
-        programs = ns.programs if ns.programs is not None else (
-            () if ns.busybox else DEFAULT_PROGRAMS)
-
-        def warn(text: str) -> None:
-            sys.stderr.write(f"isol8r mkroot: warning: {text}\n")
-
         mkroot(ns.dir, programs, busybox=ns.busybox, user=user, report=warn)
-    except _Exit as e:
-        return e.code
-    except _UsageError as e:
-        sys.stderr.write(f"{e}\n")
-        return 2
-    except SpecError as e:
-        sys.stderr.write(f"isol8r mkroot: {e}\n")
-        return 2
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         sys.stderr.write(f"isol8r mkroot: {ns.dir}: {where}{e.strerror or e}\n")
         return 1
     print(f"{ns.dir}: root ready")
     return 0
+
+
+def _guarded(prog: str, body: Callable[[], int]) -> int:
+    """Run a subcommand: its exit code, or 2 for bad usage (one line, never a traceback)."""
+    try:
+        return body()
+    except _Exit as e:
+        return e.code
+    except _UsageError as e:
+        sys.stderr.write(f"{e}\n")
+        return 2
+    except SpecError as e:
+        sys.stderr.write(f"{prog}: {e}\n")
+        return 2
 
 
 def check_root_main(argv: list[str]) -> int:
@@ -928,14 +938,9 @@ def check_root_main(argv: list[str]) -> int:
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--quick", action="store_true",
                    help="only setuid/setgid files and device nodes (what run --rootfs checks)")
-    try:
+
+    def body() -> int:
         ns = _parse(p, argv)
         return _print_findings(ns.dir, check_root(ns.dir, quick=ns.quick))
-    except _Exit as e:
-        return e.code
-    except _UsageError as e:
-        sys.stderr.write(f"{e}\n")
-        return 2
-    except SpecError as e:
-        sys.stderr.write(f"isol8r check-root: {e}\n")
-        return 2
+
+    return _guarded("isol8r check-root", body)

@@ -111,7 +111,6 @@ def _lib() -> ctypes.CDLL:
                 ("seccomp_arch_resolve_name", u32, [ctypes.c_char_p]),
                 ("seccomp_arch_add", ctypes.c_int, [ctx, u32]),
                 ("seccomp_arch_remove", ctypes.c_int, [ctx, u32]),
-                ("seccomp_arch_exist", ctypes.c_int, [ctx, u32]),
                 ("seccomp_attr_set", ctypes.c_int, [ctx, ctypes.c_int, u32]),
                 ("seccomp_rule_add_array", ctypes.c_int,
                  [ctx, u32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(ArgCmp)]),
@@ -200,9 +199,6 @@ class Filter:
 
     def arch_remove(self, arch: int) -> None:
         _check(_lib().seccomp_arch_remove(self.ctx, arch), "seccomp_arch_remove")
-
-    def arch_exist(self, arch: int) -> bool:
-        return int(_lib().seccomp_arch_exist(self.ctx, arch)) == 0
 
     def attr_set(self, attr: int, value: int) -> None:
         _check(_lib().seccomp_attr_set(self.ctx, attr, value), "seccomp_attr_set")

@@ -144,10 +144,6 @@ def fork_raw() -> int:
     return _check(_syscall_gil(NR["clone"], 17, 0, 0, 0, 0), "fork")
 
 
-def pidfd_open(pid: int) -> int:
-    return os.pidfd_open(pid)
-
-
 _OWN_PIDFD: tuple[int, int] = (-1, -1)  # (pid, pidfd)
 
 
