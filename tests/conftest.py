@@ -83,6 +83,10 @@ def host_left_as_it_was() -> Iterator[None]:
         isol8r._client()._control()
     yield
     isol8r._client().close()
+    from isol8r import cliserver
+    sock = cliserver.path()
+    cliserver.stop()  # the CLI server the tests' `isol8r run` started, if any: it waits
+    assert sock is None or not os.path.exists(sock), "the CLI server did not stop"
     assert mounts() == m, "the test session changed the host's mount table"
     assert isol8r_cgroups() == c, f"cgroups left behind: {sorted(set(isol8r_cgroups()) - set(c))}"
     assert netns() == n, "named network namespaces left behind"
@@ -119,8 +123,9 @@ def py(code: str, **options: Any) -> isol8r.Result:
     return jail("/usr/bin/python3", "-c", code, **options)
 
 
-def cli(*args: str, timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = 30, env_extra: dict[str, str] | None = None,
+        **kw: Any) -> subprocess.CompletedProcess[str]:
     """The real command line, as a user runs it."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "isol8r", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)

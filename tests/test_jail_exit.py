@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -136,32 +137,6 @@ def test_program_exiting_126_or_127_itself_is_not_an_exec_error() -> None:
 # ---- a supervisor killed by SIGKILL takes the jail with it -------------------------------------
 
 
-def _descendants(root: int) -> dict[int, str]:
-    """{pid: comm} of every descendant of root, from /proc/*/stat."""
-    parent: dict[int, int] = {}
-    comm: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                text = f.read()
-        except OSError:
-            continue
-        head, tail = text.rsplit(")", 1)
-        comm[int(entry)] = head.split("(", 1)[1]
-        parent[int(entry)] = int(tail.split()[1])
-    out: dict[int, str] = {}
-    todo = [root]
-    while todo:
-        p = todo.pop()
-        for pid, ppid in parent.items():
-            if ppid == p and pid not in out:
-                out[pid] = comm[pid]
-                todo.append(pid)
-    return out
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -170,18 +145,43 @@ def _alive(pid: int) -> bool:
         return False
 
 
-LIBRARY_CALLER = ("import isol8r; isol8r.run(['/bin/sleep', '60'], **{nosec!r})")
+LIBRARY_CALLER = ("import isol8r; isol8r.run(['/bin/sleep', '{secs}'], **{nosec!r})")
 
 
-# The CLI supervises in its own process; a library caller has its jails cloned and reaped by a
-# fork server: killing the caller must end the jail (and that server) all the same.
-@pytest.mark.parametrize("caller", ["cli", "library"])
+def _jail_of(secs: str) -> dict[int, str]:
+    """The jail running `sleep secs` (a number no other process sleeps): the sleep and its init.
+    Found by that marker, wherever the jail hangs in the host's process tree (under the CLI's
+    server, or the library's fork server)."""
+    out: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if len(argv) < 2 or os.path.basename(argv[0]) != b"sleep" or argv[1] != secs.encode():
+                continue
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        out[int(entry)] = "sleep"
+        out[ppid] = "init"
+    return out
+
+
+# The CLI runs its jail through its server (or in its own process), a library caller has its jails
+# cloned and reaped by a fork server: killing the caller must end the jail all the same.
+@pytest.mark.parametrize("caller", ["cli", "cli-in-process", "library"])
 def test_supervisor_killed_takes_the_jail_with_it(caller: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    if caller == "cli":
-        argv = [sys.executable, "-m", "isol8r", "run", *CLI_NOSECCOMP, "--", "sleep", "60"]
+    secs = f"{60 + os.getpid() % 1000 / 1000 + random.randrange(1000) / 1e6:.6f}"
+    if caller.startswith("cli"):
+        argv = [sys.executable, "-m", "isol8r", "run", *CLI_NOSECCOMP, "--", "sleep", secs]
+        if caller == "cli-in-process":
+            env["ISOL8R_CLI_SERVER"] = "0"
     else:
-        argv = [sys.executable, "-c", LIBRARY_CALLER.format(nosec=NOSECCOMP)]
+        argv = [sys.executable, "-c", LIBRARY_CALLER.format(secs=secs, nosec=NOSECCOMP)]
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     jailed: dict[int, str] = {}
@@ -189,7 +189,7 @@ def test_supervisor_killed_takes_the_jail_with_it(caller: str) -> None:
         deadline = time.monotonic() + 10
         while "sleep" not in jailed.values() and time.monotonic() < deadline:
             time.sleep(0.02)
-            jailed = _descendants(p.pid)
+            jailed = _jail_of(secs)
         assert "sleep" in jailed.values(), f"the jail never started: {jailed}"
         p.kill()
         p.wait(timeout=5)

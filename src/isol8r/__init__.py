@@ -8,17 +8,31 @@
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
-from typing import Any, Sequence
+TYPE_CHECKING = False  # not `typing`: a run through the CLI server must not import it
 
-from .errors import ExecError, Isol8rError, JailFailed, SetupError, SpecError
-from .result import Result
-from .spec import Spec
+if TYPE_CHECKING:
+    from typing import Any, Sequence
+
+    from .errors import ExecError, Isol8rError, JailFailed, SetupError, SpecError
+    from .result import Result
+    from .spec import Spec
 
 __all__ = ["run", "run_async", "Spec", "Result", "Isol8rError", "SpecError", "SetupError", "ExecError",
            "JailFailed"]
 __version__ = "0.1.0"
+_LAZY = {"Spec": "spec", "Result": "result", "Isol8rError": "errors", "SpecError": "errors",
+         "SetupError": "errors", "ExecError": "errors", "JailFailed": "errors"}
+
+
+def __getattr__(name: str) -> Any:
+    """The public classes, imported on first use: `isol8r run` through the CLI server imports
+    this package but needs none of them (see cli.py)."""
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run(cmd: Sequence[str] | Spec, *, capture_output: bool = False, input: bytes | str | None = None,
@@ -63,7 +77,7 @@ async def run_async(cmd: Sequence[str] | Spec, *, capture_output: bool = False,
 
 
 _CLIENT: Any = None
-_CLIENT_LOCK = threading.Lock()
+_CLIENT_LOCK = _thread.allocate_lock()
 
 
 def _client() -> Any:
@@ -77,6 +91,7 @@ def _client() -> Any:
 
 
 def _finish(result: Result, text: bool, check: bool) -> Result:
+    from .errors import JailFailed
     if text:
         for name in ("stdout", "stderr"):
             value = getattr(result, name)
@@ -89,6 +104,8 @@ def _finish(result: Result, text: bool, check: bool) -> Result:
 
 def _spec(cmd: Sequence[str] | Spec, timeout: float | None, options: dict[str, Any]) -> Spec:
     """The Spec of a call, with --keep-env resolved here: the fork server has its own environment."""
+    from .errors import SpecError
+    from .spec import Spec
     if isinstance(cmd, Spec):
         if options:
             raise SpecError("", sorted(options), "options cannot be combined with a Spec")

@@ -1,5 +1,5 @@
 """python -m isol8r"""
 
-from .cli import main
+from .cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

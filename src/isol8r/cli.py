@@ -7,27 +7,42 @@ is not found.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from typing import Any, NoReturn, Sequence
+TYPE_CHECKING = False  # not `typing`: a run through the CLI server must not import it
 
-from .errors import Isol8rError, SpecError
-from .spec import OPTIONS, Spec
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, Sequence
+
+    import argparse
+
+    from .spec import Spec
+
+# Imports are lazy: a run through the CLI server (cliserver.py) needs none of this module's
+# machinery in the client, and every module imported at start costs every run.
 
 SETUP_FAILED = 125
+_SUBCOMMANDS = ("mkroot", "check-root", "policy", "profiles", "server")
+_PARSER: Any = None
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad usage is bad input: one line naming the value, exit 125, no usage dump."""
+def _parser_class() -> type:
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"isol8r: {message}\n")
-        raise SystemExit(SETUP_FAILED)
+    class _Parser(argparse.ArgumentParser):
+        """Bad usage is bad input: one line naming the value, exit 125, no usage dump."""
+
+        def error(self, message: str) -> NoReturn:
+            sys.stderr.write(f"isol8r: {message}\n")
+            raise SystemExit(SETUP_FAILED)
+    return _Parser
 
 
 def _run_parser(sub: Any) -> argparse.ArgumentParser:
+    import argparse
+
+    from .spec import OPTIONS
     p = sub.add_parser("run", help="run a program in a jail",
                        usage="isol8r run [options] -- PROGRAM [ARGS...]")
     p.add_argument("-v", "--verbose", action="store_true", help="log each setup step and its time")
@@ -47,18 +62,26 @@ def _run_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="isol8r", description="Run an untrusted program in a Linux namespace jail.")
-    sub = parser.add_subparsers(dest="cmd", parser_class=_Parser)
+    """The parser, built once per process (the CLI server builds it before forking workers)."""
+    global _PARSER
+    if _PARSER is not None:
+        return _PARSER
+    cls = _parser_class()
+    parser = cls(prog="isol8r", description="Run an untrusted program in a Linux namespace jail.")
+    sub = parser.add_subparsers(dest="cmd", parser_class=cls)
     _run_parser(sub)
     sub.add_parser("mkroot", help="build a root filesystem (isol8r mkroot --help)", add_help=False)
     sub.add_parser("check-root", help="check a root filesystem", add_help=False)
     sub.add_parser("policy", help="show or check a seccomp policy", add_help=False)
     sub.add_parser("profiles", help="list the jail profiles shipped with isol8r", add_help=False)
+    sub.add_parser("server", help="the CLI server: isol8r server status|stop", add_help=False)
+    _PARSER = parser
     return parser
 
 
 def spec_from_args(ns: argparse.Namespace) -> Spec:
     """The run subcommand's arguments (over a profile, if given) as a Spec."""
+    from .spec import OPTIONS, Spec
     command = list(ns.command)
     if command and command[0] == "--":
         command = command[1:]
@@ -73,24 +96,54 @@ def spec_from_args(ns: argparse.Namespace) -> Spec:
     return Spec.from_options(command, options)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("mkroot", "check-root", "policy", "profiles"):
-        return _delegate(args[0], args[1:])
-    parser = build_parser()
+def entry() -> int:
+    """The `isol8r` command (bin/isol8r, python -m isol8r): a run goes to the CLI server when
+    there is one to use (cliserver.py), everything else to main() in this process."""
+    args = _normalized(sys.argv[1:])
+    if args[:1] == ["run"] and not {"-h", "--help"} & set(args[:args.index("--") if "--" in args
+                                                            else None]):
+        from . import cliserver
+        code = cliserver.call(args)
+        if code is not None:
+            return code
+    return main(args)
+
+
+def _normalized(args: list[str]) -> list[str]:
+    """`isol8r -- prog` and `isol8r --share-net prog` read as `isol8r run ...`."""
+    if args and args[0] in _SUBCOMMANDS:
+        return args
     if not args or args[0] not in ("run", "-h", "--help"):
-        # `isol8r -- prog` and `isol8r --share-net prog` read as `isol8r run ...`
-        args = ["run", *args]
-    ns = parser.parse_args(args)
+        return ["run", *args]
+    return args
+
+
+def main(argv: Sequence[str] | None = None, served: bool = False) -> int:
+    """The command, in this process. served: this is a CLI server's worker, which runs the jail
+    through the server that forked it rather than cloning it here."""
+    args = _normalized(list(sys.argv[1:] if argv is None else argv))
+    if args[0] in _SUBCOMMANDS:
+        return _delegate(args[0], args[1:])
+    return _run(build_parser().parse_args(args), served)
+
+
+def _run(ns: argparse.Namespace, served: bool) -> int:
+    from .errors import Isol8rError
     try:
         spec = spec_from_args(ns)
         if ns.dry_run:
             _write(sys.stdout, spec.to_json() + "\n")
             return 0
-        from . import supervisor
         log = (lambda m: sys.stderr.write(f"isol8r: {m}\n")) if ns.verbose else None
         t0 = time.monotonic()
-        result = supervisor.run(spec, forward_signals=True, verbose=ns.verbose, log=log)
+        from . import supervisor
+        if served:
+            import isol8r
+            stdio = supervisor.open_stdio(spec, None, None, None, None, False, lambda _v: None)
+            result = isol8r._client().run(spec, stdio, verbose=ns.verbose, log=log,
+                                          forward_signals=True)
+        else:
+            result = supervisor.run(spec, forward_signals=True, verbose=ns.verbose, log=log)
         if ns.verbose:
             sys.stderr.write(f"isol8r: {result.describe()}; setup {result.setup_time * 1e3:.2f} ms, "
                              f"total {(time.monotonic() - t0) * 1e3:.2f} ms\n")
@@ -119,8 +172,13 @@ def _write(stream: Any, text: str) -> None:
 
 
 def _delegate(cmd: str, argv: list[str]) -> int:
-    """Subcommands that live with their concern: mkroot and check-root, policy, profiles."""
+    """Subcommands that live with their concern: mkroot and check-root, policy, profiles, the
+    CLI server."""
+    from .errors import SpecError
     try:
+        if cmd == "server":
+            from . import cliserver
+            return cliserver.main(argv)
         if cmd == "mkroot":
             from . import rootfs
             return rootfs.mkroot_main(argv)
@@ -137,7 +195,7 @@ def _delegate(cmd: str, argv: list[str]) -> int:
 
 
 def _policy(argv: list[str]) -> int:
-    p = _Parser(prog="isol8r policy")
+    p = _parser_class()(prog="isol8r policy")
     p.add_argument("action", choices=("show", "check"))
     p.add_argument("target", metavar="NAME|FILE")
     ns = p.parse_args(argv)

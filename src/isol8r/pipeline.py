@@ -249,7 +249,7 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     ch.step("init: drop privileges", caps.drop_for_init)
     _quiet_stdio()
     _close_all_but((0, 1, 2, ch.fd, r))
-    pid1.serve(pid, r, ch.send)
+    pid1.serve(pid, r, ch.send, lambda: _wait_closed(ch.fd))
 
 
 def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], bool]) -> NoReturn:
@@ -351,6 +351,18 @@ def _die_with_parent(alive: Callable[[], bool]) -> None:
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if not alive():
         os._exit(125)
+
+
+def _wait_closed(fd: int) -> None:
+    """Block until the supervisor closes (or shuts down) its end of the channel."""
+    while True:
+        try:
+            if not os.read(fd, 65536):
+                return
+        except InterruptedError:
+            continue
+        except OSError:
+            return
 
 
 def _readable(fd: int) -> bool:

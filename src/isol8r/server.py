@@ -39,7 +39,7 @@ from .sys import linux
 
 _SEQ = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
 _MAX_FDS = 64
-PREWARM = int(os.environ.get("ISOL8R_PREWARM", "1"))  # warm jails kept per shape (0: none)
+PREWARM = int(os.environ.get("ISOL8R_PREWARM", "2"))  # warm jails kept per shape (0: none)
 _MAX_SHAPES = 4
 _WARM_FOR = 60.0  # seconds an unused warm jail is kept
 
@@ -70,8 +70,8 @@ class _Lease:
     """A jail handed to a caller. The caller activates and watches it; the server keeps a pidfd to
     reap it, and the cgroup, to report the counters and remove it."""
 
-    def __init__(self, jail: supervisor.Jail, sock: socket.socket) -> None:
-        self.jail, self.sock = jail, sock
+    def __init__(self, jail: supervisor.Jail, sock: socket.socket, spec: Spec) -> None:
+        self.jail, self.sock, self.spec = jail, sock, spec
         self.caller_gone = self.exited = False
 
     def register(self, sel: selectors.BaseSelector) -> None:
@@ -226,45 +226,85 @@ class _Pool:
                 self.drop(w)
 
 
+class Server:
+    """The event loop: lease requests on control sockets, leased and warm jails, and whatever
+    else registers an object with a handle(sel, key) method (the CLI's listener, cliserver.py).
+
+    Library mode has one primary control socket: when it closes, the caller is gone and the
+    server ends. The CLI's server has none: it ends after idle_for seconds without work."""
+
+    def __init__(self, prewarm: int = PREWARM) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.runs: list[_Lease] = []
+        self.pool = _Pool(self.sel, prewarm)
+        self.closing = False
+        self.idle_for: float | None = None
+        self.busy: Callable[[], bool] = lambda: False
+
+    def control(self, sock: socket.socket, primary: bool) -> None:
+        self.sel.register(sock, selectors.EVENT_READ, _Control(self, sock, primary))
+
+    def loop(self) -> None:
+        gc.collect()
+        gc.freeze()  # keep the interpreter's own objects out of every collection: fewer CoW faults
+        sel, last_busy = self.sel, time.monotonic()
+        while not self.closing:
+            now = time.monotonic()
+            if self.runs or self.busy():
+                last_busy = now
+            nxt = self.pool.expire(now)
+            if self.idle_for is not None:
+                if now >= last_busy + self.idle_for:
+                    break
+                nxt = min(nxt or 1e18, last_busy + self.idle_for)
+            timeout = max(0.0, nxt - now) if nxt is not None else None
+            for key, _ in sel.select(timeout):
+                if sel.get_map().get(key.fd) is not key:
+                    continue  # unregistered or handed over by an earlier event of this batch
+                try:
+                    key.data.handle(sel, key)
+                except Exception as e:  # one jail's trouble must not end every caller's server
+                    sys.stderr.write(f"isol8r fork server: {type(e).__name__}: {e}\n")
+            for r in [r for r in self.runs if r.exited]:
+                self.runs.remove(r)
+                try:
+                    r.finish(sel)
+                    # Top the pool up now, not when the jail was leased: a clone and a jail's
+                    # setup take a core for a few ms, which the run itself should have had.
+                    self.pool.refill(r.spec)
+                except Exception as e:
+                    sys.stderr.write(f"isol8r fork server: reap: {type(e).__name__}: {e}\n")
+        self.pool.close()
+        for r in self.runs:
+            r.jail.signal(signal.SIGKILL)
+            r.caller_gone = True
+            r.finish(sel)
+        self.runs = []
+
+
+class _Control:
+    """One caller's control socket: its lease requests."""
+
+    def __init__(self, server: Server, sock: socket.socket, primary: bool) -> None:
+        self.server, self.sock, self.primary = server, sock, primary
+
+    def handle(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+        if _accept(self.sock, self.server):
+            return
+        if self.primary:
+            self.server.closing = True
+        sel.unregister(self.sock)
+        self.sock.close()
+
+
 def serve(control_fd: int, prewarm: int = PREWARM) -> None:
-    """The server's loop; returns when the caller closes the control socket."""
-    ctl = socket.socket(fileno=control_fd)
-    sel = selectors.DefaultSelector()
-    sel.register(ctl, selectors.EVENT_READ, None)
-    runs: list[_Lease] = []
-    pool = _Pool(sel, prewarm)
-    gc.collect()
-    gc.freeze()  # keep the interpreter's own objects out of every collection: fewer CoW faults
-    while True:
-        now = time.monotonic()
-        nxt = pool.expire(now)
-        timeout = max(0.0, nxt - now) if nxt is not None else None
-        for key, _ in sel.select(timeout):
-            if sel.get_map().get(key.fd) is not key:
-                continue  # unregistered or handed over by an earlier event of this batch
-            if key.data is None:
-                if not _accept(ctl, sel, runs, pool):
-                    pool.close()
-                    for r in runs:
-                        r.jail.signal(signal.SIGKILL)
-                        r.caller_gone = True
-                        r.finish(sel)
-                    return
-                continue
-            try:
-                (key.data[0] if isinstance(key.data, tuple) else key.data).handle(sel, key)
-            except Exception as e:  # one jail's trouble must not end every caller's server
-                sys.stderr.write(f"isol8r fork server: {type(e).__name__}: {e}\n")
-        for r in [r for r in runs if r.exited]:
-            runs.remove(r)
-            try:
-                r.finish(sel)
-            except Exception as e:
-                sys.stderr.write(f"isol8r fork server: reap: {type(e).__name__}: {e}\n")
+    """The library's server: returns when the caller closes the control socket."""
+    server = Server(prewarm)
+    server.control(socket.socket(fileno=control_fd), primary=True)
+    server.loop()
 
 
-def _accept(ctl: socket.socket, sel: selectors.BaseSelector, runs: list[_Lease],
-            pool: _Pool) -> bool:
+def _accept(ctl: socket.socket, server: Server) -> bool:
     """One lease request: a jail of the spec's shape, in its cgroup, handed over with its channel
     and a pidfd; then the pool is topped up for the next caller."""
     try:
@@ -281,7 +321,8 @@ def _accept(ctl: socket.socket, sel: selectors.BaseSelector, runs: list[_Lease],
     try:
         req = pickle.loads(data)
         spec = req["spec"]
-        jail, derived = supervisor.lease(spec, req["verbose"], pool.take(spec, req["verbose"]))
+        jail, derived = supervisor.lease(spec, req["verbose"],
+                                         server.pool.take(spec, req["verbose"]))
     except Isol8rError as e:
         _reply_error(sock, to_wire(e))
         return True
@@ -297,10 +338,9 @@ def _accept(ctl: socket.socket, sel: selectors.BaseSelector, runs: list[_Lease],
         sock.close()
         return True
     jail.chan.close()  # the caller owns the channel now
-    lease = _Lease(jail, sock)
-    lease.register(sel)
-    runs.append(lease)
-    pool.refill(spec)
+    lease = _Lease(jail, sock, spec)
+    lease.register(server.sel)
+    server.runs.append(lease)
     return True
 
 
@@ -313,6 +353,10 @@ def _reply_error(sock: socket.socket, wire: tuple[Any, ...]) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--cli"]:
+        from . import cliserver
+        cliserver.serve(sys.argv[2], int(sys.argv[3]))
+        return
     # No parent-death signal here: it would fire when the *thread* that started the server
     # exits (a worker of the caller's thread pool). The caller's end of the control socket
     # closes when the caller process ends, however it ends, and that ends the server.
@@ -328,12 +372,13 @@ def main() -> None:
 class Client:
     """The caller's handle on its fork server, started on first use; safe from many threads."""
 
-    def __init__(self, prewarm: int | None = None) -> None:
+    def __init__(self, prewarm: int | None = None, control: socket.socket | None = None) -> None:
         self._lock = threading.Lock()
-        self._ctl: socket.socket | None = None
+        self._ctl: socket.socket | None = control
         self._proc: subprocess.Popen[bytes] | None = None
-        self._owner = -1
+        self._owner = os.getpid() if control is not None else -1
         self._prewarm = prewarm
+        self._attached = control is not None  # a CLI worker's socket to the server that forked it
 
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
@@ -343,6 +388,10 @@ class Client:
         of the one that started it, when it exited, or when `restart` (a socket it stopped
         answering on) is still the current one."""
         with self._lock:
+            if self._attached:
+                if self._ctl is None or restart is not None:
+                    raise SetupError("fork server", errno.EPIPE, "it closed the connection")
+                return self._ctl
             if self._ctl is None or self._owner != os.getpid() or self._proc is None \
                     or self._proc.poll() is not None or (restart is not None and restart is self._ctl):
                 self._start()

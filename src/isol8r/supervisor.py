@@ -416,6 +416,14 @@ class JailWatch:
             if rest:
                 self.exited_at = int(rest[0]) / 1e9
             self.emptied = rest[1:2] == [b"1"]
+            if not self.done:
+                # init exits once the channel is shut, and its exit (reaped here, or by the fork
+                # server, which reads the cgroup's counters then; or, with --share-pid, the sign
+                # that it is gone) is what this watch still waits for
+                try:
+                    self.jail.chan.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
 
     def limit_hit(self, verdict: str) -> None:
         """Escalate: SIGTERM (forwarded by init) now, SIGKILL to the whole jail after the grace."""
@@ -761,8 +769,9 @@ def _drained(jw: JailWatch, spec: Spec) -> bool:
 class Forwarder:
     """Passes the caller's signals to the jail. Armed before the jail starts (the signals are
     blocked, so one sent while the program starts stays pending), attached once the jail exists
-    (handlers installed, mask restored: the pending ones are delivered then), restored after.
-    Only the main thread can install handlers; elsewhere this does nothing."""
+    (handlers installed, the signals unblocked: the pending ones are delivered then), restored
+    after. Only the main thread can install handlers; elsewhere this does nothing. A CLI
+    server's worker keeps the signals blocked between runs: attach unblocks them all the same."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
@@ -777,15 +786,15 @@ class Forwarder:
     def attach(self, send: Callable[[int], None]) -> None:
         if self.enabled:
             self.handlers = {sig: signal.signal(sig, lambda s, _f: send(s)) for sig in FORWARDED}
-            self._unblock()
-
-    def _unblock(self) -> None:
-        if self.mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
-            self.mask = None
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
     def __exit__(self, *_: Any) -> None:
+        if not self.enabled:
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         for sig, handler in self.handlers.items():
             signal.signal(sig, handler)
         self.handlers = {}
-        self._unblock()
+        if self.mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+            self.mask = None
