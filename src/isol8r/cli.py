@@ -105,7 +105,7 @@ def entry() -> int:
         from . import cliserver
         code = cliserver.call(args)
         if code is not None:
-            return code
+            os._exit(code)  # nothing of this process needs tearing down: ~2.5 ms saved
     return main(args)
 
 
