@@ -44,6 +44,15 @@ def children(pid: int | None = None) -> list[int]:
     return out
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def mounts() -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [" ".join(line.split()[3:5]) for line in f]

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, cli, needs_root
+from conftest import ROOT, alive, cli, needs_root
 
 from isol8r import cliserver
 
@@ -37,14 +37,6 @@ def server_pid() -> int | None:
         return struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
     finally:
         s.close()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_one_server_serves_many_runs_and_stops() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import isol8r
-from conftest import ROOT, cli, jail, needs_root, py, sh
+from conftest import ROOT, alive, cli, jail, needs_root, py, sh
 
 pytestmark = needs_root
 
@@ -137,14 +137,6 @@ def test_program_exiting_126_or_127_itself_is_not_an_exec_error() -> None:
 # ---- a supervisor killed by SIGKILL takes the jail with it -------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 LIBRARY_CALLER = ("import isol8r; isol8r.run(['/bin/sleep', '{secs}'], **{nosec!r})")
 
 
@@ -194,16 +186,16 @@ def test_supervisor_killed_takes_the_jail_with_it(caller: str) -> None:
         p.kill()
         p.wait(timeout=5)
         deadline = time.monotonic() + 2
-        while any(_alive(pid) for pid in jailed) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in jailed) and time.monotonic() < deadline:
             time.sleep(0.02)
-        left = {pid: comm for pid, comm in jailed.items() if _alive(pid)}
+        left = {pid: comm for pid, comm in jailed.items() if alive(pid)}
         assert not left, f"jail processes outlived their supervisor: {left}"
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
         for pid in jailed:  # never leave a sleeping jail on the host, even when the test fails
-            if _alive(pid):
+            if alive(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
