@@ -528,7 +528,12 @@ def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
     import gc
     import resource
     import signal
+    import socket
 
+    import isol8r
+
+    from . import pipeline, server
+    from .spec import RLIMITS
     from .sys import linux
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
@@ -545,16 +550,11 @@ def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
     ctl.detach()
     os.closerange(0, min(sock_fd, ctl_fd))  # the server's: listener, clients, jails, selector
     os.closerange(max(sock_fd, ctl_fd) + 1, 1 << 20)
-    _devnull_stdio()
+    pipeline.quiet_stdio()
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # until a run's jail takes them
-    import socket
-
-    import isol8r
-
-    from . import server
     isol8r._CLIENT = server.Client(control=socket.socket(fileno=ctl_fd))
     sock = socket.socket(fileno=sock_fd)
-    limits = {n: resource.getrlimit(n) for n in _rlimits()}
+    limits = {n: resource.getrlimit(n) for n in RLIMITS.values()}
     if rehearse:  # one real jail, output discarded: the first client finds this worker warm
         _run_one(["run", "--", "/bin/true"], None, {}, limits, lambda: None)
     while True:
@@ -582,23 +582,9 @@ def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
             for t in targets:
                 if t > 2:
                     os.close(t)
-            _devnull_stdio()
+            pipeline.quiet_stdio()
             os.chdir("/")
         sock.send(marshal.dumps(("exit", code)))
-
-
-def _rlimits() -> list[int]:
-    import resource
-    return [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
-
-
-def _devnull_stdio() -> None:
-    fd = os.open(os.devnull, os.O_RDWR)
-    for t in (0, 1, 2):
-        if fd != t:
-            os.dup2(fd, t)
-    if fd > 2:
-        os.close(fd)
 
 
 def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],

@@ -247,7 +247,7 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
         _program(plan, _Channel(w, True, plan.verbose), ch.fd, lambda: os.getppid() == me)
     os.close(w)
     ch.step("init: drop privileges", caps.drop_for_init)
-    _quiet_stdio()
+    quiet_stdio()
     _close_all_but((0, 1, 2, ch.fd, r))
     pid1.serve(pid, r, ch.send, lambda: _wait_closed(ch.fd))
 
@@ -392,12 +392,15 @@ def _install_fds(fds: tuple[tuple[int, int], ...], chan: int) -> int:
     return chan
 
 
-def _quiet_stdio() -> None:
-    """The init keeps no end of the caller's pipes or terminal."""
+def quiet_stdio() -> None:
+    """/dev/null on 0, 1 and 2: the init keeps no end of the caller's pipes or terminal (nor
+    does a CLI server's worker between runs, whose 0-2 may be closed when this is called)."""
     null = os.open("/dev/null", os.O_RDWR)
     for target in (0, 1, 2):
-        os.dup2(null, target)
-    os.close(null)
+        if null != target:
+            os.dup2(null, target)
+    if null > 2:
+        os.close(null)
 
 
 def _close_all_but(keep: tuple[int, ...]) -> None:

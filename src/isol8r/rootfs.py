@@ -367,25 +367,16 @@ class _Tree:
 
     def write(self, parts: Sequence[str], data: bytes, mode: int = 0o644) -> None:
         """Replace the file at `parts` with `data` (root-owned, `mode`)."""
-        parent = self.dir(parts[:-1])
-        tmp, fd = self._new(parent, parts[-1])
-        try:
+        def fill(fd: int) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             self.fix(fd, "", mode)
-        except BaseException:
-            os.close(fd)
-            self.remove(parent, tmp)
-            raise
-        os.close(fd)
-        self._place(parent, tmp, parts[-1])
+        self._create(parts, fill)
 
     def copy(self, parts: Sequence[str], src: str, st: os.stat_result) -> None:
         """Copy host file `src` to `parts`: 0755 if it was executable else 0644, times kept."""
-        parent = self.dir(parts[:-1])
-        tmp, fd = self._new(parent, parts[-1])
-        try:
+        def fill(fd: int) -> None:
             sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 _copy_fd(sfd, fd, os.fstat(sfd).st_size)
@@ -393,6 +384,15 @@ class _Tree:
                 os.close(sfd)
             self.fix(fd, "", 0o755 if st.st_mode & 0o111 else 0o644)
             os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        self._create(parts, fill)
+
+    def _create(self, parts: Sequence[str], fill: Callable[[int], None]) -> None:
+        """A new file at `parts`: made under a temporary name, filled, then put in place; a
+        failure removes it."""
+        parent = self.dir(parts[:-1])
+        tmp, fd = self._new(parent, parts[-1])
+        try:
+            fill(fd)
         except BaseException:
             os.close(fd)
             self.remove(parent, tmp)

@@ -306,7 +306,7 @@ def serve(control_fd: int, prewarm: int = PREWARM) -> None:
 
 def _accept(ctl: socket.socket, server: Server) -> bool:
     """One lease request: a jail of the spec's shape, in its cgroup, handed over with its channel
-    and a pidfd; then the pool is topped up for the next caller."""
+    and a pidfd (the pool is topped up once the jail has ended: Server.loop)."""
     try:
         data, fds = _recv(ctl)
     except OSError:
