@@ -188,6 +188,26 @@ def test_limits_land_in_the_control_files(make):
 
 
 @real
+def test_set_limits_writes_new_values_up_and_down_and_never_lifts_one(make):
+    """A warm jail's group is re-used with the next caller's values (server._Pool)."""
+    cg = make(FULL)
+    for memory, pids, cpus in ((256 * MiB, 16, 1.5), (32 * MiB, 4, 0.25), (32 * MiB, 4, 0.25)):
+        cg.set_limits(Limits(memory=memory, pids=pids, cpus=cpus))
+        if cg.version == 1:
+            assert int(_file(cg, "memory", "memory.limit_in_bytes")) == memory
+            memsw = os.path.join(cg.path("memory") or "", "memory.memsw.limit_in_bytes")
+            if os.path.exists(memsw):  # v1 refuses memsw below memory: the order matters
+                assert int(_file(cg, "memory", "memory.memsw.limit_in_bytes")) == memory
+            assert _file(cg, "pids", "pids.max") == str(pids)
+            assert _file(cg, "cpu", "cpu.cfs_quota_us") == str(round(cpus * 100_000))
+        else:
+            assert _file(cg, "", "memory.max") == str(memory)
+            assert _file(cg, "", "pids.max") == str(pids)
+    with pytest.raises(ValueError, match="memory"):
+        cg.set_limits(Limits(pids=4, cpus=0.25))
+
+
+@real
 def test_memory_hog_is_oom_killed_and_peak_is_near_the_limit(make):
     limit = 64 * MiB
     cg = make(Limits(memory=limit))

@@ -133,3 +133,23 @@ def test_bad_rlimit_is_a_spec_error(value: str, named: str) -> None:
     assert p.returncode == 125
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in p.stderr
+
+
+def test_pooled_jails_are_born_in_their_group_with_each_callers_values() -> None:
+    """The fork server keeps warm jails and tops its pool up after each run, so a caller often
+    takes one still setting itself up. Each must be in its own group from birth (its cgroup
+    namespace is rooted there, every line of /proc/self/cgroup reads "/"; a jail moved after the
+    fact showed isol8r/jail-..., or was missed and ran unlimited) and hold this caller's values."""
+    for i in range(8):
+        memory = (48, 200)[i % 2] * M  # the warm group is re-used: its limit goes up and down
+        code = ("import sys\nprint(open('/proc/self/cgroup').read(), flush=True)\n"
+                "b = bytearray(100 << 20)\nb[::4096] = b'x' * len(b[::4096])\n"
+                "print('allocated', flush=True)\nwhile True: pass")
+        r = py(code, memory=memory, cpu_limit=0.5, time_limit=8, **NOSECCOMP)
+        lines = r.stdout.decode().split("\n\n")[0].split()
+        assert lines and all(line.endswith(":/") for line in lines), (i, lines)
+        assert r.limits["memory"] == memory
+        if memory < 100 * M:
+            assert r.verdict == "memory-limit", (i, r.verdict, r.stdout, r.stderr)
+        else:
+            assert (r.verdict, b"allocated" in r.stdout) == ("cpu-limit", True), (i, r.stderr)

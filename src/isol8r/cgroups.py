@@ -318,6 +318,7 @@ class Cgroup:
         self._dirs: dict[str, str] = {}  # controller -> the jail's group dir ("" -> the v2 group)
         self._fd = -1
         self._owner = os.getpid()
+        self.limits = Limits()  # what the control files hold now
 
     @classmethod
     def create(cls, limits: Limits, *, parent: str | None = None, name: str | None = None,
@@ -344,7 +345,7 @@ class Cgroup:
                 if base not in made:
                     made[base] = _make(base, name, plan.enable)
                 group._dirs[ctl] = made[base]
-            group._set_limits(limits)
+            group.set_limits(limits)
         except BaseException:
             try:
                 group.remove()
@@ -371,25 +372,36 @@ class Cgroup:
             if not (optional and e.errno in (errno.ENOENT, errno.EACCES)):
                 raise _fail(f"write {value} to", e) from e
 
-    def _set_limits(self, limits: Limits) -> None:
+    def set_limits(self, limits: Limits) -> None:
+        """Write the limits that differ from what the group holds (a pre-warmed jail's group is
+        re-used for the next caller's values): nothing for the same values again. A limit once
+        set stays set: a group is only re-used for limits of the same kinds (server._Pool)."""
+        old = self.limits
+        for kind in ("memory", "pids", "cpus"):
+            if getattr(old, kind) is not None and getattr(limits, kind) is None:
+                raise ValueError(f"cgroup limit {kind} cannot be lifted from a group")
         quota = None if limits.cpus is None else max(1000, round(limits.cpus * PERIOD_US))
-        if self.version == 1:
-            if limits.memory is not None:  # a fresh group: the limit first, then memory+swap
-                self._put("memory", "memory.limit_in_bytes", limits.memory)
-                self._put("memory", "memory.memsw.limit_in_bytes", limits.memory, optional=True)
-            if limits.pids is not None:
-                self._put("pids", "pids.max", limits.pids)
-            if quota is not None:
+        v1 = self.version == 1
+        if limits.memory is not None and limits.memory != old.memory:
+            # v1 wants memory+swap >= memory at every step: raise memsw first, lower it last
+            mem = [("memory", "memory.limit_in_bytes", False),
+                   ("memory", "memory.memsw.limit_in_bytes", True)] if v1 else \
+                  [("", "memory.max", False)]
+            if v1 and old.memory is not None and limits.memory > old.memory:
+                mem.reverse()
+            for ctl, file, optional in mem:
+                self._put(ctl, file, limits.memory, optional)
+            if not v1:  # swap 0 keeps memory+swap under the limit, as memsw does on v1
+                self._put("", "memory.swap.max", 0, optional=True)
+        if limits.pids is not None and limits.pids != old.pids:
+            self._put("pids" if v1 else "", "pids.max", limits.pids)
+        if quota is not None and limits.cpus != old.cpus:
+            if v1:
                 self._put("cpu", "cpu.cfs_period_us", PERIOD_US)
                 self._put("cpu", "cpu.cfs_quota_us", quota)
-        else:
-            if limits.memory is not None:  # swap 0 keeps memory+swap under the limit, as memsw
-                self._put("", "memory.max", limits.memory)
-                self._put("", "memory.swap.max", 0, optional=True)
-            if limits.pids is not None:
-                self._put("", "pids.max", limits.pids)
-            if quota is not None:
+            else:
                 self._put("", "cpu.max", f"{quota} {PERIOD_US}")
+        self.limits = limits
 
     def clone_fd(self) -> int:
         """v2: a directory fd of the group for clone3(CLONE_INTO_CGROUP); v1: -1.

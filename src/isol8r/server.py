@@ -145,6 +145,16 @@ class _Pool:
         return spec.overlay_dir is None and not spec.rw_root
 
     @staticmethod
+    def key(spec: Spec) -> tuple[object, ...]:
+        """Jails of one key are interchangeable: the shape, and which kinds of cgroup limit (a
+        jail is born in its group, so that its cgroup namespace is rooted there and no process of
+        it can be outside; the values are the lease's)."""
+        limited = supervisor.wants_cgroup(spec)
+        kinds = (spec.cgroup_parent, spec.memory is not None, spec.pids is not None,
+                 spec.cpus is not None) if limited else None
+        return pipeline.shape(spec), kinds
+
+    @staticmethod
     def sources(spec: Spec) -> dict[str, tuple[int, int] | None]:
         """The host paths a jail of this spec opens, by identity (device, inode): a warm jail is
         only handed out while each path still names what it opened."""
@@ -162,7 +172,7 @@ class _Pool:
     def take(self, spec: Spec, verbose: bool) -> supervisor.Jail | None:
         if self.size <= 0 or verbose or not self.poolable(spec):
             return None
-        key = pipeline.shape(spec)
+        key = self.key(spec)
         waiting = self.warm.get(key)
         now = self.sources(spec) if waiting else {}
         while waiting:
@@ -178,7 +188,7 @@ class _Pool:
         it clones and says go, the jail sets itself up on another core."""
         if self.size <= 0 or not self.poolable(spec):
             return
-        key = pipeline.shape(spec)
+        key = self.key(spec)
         waiting = self.warm.setdefault(key, [])
         self.warm[key] = self.warm.pop(key)  # most recently used last
         while len(self.warm) > _MAX_SHAPES:
@@ -186,9 +196,17 @@ class _Pool:
                 self.drop(w)
         while len(waiting) < self.size:
             sources = self.sources(spec)
+            group = None
             try:
-                jail = supervisor.spawn(spec, pipeline.prepare(spec, False, supervisor._bpf(spec)))
-            except Isol8rError:
+                if key[1] is not None:
+                    from . import cgroups
+                    group = cgroups.Cgroup.create(cgroups.Limits(spec.memory, spec.pids, spec.cpus),
+                                                  parent=spec.cgroup_parent)
+                jail = supervisor.spawn(spec, pipeline.prepare(spec, False, supervisor._bpf(spec)),
+                                        group)
+            except Isol8rError:  # no group here (the lease falls back and says so), or no jail
+                if group is not None:
+                    group.remove()
                 return
             w = _Warm(self, key, jail, sources)
             waiting.append(w)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import mounts, pipeline, rlimits, userns
-from .errors import ExecError, SetupError, SpecError
+from .errors import ExecError, Isol8rError, SetupError, SpecError
 from .result import Result
 from .spec import ID_RANGE, RLIMITS, Spec
 from .sys import linux
@@ -88,13 +88,28 @@ def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False) -
 def lease(spec: Spec, verbose: bool = False,
           jail: "Jail | None" = None) -> tuple[Jail, dict[str, tuple[int, int]]]:
     """A jail of spec's shape, set up and waiting for its Request, in its cgroup: a new one, or
-    the pre-warmed jail given (the fork server's pool). Returns it with the rlimits that stand
-    in for cgroup limits no cgroup could hold."""
-    if spec.rootfs is not None and not spec.allow_unsafe_root:
-        _check_root(spec.rootfs)
-    cg, derived, notes = _limits(spec)
-    try:
-        if jail is None:
+    the pre-warmed jail given (the fork server's pool), which was born in a group of its own when
+    its shape has cgroup limits (server._Pool) and gets this spec's values here. Returns it with
+    the rlimits that stand in for cgroup limits no cgroup could hold."""
+    if jail is not None:
+        try:
+            if spec.rootfs is not None and not spec.allow_unsafe_root:
+                _check_root(spec.rootfs)
+            if (jail.cgroup is not None) != wants_cgroup(spec):
+                raise ValueError("the warm jail's cgroup does not fit this spec")
+            cg, derived, notes = _limits(spec, jail.cgroup)
+            jail.spec, jail.started = spec, time.monotonic()
+        except (Isol8rError, ValueError):
+            _discard(jail)  # e.g. a memory limit below what the warm jail holds: start afresh
+            jail = None
+        except BaseException:
+            _discard(jail)
+            raise
+    if jail is None:
+        if spec.rootfs is not None and not spec.allow_unsafe_root:
+            _check_root(spec.rootfs)
+        cg, derived, notes = _limits(spec)
+        try:
             plan = pipeline.prepare(spec, verbose, _bpf(spec))
             if spec.overlay_dir is not None:
                 try:
@@ -103,18 +118,10 @@ def lease(spec: Spec, verbose: bool = False,
                 except OSError as e:
                     raise SpecError("--overlay-dir", spec.overlay_dir, e.strerror or str(e)) from None
             jail = spawn(spec, plan, cg)
-        else:
-            jail.spec, jail.started = spec, time.monotonic()
+        except BaseException:
             if cg is not None:
-                jail.cgroup = cg
-                for pid in jail_pids(jail.pid):
-                    cg.attach(pid)
-    except BaseException:
-        if jail is not None:
-            _discard(jail)
-        elif cg is not None:
-            cg.remove()
-        raise
+                cg.remove()
+            raise
     jail.notes.extend(notes)
     jail.limits.update(_limits_applied(spec, derived, cg))
     return jail, derived
@@ -158,15 +165,6 @@ def _queued_error(jail: Jail) -> SetupError | None:
         return None
     cls, step, err, detail = watch.error
     return (ExecError if cls == "ExecError" else SetupError)(step, err, detail)
-
-
-def jail_pids(init_pid: int) -> list[int]:
-    """The jail's first process and its children (a pre-warmed jail: init and the program)."""
-    try:
-        with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
-            return [init_pid, *map(int, f.read().split())]
-    except OSError:
-        return [init_pid]
 
 
 def _discard(jail: Jail) -> None:
@@ -259,9 +257,10 @@ def wants_cgroup(spec: Spec) -> bool:
                 and spec.cpu_limit is None)
 
 
-def _limits(spec: Spec) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
+def _limits(spec: Spec, group: Any = None) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
     """The jail's cgroup when a cgroup limit is asked for, else None; the rlimits that stand in
-    for what no cgroup can hold, and notes saying so (never a silent fallback)."""
+    for what no cgroup can hold, and notes saying so (never a silent fallback). group is a warm
+    jail's own: it gets the spec's values, and a failure is raised, not fallen back from."""
     derived: dict[str, tuple[int, int]] = {}
     notes: list[str] = []
     if spec.output_limit is not None:
@@ -269,11 +268,16 @@ def _limits(spec: Spec) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
     if not wants_cgroup(spec):
         return None, derived, notes
     from . import cgroups
+    limits = cgroups.Limits(spec.memory, spec.pids, spec.cpus)
     try:
-        cg = cgroups.Cgroup.create(cgroups.Limits(spec.memory, spec.pids, spec.cpus),
-                                   parent=spec.cgroup_parent)
+        if group is not None:
+            group.set_limits(limits)
+            return group, derived, notes
+        cg = cgroups.Cgroup.create(limits, parent=spec.cgroup_parent)
         return cg, derived, notes
     except cgroups.CgroupUnavailable as e:
+        if group is not None:
+            raise
         if spec.cgroup_parent is not None:
             raise SetupError("cgroup", errno.EINVAL, f"--cgroup-parent {spec.cgroup_parent}: "
                              f"{e.reason}") from None
