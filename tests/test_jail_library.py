@@ -168,3 +168,21 @@ def test_result_to_json_round_trips() -> None:
     r = run(SH, "-c", "echo x", capture_output=True)
     d = json.loads(r.to_json())
     assert d["exit_code"] == 0 and d["stdout"] == "x\n" and d["status"] == 0
+
+
+def test_the_fork_server_image_carries_no_asyncio() -> None:
+    """Every jail starts as a copy of the fork server: what it imports, each jail's clone and
+    exit pay for. asyncio (with ssl, logging, inspect) is for run_async's caller, not the
+    server. Seen through the extension modules mapped into the server; a Python built with them
+    static shows none, and the test says so."""
+    import glob
+    import sysconfig
+    dynload = sysconfig.get_config_var("DESTSHARED") or ""
+    if not glob.glob(f"{dynload}/_asyncio*.so"):
+        pytest.skip("this Python has _asyncio built in: nothing to see in the server's maps")
+    assert run("/bin/true").exit_code == 0
+    pid = isol8r._client().pid()
+    with open(f"/proc/{pid}/maps") as f:
+        maps = f.read()
+    assert "_socket" in maps  # the check sees extension modules at all
+    assert "_asyncio" not in maps and "_ssl" not in maps

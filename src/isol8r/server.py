@@ -16,7 +16,6 @@ caller process is gone: the server kills every jail and exits.
 from __future__ import annotations
 
 import array
-import asyncio
 import errno
 import gc
 import os
@@ -29,13 +28,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import pipeline, supervisor
 from .errors import Isol8rError, SetupError, from_wire, to_wire
 from .result import Result
 from .spec import Spec
 from .sys import linux
+
+if TYPE_CHECKING:
+    import asyncio
 
 _SEQ = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
 _MAX_FDS = 64
@@ -600,6 +602,8 @@ class _LoopSelector:
 
 async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Result:
     """One jail through the fork server, awaited on the running loop: no thread per jail."""
+    import asyncio  # here, not at the top: the server, whose image every jail is a copy of,
+    # would carry asyncio's ~60 modules (ssl, logging, inspect...) for nothing
     loop = asyncio.get_running_loop()
     session = _Session(client.lease(spec, False), spec, stdio, None)
     wake = asyncio.Event()
