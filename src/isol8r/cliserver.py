@@ -101,9 +101,9 @@ def call(argv: list[str]) -> int | None:
             except OSError:
                 reply = b""
             kind, value = marshal.loads(reply) if reply else ("gone", None)
-            if kind != "stale":
+            if kind not in ("stale", "gone"):
                 break
-            s.close()  # a server of older code: it leaves, a new one starts
+            s.close()  # a server of older code, or one that closed before taking the run
         if kind == "error":
             os.write(2, f"isol8r: {value}\n".encode())
             return SETUP_FAILED
@@ -399,8 +399,8 @@ class _Conn:
             self.end(sel)
             return
         if _code() != self.listener.code:
+            self.listener.retire()  # first: the client's next connect must not reach this server
             self.reply(("stale", None))
-            self.listener.retire()
             self.end(sel)
             return
         if any(t >= _OWN_FLOOR for t in req[3]) or not _same_world(self.pid):
@@ -491,7 +491,8 @@ class _Worker:
             c.end(sel)
             if len(self.listener.idle) < _MAX_IDLE and self.listener.sock.fileno() >= 0:
                 self.listener.idle.append(self)
-            else:
+            else:  # it leaves; unregistered first, or its fd number, reused, is 'already
+                sel.unregister(self.sock)  # registered' for whatever registers next
                 self.sock.close()
 
     def _reap(self, sel: Any) -> None:
