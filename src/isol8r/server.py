@@ -44,6 +44,10 @@ _MAX_FDS = 64
 PREWARM = int(os.environ.get("ISOL8R_PREWARM", "2"))  # warm jails kept per shape (0: none)
 _MAX_SHAPES = 4
 _WARM_FOR = 60.0  # seconds an unused warm jail is kept
+# How long a caller waits on its fork server beyond the run's own limits: for a lease's answer,
+# and for the reap report once the jail has exited. Past it the run fails with SetupError and a
+# server that stopped answering is replaced (docs/design.md, "Bounded waits").
+WAIT_MARGIN = float(os.environ.get("ISOL8R_WAIT_MARGIN", "5"))
 
 
 def _send(sock: socket.socket, msg: Any, fds: list[int] = []) -> None:
@@ -465,11 +469,25 @@ class Client:
                 theirs.close()
         raise AssertionError("unreachable")
 
+    def replace(self, why: str) -> SetupError:
+        """The server stopped answering (stopped, stuck): kill it, so that the next run starts a
+        new one (and sweeps what it left); the error to raise says so."""
+        with self._lock:
+            proc = self._proc if self._owner == os.getpid() else None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        return SetupError("fork server", errno.ETIMEDOUT, f"{why} within {WAIT_MARGIN:g} s "
+                          "(ISOL8R_WAIT_MARGIN); it was replaced")
+
     def run(self, spec: Spec, stdio: supervisor.Stdio, *, verbose: bool = False,
             log: supervisor.Log | None = None, forward_signals: bool = False) -> Result:
         session = _Session(self.lease(spec, verbose), spec, stdio, log if verbose else None)
         with supervisor.Forwarder(forward_signals) as fwd:
             try:
+                if not select_readable(session.sock, WAIT_MARGIN):
+                    stdio.close_after_start = [os.close(fd) for fd in stdio.close_after_start][:0]
+                    raise self.replace("no answer to a lease")
                 session.begin(*_recv(session.sock))
                 sel = selectors.DefaultSelector()
                 session.register(sel)
@@ -481,7 +499,16 @@ class Client:
                     sel.close()
             finally:
                 session.close()
+        if session.late:
+            raise self.replace("no reap report")
         return session.result()
+
+
+def select_readable(sock: socket.socket, timeout: float) -> bool:
+    """Wait up to timeout seconds for sock to be readable (or closed)."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        return bool(sel.select(timeout))
 
 
 class _Session:
@@ -493,6 +520,8 @@ class _Session:
         self.sock, self.spec, self.stdio, self.log = sock, spec, stdio, log
         self.watch: supervisor.JailWatch | None = None
         self.outcome: supervisor.Outcome | None = None
+        self.lost = False  # the server ended before it reported: the program's end is unknown
+        self.late = False  # the server did not report within WAIT_MARGIN of the jail's exit
 
     def begin(self, data: bytes, fds: list[int]) -> None:
         """Take the lease (or its error), activate the jail with this caller's descriptors."""
@@ -535,6 +564,9 @@ class _Session:
         if not data:
             sel.unregister(self.sock)
             if not self.watch.done:
+                # a server that died took the jail with it (PDEATHSIG): unless init reported the
+                # program's end, that SIGKILL is isol8r's failure, not the program's (result())
+                self.lost = self.watch.program is None
                 self.watch.reaped(9 if self.watch.program is None else self.watch.program[0],
                                   0.0, 0.0, 0, None)
             return
@@ -546,10 +578,16 @@ class _Session:
         assert self.watch is not None
         if self.watch.done:
             return (self.watch.exited_at or now) + max(self.spec.kill_grace, 0.5)
+        if self.watch.exited and self.watch.exited_at is not None:
+            return self.watch.exited_at + WAIT_MARGIN  # the reap report's deadline
         return self.watch.tick(now)
 
     def finished(self) -> bool:
         w = self.watch
+        if w is not None and not w.done and w.exited and w.exited_at is not None \
+                and time.monotonic() > w.exited_at + WAIT_MARGIN:
+            self.late = True
+            w.reaped(9 if w.program is None else w.program[0], 0.0, 0.0, 0, None)
         if w is None or not w.done:
             return False
         if w.exited_at is None:
@@ -564,6 +602,9 @@ class _Session:
 
     def result(self) -> Result:
         assert self.outcome is not None
+        if self.lost:
+            raise SetupError("fork server", errno.EPIPE, "it ended during the run (killed?): the "
+                             "program's outcome is unknown")
         return supervisor.result(self.spec, self.outcome, self.stdio.io)
 
 
@@ -612,7 +653,10 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Resu
         got = loop.create_future()
         loop.add_reader(session.sock.fileno(), lambda: got.done() or got.set_result(None))
         try:
-            await got
+            await asyncio.wait_for(got, WAIT_MARGIN)
+        except asyncio.TimeoutError:
+            stdio.close_after_start = [os.close(fd) for fd in stdio.close_after_start][:0]
+            raise client.replace("no answer to a lease") from None
         finally:
             loop.remove_reader(session.sock.fileno())
         session.begin(*_recv(session.sock))
@@ -628,6 +672,8 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Resu
     finally:
         sel.close()
         session.close()
+    if session.late:
+        raise client.replace("no reap report")
     return session.result()
 
 
