@@ -31,6 +31,7 @@ import marshal
 
 _DIR = "/run/isol8r"
 _SEQ = _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
+_WAIT_MARGIN = float(os.environ.get("ISOL8R_WAIT_MARGIN", "5"))  # as server.WAIT_MARGIN
 _MAX_FDS = 250  # SCM_RIGHTS carries at most 253 descriptors; one is the working directory
 # the signals the command passes on to the jail (supervisor.FORWARDED, without importing it)
 FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
@@ -77,7 +78,9 @@ def _connect(sock_path: str) -> Any:
 def call(argv: list[str]) -> int | None:
     """Run `isol8r run argv...` through the server and return its exit status; None when there
     is no server to use (the caller then runs the command itself)."""
+    global _VERBOSE
     sock_path = path()
+    _VERBOSE = bool({"-v", "--verbose"} & set(argv[:argv.index("--") if "--" in argv else None]))
     if sock_path is None or not _trusted_dir():
         return None
     fds = _inheritable()
@@ -97,7 +100,14 @@ def call(argv: list[str]) -> int | None:
                 return None
             try:
                 s.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+                s.settimeout(_WAIT_MARGIN)
                 reply = s.recv(4096)
+                s.settimeout(None)
+            except TimeoutError:
+                _replace(s)
+                os.write(2, b"isol8r: the CLI server did not answer within %gs "
+                         b"(ISOL8R_WAIT_MARGIN); it was replaced\n" % _WAIT_MARGIN)
+                return SETUP_FAILED
             except OSError:
                 reply = b""
             kind, value = marshal.loads(reply) if reply else ("gone", None)
@@ -136,6 +146,24 @@ def _wait(s: Any, blocked: Any) -> int:
         kind, value = marshal.loads(reply)
         if kind == "exit":
             return int(value)
+        if kind == "error":  # isol8r's failure (a worker died): never a status of the program's
+            os.write(2, f"isol8r: {value}\n".encode())
+            return SETUP_FAILED
+
+
+def _replace(s: Any) -> None:
+    """A server that took a connection but does not answer (stopped, stuck): kill it and take
+    its socket away, so that the next run starts a new one (which sweeps what it left)."""
+    import struct
+    try:
+        pid = struct.unpack("3i", s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))[0]
+        os.kill(pid, _signal.SIGKILL)
+        sock_path = path()
+        if sock_path is not None:
+            os.unlink(sock_path)
+    except OSError:
+        pass
+    s.close()
 
 
 def _inheritable() -> list[int]:
@@ -150,11 +178,24 @@ def _inheritable() -> list[int]:
     return sorted(out)
 
 
+_VERBOSE = False  # -v given before the command: call() says why it runs in-process
+
+
+def _note(text: str) -> None:
+    if _VERBOSE:
+        os.write(2, f"isol8r: {text}\n".encode())
+
+
 def _start(sock_path: str, inherited: list[int]) -> Any:
     """Start the server (one at a time: a lock beside the socket) and connect to it."""
     import fcntl
-    lock = os.open(sock_path[:-5] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                   0o600)
+    try:
+        lock = os.open(sock_path[:-5] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+                       | os.O_NOFOLLOW, 0o600)
+    except OSError as e:  # /run full (ENOSPC), read-only...: the command runs in this process
+        _note(f"no CLI server ({sock_path[:-5]}.lock: {os.strerror(e.errno or 0)}); "
+              "running in this process")
+        return None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         s = _connect(sock_path)
@@ -507,8 +548,9 @@ class _Worker:
             self.sock.close()
         if self in self.listener.idle:
             self.listener.idle.remove(self)
-        if self.conn is not None:  # it died in a run: the client gets its status
-            self.conn.reply(("exit", code if code >= 0 else 128 - code))
+        if self.conn is not None:  # it died in a run: isol8r's failure, not the program's
+            why = f"signal {-code}" if code < 0 else f"status {code}"
+            self.conn.reply(("error", f"the CLI server's worker died during the run ({why})"))
             self.conn.end(sel)
             self.conn = None
 
