@@ -11,9 +11,10 @@ import threading
 import time
 
 import pytest
-from conftest import needs_root
+from conftest import alive, children, cli, needs_root
+from test_cliserver import server_pid
 
-from isol8r import server, supervisor
+from isol8r import cliserver, server, supervisor
 from isol8r.errors import SetupError
 from isol8r.spec import Spec
 
@@ -69,3 +70,58 @@ def test_a_stopped_fork_server_bounds_the_wait_and_is_replaced(client) -> None:
         resumed.cancel()
     assert client_run(client, "/bin/true").exit_code == 0
     assert client.pid() != pid
+
+
+def groups_of(pid: int) -> list[str]:
+    """The jail cgroups a server of this pid made (cgroups.py names them jail-<pid>-...)."""
+    out = []
+    for top, dirs, _ in os.walk("/sys/fs/cgroup"):
+        out += [os.path.join(top, d) for d in dirs if d.startswith(f"jail-{pid}-")]
+        dirs[:] = [d for d in dirs if top.count("/") < 8]
+    return out
+
+
+def gone_within_a_second(pid: int, kids: list[int]) -> tuple[list[str], list[int]]:
+    deadline = time.monotonic() + 1.0
+    while True:
+        left = (groups_of(pid), [k for k in kids if alive(k)])
+        if left == ([], []) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+def test_a_killed_fork_server_leaves_nothing_once_the_next_starts(client) -> None:
+    """Issue 12 item 4: its warm jails' cgroups stayed until a sweep 60 s later."""
+    assert client_run(client, "/bin/true", memory="64M").exit_code == 0  # warm jails, with groups
+    pid = client.pid()
+    deadline = time.monotonic() + 5
+    while len(groups_of(pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert groups_of(pid), "no warm jail with a cgroup to leave behind"
+    kids = children(pid)
+    os.kill(pid, signal.SIGKILL)
+    assert client_run(client, "/bin/true").exit_code == 0  # whoever starts next
+    assert gone_within_a_second(pid, kids) == ([], [])
+
+
+def test_a_killed_cli_server_leaves_nothing_once_the_next_starts() -> None:
+    assert cli("run", "--memory", "64M", "--", "/bin/true").returncode == 0
+    pid = server_pid()
+    assert pid is not None
+    deadline = time.monotonic() + 5
+    while len(groups_of(pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert groups_of(pid), "no warm jail with a cgroup to leave behind"
+    kids = children(pid)
+    os.kill(pid, signal.SIGKILL)
+    assert cli("run", "--", "/bin/true").returncode == 0
+    assert gone_within_a_second(pid, kids) == ([], [])
+    assert not os.path.exists(f"{server.RECORDS}/server-{pid}.rec")
+
+
+def test_server_stop_removes_its_lock_and_log() -> None:
+    assert cli("run", "--", "/bin/true").returncode == 0
+    base = cliserver.path()[:-5]
+    assert os.path.exists(base + ".lock") and os.path.exists(base + ".log")
+    assert cli("server", "stop").returncode == 0
+    assert not os.path.exists(base + ".lock") and not os.path.exists(base + ".log")

@@ -277,6 +277,52 @@ def _sweep(top: str) -> None:
             pass
 
 
+def sweep_owner(pid: int) -> list[str]:
+    """Remove now the groups named for pid under this process's isol8r/ dirs, killing what is
+    still in them: pid is an isol8r server known to be dead (its record says so: server.py), so
+    nothing will remove them otherwise; without that proof _sweep waits _STALE_AGE."""
+    try:
+        layout = detect()
+    except OSError:
+        return []
+    tops = set()
+    for h in [*layout.v1.values(), *([layout.v2] if layout.v2 is not None else [])]:
+        base = h.fs_path(h.current)
+        if base is not None:
+            tops.add(os.path.join(base, "isol8r"))
+    removed = []
+    for top in sorted(tops):
+        try:
+            names = os.listdir(top)
+        except OSError:
+            continue
+        for name in names:
+            m = _STALE_NAME.match(name)
+            if not m or int(m[1]) != pid:
+                continue
+            path = os.path.join(top, name)
+            deadline = time.monotonic() + 1.0
+            while True:
+                try:
+                    for p in _read(os.path.join(path, "cgroup.procs")).split():
+                        try:
+                            os.kill(int(p), signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    os.rmdir(path)
+                    removed.append(path)
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+        try:
+            os.rmdir(top)
+        except OSError:
+            pass
+    return removed
+
+
 def _make(base: str, name: str, enable: tuple[str, ...]) -> str:
     """mkdir base/isol8r/name; retried when a concurrent jail removes isol8r/ under our feet."""
     top = os.path.join(base, "isol8r")

@@ -246,6 +246,11 @@ def stop(sock_path: str | None = None, timeout: float = 10.0) -> bool:
         pass
     finally:
         s.close()
+    for leftover in (sock_path[:-5] + ".lock", sock_path[:-5] + ".log"):
+        try:
+            os.unlink(leftover)
+        except OSError:
+            pass
     return True
 
 

@@ -71,6 +71,62 @@ def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 # ---- the server process -----------------------------------------------------------------------
 
+RECORDS = "/run/isol8r"  # server-<pid>.rec: a running server's pid, start time and pid namespace
+
+
+def _identity(pid: int) -> str | None:
+    """pid's start time (clock ticks since boot) and pid namespace: what a record compares;
+    None once it has ended (a zombie too: a killed server's parent may not have reaped it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X"):
+            return None
+        start = fields[19]
+        return f"{start} {os.stat('/proc/self/ns/pid').st_ino}"
+    except (OSError, IndexError):
+        return None
+
+
+def claim() -> str | None:
+    """Sweep what dead servers left (each record whose process is gone: its jails' cgroups, at
+    once rather than after cgroups' 60 s), then record this server; returns its record's path."""
+    try:
+        os.mkdir(RECORDS, 0o700)
+    except OSError:
+        pass
+    try:
+        names = os.listdir(RECORDS)
+    except OSError:
+        return None
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    for name in names:
+        if not (name.startswith("server-") and name.endswith(".rec")):
+            continue
+        rec = os.path.join(RECORDS, name)
+        try:
+            pid = int(name[7:-4])
+            with open(rec) as f:
+                start, rec_ns = f.read().split()
+        except (OSError, ValueError):
+            continue
+        if int(rec_ns) != ns or _identity(pid) == f"{start} {rec_ns}":
+            continue  # alive, or in another pid namespace: not ours to judge
+        from . import cgroups
+        cgroups.sweep_owner(pid)
+        try:
+            os.unlink(rec)
+        except OSError:
+            pass
+    mine = os.path.join(RECORDS, f"server-{os.getpid()}.rec")
+    try:
+        with open(mine, "x") as f:
+            f.write(_identity(os.getpid()) or "")
+    except OSError:
+        return None  # a full /run: this server's leftovers wait for the 60 s sweep
+    return mine
+
+
 
 class _Lease:
     """A jail handed to a caller. The caller activates and watches it; the server keeps a pidfd to
@@ -269,6 +325,17 @@ class Server:
         self.sel.register(sock, selectors.EVENT_READ, _Control(self, sock, primary))
 
     def loop(self) -> None:
+        record = claim()
+        try:
+            self._loop()
+        finally:
+            if record is not None:
+                try:
+                    os.unlink(record)
+                except OSError:
+                    pass
+
+    def _loop(self) -> None:
         gc.collect()
         gc.freeze()  # keep the interpreter's own objects out of every collection: fewer CoW faults
         sel, last_busy = self.sel, time.monotonic()
