@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import alive, children, cli, needs_root
@@ -125,3 +128,34 @@ def test_server_stop_removes_its_lock_and_log() -> None:
     assert os.path.exists(base + ".lock") and os.path.exists(base + ".log")
     assert cli("server", "stop").returncode == 0
     assert not os.path.exists(base + ".lock") and not os.path.exists(base + ".log")
+
+
+def test_a_cli_worker_that_dies_mid_run_is_125_not_the_programs_137() -> None:
+    """Issue 12 item 2, the CLI's side: the worker serving this run (the one whose stdout is
+    this test's pipe) is killed; the client said 137, as if the program had been."""
+    assert cli("run", "--", "/bin/true").returncode == 0
+    pid = server_pid()
+    assert pid is not None
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent / "src"))
+    p = subprocess.Popen([sys.executable, "-m", "isol8r", "run", "--", "/bin/sleep", "100"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    mine = f"pipe:[{os.fstat(p.stdout.fileno()).st_ino}]"
+    worker, deadline = None, time.monotonic() + 10
+    while worker is None and time.monotonic() < deadline:
+        for w in children(pid):
+            try:
+                if os.readlink(f"/proc/{w}/fd/1") == mine:
+                    worker = w
+            except OSError:
+                pass
+        time.sleep(0.02)
+    try:
+        assert worker is not None, "no worker took the run"
+        time.sleep(0.2)
+        os.kill(worker, signal.SIGKILL)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 125 and "worker died" in err and len(err.splitlines()) == 1, (p, err)
