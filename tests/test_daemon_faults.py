@@ -159,3 +159,20 @@ def test_a_cli_worker_that_dies_mid_run_is_125_not_the_programs_137() -> None:
             p.kill()
             p.communicate()
     assert p.returncode == 125 and "worker died" in err and len(err.splitlines()) == 1, (p, err)
+
+
+def test_run_async_bounds_the_wait_on_a_stopped_fork_server(client) -> None:
+    import asyncio
+    pid = client.pid()
+    assert client_run(client, "/bin/true").exit_code == 0
+    spec = Spec.from_options(["/bin/true"], {"time_limit": 1})
+    stdio = supervisor.open_stdio(spec, None, None, None, None, True, lambda _v: None)
+    os.kill(pid, signal.SIGSTOP)
+    resumed = threading.Timer(server.WAIT_MARGIN + 3, os.kill, (pid, signal.SIGCONT))
+    resumed.start()
+    try:
+        with pytest.raises(SetupError, match="fork server.*replaced"):
+            asyncio.run(server.run_async(client, spec, stdio))
+    finally:
+        resumed.cancel()
+    assert not alive(pid), "the stuck server was not replaced"
