@@ -492,6 +492,10 @@ class Client:
     def _start(self) -> None:
         if self._ctl is not None and self._owner == os.getpid():
             self._ctl.close()
+        if self._proc is not None and self._owner == os.getpid():  # the one replaced: reaped
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
         mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
         pkg_parent = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
@@ -518,10 +522,12 @@ class Client:
                     self._proc.wait()
             self._proc = None
 
-    def lease(self, spec: Spec, verbose: bool) -> socket.socket:
+    def lease(self, spec: Spec, verbose: bool, fresh: bool = False) -> socket.socket:
         """Ask for a jail of spec's shape; returns the per-run socket the answer comes on.
-        A server that went away (killed, say) is replaced once."""
+        A server that went away (killed, say) is replaced once; fresh: replace it now."""
         ctl = self._control()
+        if fresh:
+            ctl = self._control(restart=ctl)
         for attempt in (1, 2):
             mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
             try:
@@ -549,13 +555,15 @@ class Client:
 
     def run(self, spec: Spec, stdio: supervisor.Stdio, *, verbose: bool = False,
             log: supervisor.Log | None = None, forward_signals: bool = False) -> Result:
-        session = _Session(self.lease(spec, verbose), spec, stdio, log if verbose else None)
+        try:
+            sock, answer = self.answered_lease(spec, verbose)
+        except BaseException:
+            stdio.close_after_start = [os.close(fd) for fd in stdio.close_after_start][:0]
+            raise
+        session = _Session(sock, spec, stdio, log if verbose else None)
         with supervisor.Forwarder(forward_signals) as fwd:
             try:
-                if not select_readable(session.sock, WAIT_MARGIN):
-                    stdio.close_after_start = [os.close(fd) for fd in stdio.close_after_start][:0]
-                    raise self.replace("no answer to a lease")
-                session.begin(*_recv(session.sock))
+                session.begin(*answer)
                 sel = selectors.DefaultSelector()
                 session.register(sel)
                 assert session.watch is not None
@@ -569,6 +577,26 @@ class Client:
         if session.late:
             raise self.replace("no reap report")
         return session.result()
+
+
+    def answered_lease(self, spec: Spec, verbose: bool) -> tuple[socket.socket,
+                                                                 tuple[bytes, list[int]]]:
+        """A lease and its answer, awaited at most WAIT_MARGIN. A server that closed the
+        per-run socket unanswered died before leasing anything (killed while idle, say): a
+        new one is asked, once."""
+        for attempt in (1, 2):
+            sock = self.lease(spec, verbose, fresh=attempt == 2)
+            if not select_readable(sock, WAIT_MARGIN):
+                sock.close()
+                raise self.replace("no answer to a lease")
+            try:
+                answer = _recv(sock)
+            except OSError:
+                answer = (b"", [])
+            if answer[0] or attempt == 2:
+                return sock, answer
+            sock.close()
+        raise AssertionError("unreachable")
 
 
 def select_readable(sock: socket.socket, timeout: float) -> bool:
