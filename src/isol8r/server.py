@@ -558,7 +558,7 @@ class Client:
         try:
             sock, answer = self.answered_lease(spec, verbose)
         except BaseException:
-            stdio.close_after_start = [os.close(fd) for fd in stdio.close_after_start][:0]
+            _close_after_start(stdio)
             raise
         session = _Session(sock, spec, stdio, log if verbose else None)
         with supervisor.Forwarder(forward_signals) as fwd:
@@ -597,6 +597,13 @@ class Client:
                 return sock, answer
             sock.close()
         raise AssertionError("unreachable")
+
+
+def _close_after_start(stdio: supervisor.Stdio) -> None:
+    """The jail's ends of its pipes, when no jail will take them."""
+    for fd in stdio.close_after_start:
+        os.close(fd)
+    stdio.close_after_start = []
 
 
 def select_readable(sock: socket.socket, timeout: float) -> bool:
@@ -750,7 +757,7 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Resu
         try:
             await asyncio.wait_for(got, WAIT_MARGIN)
         except asyncio.TimeoutError:
-            stdio.close_after_start = [os.close(fd) for fd in stdio.close_after_start][:0]
+            _close_after_start(stdio)
             raise client.replace("no answer to a lease") from None
         finally:
             loop.remove_reader(session.sock.fileno())
