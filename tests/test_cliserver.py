@@ -176,3 +176,30 @@ def test_a_full_run_directory_runs_in_process_with_a_note() -> None:
                        env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout == "in-process\n", p
     assert "Traceback" not in p.stderr and "running in this process" in p.stderr, p.stderr
+
+
+def test_a_cli_server_stopped_during_a_run_is_125_and_replaced() -> None:
+    """Issue 12 item 3: the client waited for the exit status until SIGCONT."""
+    assert cli("run", "--", "/bin/true").returncode == 0
+    pid = server_pid()
+    assert pid is not None
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ISOL8R_WAIT_MARGIN="1")
+    p = subprocess.Popen([sys.executable, "-m", "isol8r", "run", "--", "/bin/sleep", "20"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGSTOP)
+        out, err = p.communicate(timeout=15)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 125 and "stopped during the run" in err, (p, err)
+    deadline = time.monotonic() + 2
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(pid), "the stopped server was not replaced"

@@ -135,9 +135,16 @@ def _wait(s: Any, blocked: Any) -> int:
     for sig in FORWARDED:
         _signal.signal(sig, relay)
     _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
+    s.settimeout(_WAIT_MARGIN)
     while True:
         try:
             reply = s.recv(4096)
+        except TimeoutError:
+            if not _stopped(s):
+                continue  # a long run: its limits are the worker's to enforce
+            _replace(s)
+            os.write(2, b"isol8r: the CLI server stopped during the run; it was replaced\n")
+            return SETUP_FAILED
         except OSError:
             reply = b""
         if not reply:
@@ -149,6 +156,17 @@ def _wait(s: Any, blocked: Any) -> int:
         if kind == "error":  # isol8r's failure (a worker died): never a status of the program's
             os.write(2, f"isol8r: {value}\n".encode())
             return SETUP_FAILED
+
+
+def _stopped(s: Any) -> bool:
+    """The server is stopped (SIGSTOP, a debugger): it relays nothing, the run's status included."""
+    import struct
+    try:
+        pid = struct.unpack("3i", s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))[0]
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def _replace(s: Any) -> None:
