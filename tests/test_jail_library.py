@@ -186,3 +186,43 @@ def test_the_fork_server_image_carries_no_asyncio() -> None:
         maps = f.read()
     assert "_socket" in maps  # the check sees extension modules at all
     assert "_asyncio" not in maps and "_ssl" not in maps
+
+
+# ---- issue 13 item 6: argv and environment up to the kernel's own limit --------------------
+
+MiB_ARGV = ["a" * 65535] * 16  # 1 MiB of argv in 16 strings (one string may be 128 KiB at most)
+MiB_ENV = {f"BIG{i}": "e" * 65530 for i in range(16)}  # 1 MiB of environment
+
+
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_a_mebibyte_of_argv_and_one_of_environment_reach_the_program(fork_server: bool) -> None:
+    """Both used to fail: the Request (and the fork server's lease request) is one datagram,
+    whose size the socket buffer caps at ~208 KiB (EMSGSIZE)."""
+    r = run(SH, "-c", 'echo $# ${#1} ${#16}', "sh", *MiB_ARGV, capture_output=True,
+            fork_server=fork_server)
+    assert (r.stdout, r.verdict) == (b"16 65535 65535\n", "ok")
+    r = run(SH, "-c", 'echo ${#BIG0} ${#BIG15}', env=MiB_ENV, capture_output=True,
+            fork_server=fork_server)
+    assert (r.stdout, r.verdict) == (b"65530 65530\n", "ok")
+
+
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_past_the_kernels_limit_one_line_names_argv_or_the_environment(fork_server: bool) -> None:
+    with pytest.raises(isol8r.ExecError) as e:
+        run("/bin/true", *(["a" * 65535] * 40), fork_server=fork_server)  # 2.5 MiB > 8 MiB / 4
+    assert "E2BIG" in str(e.value) and "argv is 2621" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(isol8r.ExecError) as e:
+        run("/bin/true", env={"HUGE": "e" * 200_000}, fork_server=fork_server)
+    assert "E2BIG" in str(e.value) and "the environment: variable HUGE" in str(e.value)
+
+
+def test_a_mebibyte_of_argv_and_of_environment_through_the_cli_and_its_server() -> None:
+    from conftest import cli
+    env_opts = [f"--env={k}={v}" for k, v in MiB_ENV.items()]
+    p = cli("run", "--seccomp=none", *env_opts, "--", SH, "-c", 'echo ${#BIG0} ${#BIG15}')
+    assert (p.stdout, p.returncode) == ("65530 65530\n", 0), p.stderr
+    p = cli("run", "--seccomp=none", "--", SH, "-c", 'echo $# ${#16}', "sh", *MiB_ARGV)
+    assert (p.stdout, p.returncode) == ("16 65535\n", 0), p.stderr
+    p = cli("run", "--rlimit=STACK=512K", "--", "/bin/true", *MiB_ARGV)  # past: 128 KiB here
+    assert p.returncode == 126 and p.stderr.count("\n") == 1 and "E2BIG" in p.stderr \
+        and "argv is" in p.stderr, p.stderr

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
-from . import caps, mounts, net, pid1, rlimits, userns
+from . import caps, mounts, net, pid1, rlimits, userns, wire
 from .spec import Spec, capability_number
 from .sys import linux
 
@@ -279,7 +279,8 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
         try:
             os.execve(path, argv, dict(env))
         except OSError as e:
-            raise _Failed("execve", e.errno or errno.EIO, os.fsdecode(path)) from None
+            detail = _too_big(argv, env) if e.errno == errno.E2BIG else os.fsdecode(path)
+            raise _Failed("execve", e.errno or errno.EIO, detail) from None
     except _Failed as f:
         ch.fail(f, _exec_code(f.err) if f.step in ("execve", "find program") else 125)
     except BaseException as e:
@@ -309,20 +310,35 @@ def _rehearse(fd: int) -> None:
 
 
 def _receive(fd: int, size: int, max_fds: int = 1) -> tuple[bytes, list[int]]:
-    """One message from the supervisor, with the descriptors it carries (SCM_RIGHTS)."""
+    """One message from the supervisor, with the descriptors it carries (SCM_RIGHTS); a big one
+    (1 MiB of argv, say) comes in a memfd (wire.py)."""
     sock = socket.socket(fileno=fd)
     try:
-        msg, anc, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(4 * max_fds))
+        return wire.recv(sock, size, max_fds)
     except OSError:
         return b"", []
     finally:
         sock.detach()
-    fds: list[int] = []
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder)
-                       for i in range(0, len(data) - len(data) % 4, 4))
-    return msg, fds
+
+
+MAX_ARG_STRLEN = 32 * 4096  # the kernel's cap on one argument or environment string
+
+
+def _too_big(argv: list[bytes], env: list[tuple[bytes, bytes]]) -> str:
+    """Which of argv and the environment made execve fail with E2BIG, in one line: a string
+    over MAX_ARG_STRLEN, or the total over a quarter of RLIMIT_STACK (at most 6 MiB)."""
+    strings = [len(k) + len(v) + 2 for k, v in env]
+    for what, sizes in (("argv", [len(a) + 1 for a in argv]), ("the environment", strings)):
+        for i, n in enumerate(sizes):
+            if n > MAX_ARG_STRLEN:
+                item = f"argv[{i}]" if what == "argv" else f"variable {env[i][0].decode(errors='replace')}"
+                return f"{what}: {item} is {n} bytes, over the kernel's {MAX_ARG_STRLEN} per string"
+    a, e = sum(len(x) + 1 for x in argv), sum(strings)
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    limit = max(min(6 << 20, stack // 4 if stack >= 0 else 6 << 20), MAX_ARG_STRLEN)
+    what = f"argv is {a} bytes (the environment {e})" if a >= e else \
+        f"the environment is {e} bytes (argv {a})"
+    return f"{what}: over the kernel's limit of {limit} for both, a quarter of RLIMIT_STACK"
 
 
 def _exec_code(err: int) -> int:

@@ -15,7 +15,6 @@ caller process is gone: the server kills every jail and exits.
 
 from __future__ import annotations
 
-import array
 import errno
 import gc
 import os
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import pipeline, supervisor
+from . import pipeline, supervisor, wire
 from .errors import Isol8rError, SetupError, from_wire, to_wire
 from .result import Result
 from .spec import Spec
@@ -47,22 +46,12 @@ _WARM_FOR = 60.0  # seconds an unused warm jail is kept
 
 
 def _send(sock: socket.socket, msg: Any, fds: list[int] = []) -> None:
-    data = pickle.dumps(msg)
-    if fds:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    else:
-        sock.send(data)
+    wire.send(sock, pickle.dumps(msg), fds)
 
 
 def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
-    data, anc, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * _MAX_FDS))
-    fds: list[int] = []
-    for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            a = array.array("i")
-            a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
-            fds.extend(a)
-    return data, fds
+    """One message and its descriptors; a big one (a Spec with 1 MiB of argv) came in a memfd."""
+    return wire.recv(sock, 1 << 20, wire.SCM_MAX_FD)
 
 
 # ---- the server process -----------------------------------------------------------------------

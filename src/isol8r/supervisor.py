@@ -10,6 +10,7 @@ always the caller's). JailWatch.finish() gives an Outcome; result() turns it int
 from __future__ import annotations
 
 import errno
+import io
 import os
 import select
 import selectors
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import mounts, pipeline, rlimits, userns
+from . import mounts, pipeline, rlimits, userns, wire
 from .errors import ExecError, Isol8rError, SetupError, SpecError
 from .result import Result
 from .spec import ID_RANGE, RLIMITS, Spec
@@ -141,8 +142,7 @@ def _check_root(root: str) -> None:
 def activate(jail: Jail, req: pipeline.Request, fds: list[int]) -> None:
     """Send the jail what to run, with the descriptors it gets as SCM_RIGHTS."""
     try:
-        jail.chan.sendmsg([req.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                            b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+        wire.send(jail.chan, req.encode(), fds)
     except OSError as e:
         raise _queued_error(jail) or SetupError("send the request to the jail", e.errno or errno.EIO,
                                                 "it died while being set up") from None
@@ -516,7 +516,9 @@ class _Pipe:
     fd: int
     name: str
     relay: int | None = None  # copy to this fd instead of keeping (an --output-limit on a tty/file)
-    chunks: list[bytes] = field(default_factory=list)
+    # BytesIO, not a list of chunks: its getvalue() hands over its buffer without a copy, so the
+    # caller holds the output once, not the chunks and their join at the end
+    kept: io.BytesIO = field(default_factory=io.BytesIO)
     size: int = 0
     truncated: bool = False
 
@@ -564,7 +566,7 @@ class IOWatch:
                 self.on_limit("output-limit")
         p.size += len(data)
         if p.relay is None:
-            p.chunks.append(data)
+            p.kept.write(data)
             return
         view = memoryview(data)
         while view:
@@ -602,7 +604,8 @@ class IOWatch:
     def fill(self, res: Result) -> None:
         for p in self.done_pipes:
             if p.relay is None and not p.name.startswith("relay"):
-                setattr(res, p.name, b"".join(p.chunks))
+                setattr(res, p.name, p.kept.getvalue())
+                p.kept = io.BytesIO()
             setattr(res, p.name.removeprefix("relay-") + "_truncated", p.truncated)
 
 
@@ -618,19 +621,27 @@ class Stdio:
 def open_stdio(spec: Spec, stdin: Any, stdout: Any, stderr: Any, input: bytes | None,
                capture_output: bool, on_limit: Callable[[str], None]) -> Stdio:
     """subprocess-style arguments -> pipes and descriptors; output is piped through the caller
-    when it is captured or capped by --output-limit."""
+    when it is captured or capped by --output-limit. stderr=STDOUT shares stdout's descriptor;
+    stdin=PIPE without input is an empty input, as subprocess.run's communicate() gives."""
+    check_stdio(stdin, stdout, stderr)
     io = IOWatch(spec.output_limit, on_limit)
     child: list[tuple[int, int]] = []
     close: list[int] = []
     try:
-        if input is not None:
+        if input is not None or stdin == subprocess.PIPE:
             r, w = os.pipe2(os.O_CLOEXEC)
             child.append((r, 0))
             close.append(r)
-            io.input, io.input_fd = memoryview(input), w
+            if input:
+                io.input, io.input_fd = memoryview(input), w
+            else:
+                os.close(w)
         else:
             child.append((_fd_for(stdin, 0, os.O_RDONLY, close), 0))
         for target, name, value in ((1, "stdout", stdout), (2, "stderr", stderr)):
+            if value == subprocess.STDOUT:
+                child.append((child[-1][0], target))  # the very descriptor stdout got
+                continue
             if capture_output or value == subprocess.PIPE:
                 r, w = os.pipe2(os.O_CLOEXEC)
                 io.pipes[r] = _Pipe(r, name)
@@ -650,6 +661,24 @@ def open_stdio(spec: Spec, stdin: Any, stdout: Any, stderr: Any, input: bytes | 
         io.close()
         raise
     return Stdio(child, close, io)
+
+
+def check_stdio(stdin: Any, stdout: Any, stderr: Any) -> None:
+    """What subprocess refuses: STDOUT for anything but stderr, negative numbers but the three
+    constants, values that are neither a descriptor nor have fileno(). ValueError, as there."""
+    for name, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+        if value is None or isinstance(value, bool):
+            if isinstance(value, bool):
+                raise ValueError(f"{name}={value!r}: give PIPE, DEVNULL, a file or a descriptor")
+            continue
+        if isinstance(value, int):
+            if value == subprocess.STDOUT and name != "stderr":
+                raise ValueError(f"{name}=STDOUT: only stderr can be sent to stdout")
+            if value < 0 and value not in (subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT):
+                raise ValueError(f"{name}={value}: not a file descriptor")
+        elif not callable(getattr(value, "fileno", None)):
+            raise ValueError(f"{name}={value!r}: give PIPE, DEVNULL, STDOUT (stderr only), "
+                             "a file object or a descriptor")
 
 
 def _fd_for(value: Any, default: int, mode: int, close: list[int]) -> int:
