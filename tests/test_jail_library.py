@@ -226,3 +226,93 @@ def test_a_mebibyte_of_argv_and_of_environment_through_the_cli_and_its_server() 
     p = cli("run", "--rlimit=STACK=512K", "--", "/bin/true", *MiB_ARGV)  # past: 128 KiB here
     assert p.returncode == 126 and p.stderr.count("\n") == 1 and "E2BIG" in p.stderr \
         and "argv is" in p.stderr, p.stderr
+
+
+# ---- issue 13 item 5: every subprocess habit --------------------------------------------------
+
+
+def test_stderr_to_stdout_as_subprocess_does() -> None:
+    """Raised OverflowError: STDOUT (-2) was taken for a descriptor."""
+    r = run(SH, "-c", "echo out; echo err >&2", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert r.stdout == b"out\nerr\n" and r.stderr is None
+    r = run(SH, "-c", "echo a; echo b >&2", stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            fork_server=False)
+    assert r.exit_code == 0 and r.stdout is None
+
+
+def test_stdio_files_descriptors_pipe_and_devnull(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.write_bytes(b"from a file\n")
+    with open(src, "rb") as fin, open(tmp_path / "out", "wb") as fout:
+        r = run("/bin/cat", stdin=fin, stdout=fout.fileno(), stderr=subprocess.DEVNULL)
+    assert r.exit_code == 0 and (tmp_path / "out").read_bytes() == b"from a file\n"
+    r = run("/bin/cat", stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # no input: EOF at once
+    assert (r.stdout, r.exit_code) == (b"", 0)
+    r = run("/bin/cat", stdin=subprocess.DEVNULL, capture_output=True)
+    assert r.stdout == b""
+
+
+def test_text_encoding_errors_universal_newlines() -> None:
+    r = run(SH, "-c", "printf 'a\\r\\nb\\rc\\n'", stdout=subprocess.PIPE, text=True)
+    assert r.stdout == "a\nb\nc\n"
+    r = run("/bin/cat", input="é", encoding="latin-1", capture_output=True)
+    assert r.stdout == "é"
+    r = run(SH, "-c", "printf '\\377x'", capture_output=True, encoding="utf-8",
+            errors="backslashreplace")
+    assert r.stdout == "\\xffx"
+    r = run("/bin/cat", input="x", universal_newlines=True, capture_output=True)
+    assert r.stdout == "x"
+    with pytest.raises(UnicodeDecodeError):
+        run(SH, "-c", "printf '\\377'", capture_output=True, text=True, errors="strict")
+
+
+def test_env_as_a_mapping() -> None:
+    r = run(SH, "-c", 'echo "$A $B"', env={"A": "1", "B": "two words"}, capture_output=True)
+    assert r.stdout == b"1 two words\n"
+
+
+@pytest.mark.parametrize("kw", [
+    {"input": b"x", "stdin": subprocess.DEVNULL},
+    {"capture_output": True, "stdout": subprocess.PIPE},
+    {"capture_output": True, "stderr": subprocess.STDOUT},
+    {"text": True, "universal_newlines": False},
+    {"stdout": subprocess.STDOUT},
+    {"stdin": subprocess.STDOUT},
+    {"stdout": -7},
+    {"stdout": "out.txt"},
+])
+def test_conflicting_or_bad_stdio_arguments_raise_value_error(kw: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        run("/bin/true", **kw)
+
+
+def test_repr_shows_a_bounded_preview() -> None:
+    """Printed all 64 MiB before."""
+    r = run(SH, "-c", "head -c 67108864 /dev/zero", capture_output=True)
+    assert len(r.stdout) == 64 << 20
+    text = repr(r)
+    assert len(text) < 500 and "67108864 bytes" in text
+
+
+def _traced_peak(fn: Any) -> int:
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_captured_output_is_held_once() -> None:
+    """Issue 12 item 7: the chunks and their join at the end made the caller hold 64 MiB of
+    output twice (peak ~128 MiB of Python allocations); a BytesIO hands its buffer over."""
+    size = 64 << 20
+    peak = _traced_peak(lambda: run(SH, "-c", f"head -c {size} /dev/zero", capture_output=True))
+    assert size <= peak < size * 1.4, peak
+
+
+def test_a_gigabyte_of_output_under_an_output_limit_keeps_the_caller_bounded() -> None:
+    peak = _traced_peak(lambda: run(SH, "-c", "head -c 1073741824 /dev/zero; echo done >&2",
+                                    capture_output=True, output_limit="1M"))
+    assert peak < 8 << 20, peak
