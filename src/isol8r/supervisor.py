@@ -253,8 +253,10 @@ def _clone_hint(err: int | None) -> str:
 
 
 def wants_cgroup(spec: Spec) -> bool:
+    """A cgroup limit is asked for, or --share-pid: then no PID namespace's end takes the jail's
+    leftovers (a setsid'd daemon) with it, and the cgroup is what ends them."""
     return not (spec.memory is None and spec.pids is None and spec.cpus is None
-                and spec.cpu_limit is None)
+                and spec.cpu_limit is None) or "pid" not in spec.namespaces
 
 
 def _limits(spec: Spec, group: Any = None) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
@@ -294,7 +296,11 @@ def _limits(spec: Spec, group: Any = None) -> tuple[Any, dict[str, tuple[int, in
             fallback.append("--cpu-limit as RLIMIT_CPU (per process, whole seconds)")
         if spec.cpus is not None:
             fallback.append("--cpus not enforced")
-        notes.append(f"no cgroup ({e.reason}); fell back to rlimits: {', '.join(fallback)}")
+        if fallback:
+            notes.append(f"no cgroup ({e.reason}); fell back to rlimits: {', '.join(fallback)}")
+        if "pid" not in spec.namespaces:
+            notes.append(f"--share-pid and no cgroup ({e.reason}): processes the program leaves "
+                         "behind (a daemon) are not ended with the run")
         return None, derived, notes
 
 
@@ -433,6 +439,9 @@ class JailWatch:
         """Escalate: SIGTERM (forwarded by init) now, SIGKILL to the whole jail after the grace."""
         if self.verdict is None and not self.exited:
             self.verdict = verdict
+            if self.jail.spec.kill_grace <= 0:  # --kill-grace 0: no SIGTERM, SIGKILL at once
+                self.jail.signal(signal.SIGKILL)
+                return
             self.jail.signal(signal.SIGTERM)
             self.kill_at = time.monotonic() + self.jail.spec.kill_grace
 
