@@ -71,10 +71,11 @@ class Request:
     bpf: bytes | None
     seccomp_flags: int
     targets: list[int]  # the jail's numbers for the descriptors sent with the request
+    enter_cgroup: bool = False  # one more descriptor follows: a cgroup.procs to enter at exec
 
     def encode(self) -> bytes:
         return marshal.dumps((self.argv, self.env, self.search_path, self.cwd, self.rlimits,
-                              self.bpf, self.seccomp_flags, self.targets))
+                              self.bpf, self.seccomp_flags, self.targets, self.enter_cgroup))
 
 
 def environment(spec: Spec) -> dict[str, str]:
@@ -267,13 +268,21 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
         data, fds = _receive(chan, 1 << 20, 64)
         if not data:
             os._exit(125)  # the supervisor went away before it sent work: a pre-warmed jail
-        argv, env, search, cwd, limits, bpf, sc_flags, targets = marshal.loads(data)
+        argv, env, search, cwd, limits, bpf, sc_flags, targets, enter = marshal.loads(data)
+        procs = fds.pop() if enter and len(fds) > len(targets) else -1
         ch.step("rlimits", rlimits.apply, limits)
         ch.step(f"chdir {cwd}", os.chdir, cwd)
         path = _resolve(argv[0], search)
+        if procs >= 0:  # above every target first: no dup2 of _install_fds may clobber it
+            moved = fcntl.fcntl(procs, fcntl.F_DUPFD_CLOEXEC, max([2, *targets]) + 1)
+            os.close(procs)
+            procs = moved
         ch.fd = _install_fds(tuple(zip(fds, targets)), ch.fd)
-        ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *targets))
+        ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *targets, procs))
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        if procs >= 0:  # last of the setup: what the program's group counts from here is its own
+            ch.step("enter the program's memory cgroup", os.write, procs, b"0")
+            os.close(procs)
         if bpf is not None:
             ch.step("seccomp", linux.SeccompProgram(bpf).load, sc_flags)
         try:
@@ -296,7 +305,7 @@ def _rehearse(fd: int) -> None:
     cost off the path between a caller's request and the program's execve.
     """
     sample = Request([b"/x"], [(b"A", b"B")], [b"/"], "/", ((resource.RLIMIT_CORE, 0, 0),),
-                     b"\0" * 8, 0, [0])
+                     b"\0" * 8, 0, [0], True)
     marshal.loads(sample.encode())
     resource.getrlimit(resource.RLIMIT_CORE)
     linux.SeccompProgram(b"\0" * 8)

@@ -339,7 +339,8 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
         _reply_error(sock, ("Isol8rError", f"fork server: {type(e).__name__}: {e}"))
         return True
     info = {"pid": jail.pid, "derived": derived, "limits": jail.limits, "notes": jail.notes,
-            "cgroup": jail.cgroup.view() if jail.cgroup is not None else None}
+            "cgroup": jail.cgroup.view() if jail.cgroup is not None else None,
+            "program_group": jail.program_group.view() if jail.program_group is not None else None}
     try:
         _send(sock, ("lease", info), [jail.chan.fileno(), jail.pidfd])
     except OSError:
@@ -498,6 +499,9 @@ class _Session:
                 cg = Cgroup.reader(info["cgroup"])
             jail = supervisor.Jail(self.spec, info["pid"], pidfd, socket.socket(fileno=chan_fd),
                                    time.monotonic(), info["limits"], info["notes"], cg)
+            if info.get("program_group") is not None:
+                from .cgroups import Cgroup
+                jail.program_group = Cgroup.reader(info["program_group"])
             self.watch = supervisor.JailWatch(jail, self.log, reaper=False)
             self.stdio.io.on_limit = self.watch.limit_hit
             req = pipeline.request(self.spec, [t for _, t in self.stdio.child], info["derived"],

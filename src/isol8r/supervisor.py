@@ -49,6 +49,7 @@ class Jail:
     limits: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     cgroup: Any = None
+    program_group: Any = None  # where the program alone is counted from its exec (memory peak)
 
     def signal(self, sig: int) -> None:
         """Send sig to the jail: its init forwards it to the program's process group."""
@@ -67,7 +68,9 @@ class Jail:
             self.pidfd = -1
         if self.cgroup is not None and remove_cgroup:
             self.cgroup.remove()
-        self.cgroup = None
+        if self.program_group is not None and remove_cgroup:
+            self.program_group.remove()
+        self.cgroup = self.program_group = None
 
 
 # ---- starting ---------------------------------------------------------------------------------
@@ -140,12 +143,21 @@ def _check_root(root: str) -> None:
 
 
 def activate(jail: Jail, req: pipeline.Request, fds: list[int]) -> None:
-    """Send the jail what to run, with the descriptors it gets as SCM_RIGHTS."""
+    """Send the jail what to run, with the descriptors it gets as SCM_RIGHTS; and, last, the
+    program group's cgroup.procs, which the program's process enters just before its exec."""
+    procs = -1
+    if jail.program_group is not None:
+        procs = os.open(os.path.join(jail.program_group.path("memory"), "cgroup.procs"),
+                        os.O_WRONLY | os.O_CLOEXEC)
+        req.enter_cgroup = True
     try:
-        wire.send(jail.chan, req.encode(), fds)
+        wire.send(jail.chan, req.encode(), [*fds, procs] if procs >= 0 else fds)
     except OSError as e:
         raise _queued_error(jail) or SetupError("send the request to the jail", e.errno or errno.EIO,
                                                 "it died while being set up") from None
+    finally:
+        if procs >= 0:
+            os.close(procs)
 
 
 def _queued_error(jail: Jail) -> SetupError | None:
@@ -200,6 +212,7 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
     child.close()
     jail = Jail(spec, pid, pidfd, parent, started, cgroup=cgroup)
+    _add_program_group(jail)
     try:
         if plan.ids is not None:
             userns.write_maps(pid, plan.ids)
@@ -221,6 +234,20 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         step = getattr(e, "syscall", None) or "write id maps / cgroup / open the binds"
         raise SetupError(step, e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
+
+
+def _add_program_group(jail: Jail) -> None:
+    """Give the jail a group that counts the program's own memory peak, or say why there is
+    none and what memory_peak is then (never a silent fallback)."""
+    from . import cgroups
+    try:
+        jail.program_group = cgroups.Cgroup.program_group(jail.cgroup,
+                                                          parent=jail.spec.cgroup_parent)
+    except cgroups.CgroupUnavailable as e:
+        what = ("the jail's cgroup peak, its init and setup included" if jail.cgroup is not None
+                else "wait4's ru_maxrss, which counts the copy of isol8r the program's process "
+                "was before its exec (~15 MiB)")
+        jail.notes.append(f"memory_peak is {what}: {e.reason}")
 
 
 def _threads() -> int:
@@ -363,6 +390,7 @@ class JailWatch:
         self.verdict: str | None = None
         self.kill_at: float | None = None
         self.exited_at: float | None = None
+        self.program_peak: int | None = None  # bytes: the program's own, from its exec on
 
     @property
     def done(self) -> bool:
@@ -426,6 +454,7 @@ class JailWatch:
             if rest:
                 self.exited_at = int(rest[0]) / 1e9
             self.emptied = rest[1:2] == [b"1"]
+            self.program_peak = self._program_peak()
             if not self.done:
                 # init exits once the channel is shut, and its exit (reaped here, or by the fork
                 # server, which reads the cgroup's counters then; or, with --share-pid, the sign
@@ -434,6 +463,17 @@ class JailWatch:
                     self.jail.chan.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
+
+    def _program_peak(self) -> int | None:
+        """The program group's high-water mark, read when init reports the program's end: the
+        group goes with the jail, which cannot end before this side closes the channel."""
+        group = self.jail.program_group
+        if group is None or self.exec_at is None:
+            return None
+        try:
+            return group.memory_peak() or None
+        except OSError:
+            return None
 
     def limit_hit(self, verdict: str) -> None:
         """Escalate: SIGTERM (forwarded by init) now, SIGKILL to the whole jail after the grace."""
@@ -477,7 +517,9 @@ class JailWatch:
     def finish(self) -> Outcome:
         """Reap (or take the server's report), read the counters, remove the cgroup."""
         jail = self.jail
-        usage = None
+        usage, peak = None, self.program_peak
+        if peak is None and self.program is None:  # --no-init: no report; the group may be left
+            peak = self._program_peak()
         try:
             if self.reaped_report is not None:
                 st, ut, syst, rss, usage = self.reaped_report
@@ -507,6 +549,8 @@ class JailWatch:
             out.memory_peak = usage.memory_peak or out.memory_peak
             out.processes = usage.pids_peak
             out.oom = usage.oom_killed
+        if peak is not None:
+            out.memory_peak = peak
         return out
 
 
