@@ -188,10 +188,12 @@ def test_share_pid_without_a_cgroup_says_so(monkeypatch: pytest.MonkeyPatch) -> 
     def unavailable(*_a: object, **_k: object) -> None:
         raise cgroups.CgroupUnavailable("faked: no cgroup filesystem is mounted")
     monkeypatch.setattr(cgroups.Cgroup, "create", unavailable)
+    monkeypatch.setattr(cgroups.Cgroup, "program_group", unavailable)
     r = sh("true", share_pid=True, fork_server=False)
     assert r.verdict == "ok" and r.limits["cgroup"] is None
     assert any("--share-pid and no cgroup" in n and "not ended with the run" in n
                for n in r.notes), r.notes
+    assert any(n.startswith("memory_peak is wait4's ru_maxrss") for n in r.notes), r.notes
 
 
 def test_kill_grace_zero_kills_at_once_without_sigterm() -> None:

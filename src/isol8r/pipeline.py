@@ -71,11 +71,10 @@ class Request:
     bpf: bytes | None
     seccomp_flags: int
     targets: list[int]  # the jail's numbers for the descriptors sent with the request
-    enter_cgroup: bool = False  # one more descriptor follows: a cgroup.procs to enter at exec
 
     def encode(self) -> bytes:
         return marshal.dumps((self.argv, self.env, self.search_path, self.cwd, self.rlimits,
-                              self.bpf, self.seccomp_flags, self.targets, self.enter_cgroup))
+                              self.bpf, self.seccomp_flags, self.targets))
 
 
 def environment(spec: Spec) -> dict[str, str]:
@@ -225,7 +224,8 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     go, fds = _receive(ch.fd, 16, 64)
     if go[:1] != b"G":  # the parent died or refused before the id maps were written
         os._exit(125)
-    root_fd = fds.pop(0) if go == b"GR" and fds else -1
+    procs = fds.pop() if go[1:].endswith(b"P") and fds else -1  # the program group's
+    root_fd = fds.pop(0) if go[1:2] == b"R" and fds else -1
     if plan.ids is not None:
         ch.step("become root of the user namespace", userns.become_root, plan.ids)
     ch.step("parent death signal", _die_with_parent, lambda: _socket_alive(ch.fd))
@@ -239,13 +239,13 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     if plan.loopback:
         ch.step("loopback up", net.loopback_up)
     if not plan.init:
-        _program(plan, ch, ch.fd, lambda: _socket_alive(ch.fd))
+        _program(plan, ch, ch.fd, lambda: _socket_alive(ch.fd), procs)
     r, w = os.pipe2(os.O_CLOEXEC)
     me = os.getpid()
     pid = linux.fork_raw()
     if pid == 0:
         os.close(r)
-        _program(plan, _Channel(w, True, plan.verbose), ch.fd, lambda: os.getppid() == me)
+        _program(plan, _Channel(w, True, plan.verbose), ch.fd, lambda: os.getppid() == me, procs)
     os.close(w)
     ch.step("init: drop privileges", caps.drop_for_init)
     quiet_stdio()
@@ -253,7 +253,8 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     pid1.serve(pid, r, ch.send, lambda: _wait_closed(ch.fd))
 
 
-def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], bool]) -> NoReturn:
+def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], bool],
+             procs: int = -1) -> NoReturn:
     """The program's process: the rest of the shape, then wait for the Request and exec it."""
     try:
         ch.step("setsid", os.setsid)
@@ -265,24 +266,23 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
         _rehearse(ch.fd)
         if plan.bpf is not None:
             ch.step("seccomp", linux.SeccompProgram(plan.bpf).load, 0)
+        if procs >= 0:
+            # into the program's own memory group (its cgroup.procs, opened by the supervisor):
+            # from here on it counts only the Request's few pages and, after exec, the program.
+            # Done while a warm jail waits: the migration waits for an RCU grace period
+            # (0.2 ms idle, 10 ms under load), which must not be on the way to execve.
+            ch.step("enter the program's memory cgroup", os.write, procs, b"0")
+            os.close(procs)
         data, fds = _receive(chan, 1 << 20, 64)
         if not data:
             os._exit(125)  # the supervisor went away before it sent work: a pre-warmed jail
-        argv, env, search, cwd, limits, bpf, sc_flags, targets, enter = marshal.loads(data)
-        procs = fds.pop() if enter and len(fds) > len(targets) else -1
+        argv, env, search, cwd, limits, bpf, sc_flags, targets = marshal.loads(data)
         ch.step("rlimits", rlimits.apply, limits)
         ch.step(f"chdir {cwd}", os.chdir, cwd)
         path = _resolve(argv[0], search)
-        if procs >= 0:  # above every target first: no dup2 of _install_fds may clobber it
-            moved = fcntl.fcntl(procs, fcntl.F_DUPFD_CLOEXEC, max([2, *targets]) + 1)
-            os.close(procs)
-            procs = moved
         ch.fd = _install_fds(tuple(zip(fds, targets)), ch.fd)
-        ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *targets, procs))
+        ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *targets))
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        if procs >= 0:  # last of the setup: what the program's group counts from here is its own
-            ch.step("enter the program's memory cgroup", os.write, procs, b"0")
-            os.close(procs)
         if bpf is not None:
             ch.step("seccomp", linux.SeccompProgram(bpf).load, sc_flags)
         try:
@@ -305,7 +305,7 @@ def _rehearse(fd: int) -> None:
     cost off the path between a caller's request and the program's execve.
     """
     sample = Request([b"/x"], [(b"A", b"B")], [b"/"], "/", ((resource.RLIMIT_CORE, 0, 0),),
-                     b"\0" * 8, 0, [0], True)
+                     b"\0" * 8, 0, [0])
     marshal.loads(sample.encode())
     resource.getrlimit(resource.RLIMIT_CORE)
     linux.SeccompProgram(b"\0" * 8)

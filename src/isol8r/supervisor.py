@@ -143,21 +143,12 @@ def _check_root(root: str) -> None:
 
 
 def activate(jail: Jail, req: pipeline.Request, fds: list[int]) -> None:
-    """Send the jail what to run, with the descriptors it gets as SCM_RIGHTS; and, last, the
-    program group's cgroup.procs, which the program's process enters just before its exec."""
-    procs = -1
-    if jail.program_group is not None:
-        procs = os.open(os.path.join(jail.program_group.path("memory"), "cgroup.procs"),
-                        os.O_WRONLY | os.O_CLOEXEC)
-        req.enter_cgroup = True
+    """Send the jail what to run, with the descriptors it gets as SCM_RIGHTS."""
     try:
-        wire.send(jail.chan, req.encode(), [*fds, procs] if procs >= 0 else fds)
+        wire.send(jail.chan, req.encode(), fds)
     except OSError as e:
         raise _queued_error(jail) or SetupError("send the request to the jail", e.errno or errno.EIO,
                                                 "it died while being set up") from None
-    finally:
-        if procs >= 0:
-            os.close(procs)
 
 
 def _queued_error(jail: Jail) -> SetupError | None:
@@ -221,8 +212,12 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         tree = _root_tree(pid, plan)
         trees = ([tree] if tree >= 0 else []) + \
             (mounts.host_trees(plan.mounts) if plan.mounts is not None else [])
+        if jail.program_group is not None:  # last: the program enters it before its Request
+            trees.append(os.open(os.path.join(jail.program_group.path("memory"), "cgroup.procs"),
+                                 os.O_WRONLY | os.O_CLOEXEC))
         try:
-            parent.sendmsg([b"GR" if tree >= 0 else b"G"],
+            parent.sendmsg([b"G" + (b"R" if tree >= 0 else b"") +
+                            (b"P" if jail.program_group is not None else b"")],
                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                              b"".join(fd.to_bytes(4, sys.byteorder) for fd in trees))]
                            if trees else [])
