@@ -370,7 +370,7 @@ class Cgroup:
             except OSError as e:
                 raise _fail("mkdir", e) from e
             group = cls(1)
-            group._dirs, group._nested = {"memory": path}, True
+            group._dirs, group._nested = {"peak": path}, True
             _live.add(group)
             return group
         try:
@@ -381,22 +381,33 @@ class Cgroup:
             raise CgroupUnavailable("no cgroup v1 memory hierarchy (on v2 the program's own peak "
                                     "is not separated from the jail's)")
         group = cls(1)
-        group._dirs = {"memory": _make(_base(layout.v1["memory"], parent, "memory (v1)"),
-                                       _new_name(), ())}
         _live.add(group)
+        try:
+            # the jail's own memory group (its init goes in: attach_jail), the program's within:
+            # the jail's cgroup namespace is rooted at the former, as with a limited jail's
+            top = _make(_base(layout.v1["memory"], parent, "memory (v1)"), _new_name(), ())
+            group._dirs = {"memory": top}
+            os.mkdir(os.path.join(top, "program"))
+        except OSError as e:
+            group.remove()
+            raise _fail("mkdir", e) from e
+        group._dirs["peak"] = os.path.join(top, "program")
         return group
 
-    def enter(self, pid: int) -> None:
-        """Move one process (the program, before its exec) into this group."""
-        _write(os.path.join(self._dirs["memory"], "cgroup.procs"), str(pid))
+    def attach_jail(self, pid: int) -> None:
+        """A standalone program group: the jail's first process goes into the group around
+        it (not into the program's, which its exec'd program enters itself)."""
+        if "memory" in self._dirs and self.version == 1:
+            _write(os.path.join(self._dirs["memory"], "cgroup.procs"), str(pid))
+
+    def procs_file(self) -> str:
+        """The program group's cgroup.procs, which the program's process enters by."""
+        return os.path.join(self._dirs["peak"], "cgroup.procs")
 
     def memory_peak(self) -> int | None:
-        """The group's high-water mark of charged memory, in bytes."""
-        d = self._dirs.get("memory") if self.version == 1 else self._dirs.get("")
-        if d is None:
-            return None
-        return _int_opt(os.path.join(d, "memory.max_usage_in_bytes" if self.version == 1
-                                     else "memory.peak"))
+        """The program group's high-water mark of charged memory, in bytes."""
+        d = self._dirs.get("peak")
+        return None if d is None else _int_opt(os.path.join(d, "memory.max_usage_in_bytes"))
 
     def path(self, controller: str = "") -> str | None:
         """The directory holding this controller's files (v2: the one group), None if not used."""

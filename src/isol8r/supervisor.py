@@ -213,8 +213,8 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         trees = ([tree] if tree >= 0 else []) + \
             (mounts.host_trees(plan.mounts) if plan.mounts is not None else [])
         if jail.program_group is not None:  # last: the program enters it before its Request
-            trees.append(os.open(os.path.join(jail.program_group.path("memory"), "cgroup.procs"),
-                                 os.O_WRONLY | os.O_CLOEXEC))
+            jail.program_group.attach_jail(pid)  # before go: its cgroup namespace roots there
+            trees.append(os.open(jail.program_group.procs_file(), os.O_WRONLY | os.O_CLOEXEC))
         try:
             parent.sendmsg([b"G" + (b"R" if tree >= 0 else b"") +
                             (b"P" if jail.program_group is not None else b"")],
