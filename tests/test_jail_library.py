@@ -186,3 +186,133 @@ def test_the_fork_server_image_carries_no_asyncio() -> None:
         maps = f.read()
     assert "_socket" in maps  # the check sees extension modules at all
     assert "_asyncio" not in maps and "_ssl" not in maps
+
+
+# ---- issue 13 item 6: argv and environment up to the kernel's own limit --------------------
+
+MiB_ARGV = ["a" * 65535] * 16  # 1 MiB of argv in 16 strings (one string may be 128 KiB at most)
+MiB_ENV = {f"BIG{i}": "e" * 65530 for i in range(16)}  # 1 MiB of environment
+
+
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_a_mebibyte_of_argv_and_one_of_environment_reach_the_program(fork_server: bool) -> None:
+    """Both used to fail: the Request (and the fork server's lease request) is one datagram,
+    whose size the socket buffer caps at ~208 KiB (EMSGSIZE)."""
+    r = run(SH, "-c", 'echo $# ${#1} ${#16}', "sh", *MiB_ARGV, capture_output=True,
+            fork_server=fork_server)
+    assert (r.stdout, r.verdict) == (b"16 65535 65535\n", "ok")
+    r = run(SH, "-c", 'echo ${#BIG0} ${#BIG15}', env=MiB_ENV, capture_output=True,
+            fork_server=fork_server)
+    assert (r.stdout, r.verdict) == (b"65530 65530\n", "ok")
+
+
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_past_the_kernels_limit_one_line_names_argv_or_the_environment(fork_server: bool) -> None:
+    with pytest.raises(isol8r.ExecError) as e:
+        run("/bin/true", *(["a" * 65535] * 40), fork_server=fork_server)  # 2.5 MiB > 8 MiB / 4
+    assert "E2BIG" in str(e.value) and "argv is 2621" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(isol8r.ExecError) as e:
+        run("/bin/true", env={"HUGE": "e" * 200_000}, fork_server=fork_server)
+    assert "E2BIG" in str(e.value) and "the environment: variable HUGE" in str(e.value)
+
+
+def test_a_mebibyte_of_argv_and_of_environment_through_the_cli_and_its_server() -> None:
+    from conftest import cli
+    env_opts = [f"--env={k}={v}" for k, v in MiB_ENV.items()]
+    p = cli("run", "--seccomp=none", *env_opts, "--", SH, "-c", 'echo ${#BIG0} ${#BIG15}')
+    assert (p.stdout, p.returncode) == ("65530 65530\n", 0), p.stderr
+    p = cli("run", "--seccomp=none", "--", SH, "-c", 'echo $# ${#16}', "sh", *MiB_ARGV)
+    assert (p.stdout, p.returncode) == ("16 65535\n", 0), p.stderr
+    p = cli("run", "--rlimit=STACK=512K", "--", "/bin/true", *MiB_ARGV)  # past: 128 KiB here
+    assert p.returncode == 126 and p.stderr.count("\n") == 1 and "E2BIG" in p.stderr \
+        and "argv is" in p.stderr, p.stderr
+
+
+# ---- issue 13 item 5: every subprocess habit --------------------------------------------------
+
+
+def test_stderr_to_stdout_as_subprocess_does() -> None:
+    """Raised OverflowError: STDOUT (-2) was taken for a descriptor."""
+    r = run(SH, "-c", "echo out; echo err >&2", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert r.stdout == b"out\nerr\n" and r.stderr is None
+    r = run(SH, "-c", "echo a; echo b >&2", stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            fork_server=False)
+    assert r.exit_code == 0 and r.stdout is None
+
+
+def test_stdio_files_descriptors_pipe_and_devnull(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.write_bytes(b"from a file\n")
+    with open(src, "rb") as fin, open(tmp_path / "out", "wb") as fout:
+        r = run("/bin/cat", stdin=fin, stdout=fout.fileno(), stderr=subprocess.DEVNULL)
+    assert r.exit_code == 0 and (tmp_path / "out").read_bytes() == b"from a file\n"
+    r = run("/bin/cat", stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # no input: EOF at once
+    assert (r.stdout, r.exit_code) == (b"", 0)
+    r = run("/bin/cat", stdin=subprocess.DEVNULL, capture_output=True)
+    assert r.stdout == b""
+
+
+def test_text_encoding_errors_universal_newlines() -> None:
+    r = run(SH, "-c", "printf 'a\\r\\nb\\rc\\n'", stdout=subprocess.PIPE, text=True)
+    assert r.stdout == "a\nb\nc\n"
+    r = run("/bin/cat", input="é", encoding="latin-1", capture_output=True)
+    assert r.stdout == "é"
+    r = run(SH, "-c", "printf '\\377x'", capture_output=True, encoding="utf-8",
+            errors="backslashreplace")
+    assert r.stdout == "\\xffx"
+    r = run("/bin/cat", input="x", universal_newlines=True, capture_output=True)
+    assert r.stdout == "x"
+    with pytest.raises(UnicodeDecodeError):
+        run(SH, "-c", "printf '\\377'", capture_output=True, text=True, errors="strict")
+
+
+def test_env_as_a_mapping() -> None:
+    r = run(SH, "-c", 'echo "$A $B"', env={"A": "1", "B": "two words"}, capture_output=True)
+    assert r.stdout == b"1 two words\n"
+
+
+@pytest.mark.parametrize("kw", [
+    {"input": b"x", "stdin": subprocess.DEVNULL},
+    {"capture_output": True, "stdout": subprocess.PIPE},
+    {"capture_output": True, "stderr": subprocess.STDOUT},
+    {"text": True, "universal_newlines": False},
+    {"stdout": subprocess.STDOUT},
+    {"stdin": subprocess.STDOUT},
+    {"stdout": -7},
+    {"stdout": "out.txt"},
+])
+def test_conflicting_or_bad_stdio_arguments_raise_value_error(kw: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        run("/bin/true", **kw)
+
+
+def test_repr_shows_a_bounded_preview() -> None:
+    """Printed all 64 MiB before."""
+    r = run(SH, "-c", "head -c 67108864 /dev/zero", capture_output=True)
+    assert len(r.stdout) == 64 << 20
+    text = repr(r)
+    assert len(text) < 500 and "67108864 bytes" in text
+
+
+def _traced_peak(fn: Any) -> int:
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_captured_output_is_held_once() -> None:
+    """Issue 12 item 7: the chunks and their join at the end made the caller hold 64 MiB of
+    output twice (peak ~128 MiB of Python allocations); a BytesIO hands its buffer over."""
+    size = 64 << 20
+    peak = _traced_peak(lambda: run(SH, "-c", f"head -c {size} /dev/zero", capture_output=True))
+    assert size <= peak < size * 1.4, peak
+
+
+def test_a_gigabyte_of_output_under_an_output_limit_keeps_the_caller_bounded() -> None:
+    peak = _traced_peak(lambda: run(SH, "-c", "head -c 1073741824 /dev/zero; echo done >&2",
+                                    capture_output=True, output_limit="1M"))
+    assert peak < 8 << 20, peak

@@ -364,6 +364,7 @@ class Cgroup:
         self._dirs: dict[str, str] = {}  # controller -> the jail's group dir ("" -> the v2 group)
         self._fd = -1
         self._owner = os.getpid()
+        self._nested = False  # a group inside another's directory (program_group): leave its parent
         self.limits = Limits()  # what the control files hold now
 
     @classmethod
@@ -399,6 +400,60 @@ class Cgroup:
                 pass  # the reason to report is the first failure
             raise
         return group
+
+    @classmethod
+    def program_group(cls, jail: "Cgroup | None", *, parent: str | None = None,
+                      layout: Layout | None = None) -> "Cgroup":
+        """A v1 memory group the program alone is moved into just before its exec, so that its
+        memory.max_usage_in_bytes is the program's own peak: not the jail's init, not the copy
+        of isol8r's image the program's process was before exec (which wait4's ru_maxrss
+        counts). A child of the jail's memory group, whose limit then holds it too; else a group
+        of its own. v2 would need the jail's init in a sibling leaf: CgroupUnavailable there."""
+        if jail is not None and jail.version == 1 and "memory" in jail._dirs:
+            path = os.path.join(jail._dirs["memory"], "program")
+            try:
+                os.mkdir(path)
+            except OSError as e:
+                raise _fail("mkdir", e) from e
+            group = cls(1)
+            group._dirs, group._nested = {"peak": path}, True
+            _live.add(group)
+            return group
+        try:
+            layout = layout or detect()
+        except OSError as e:
+            raise CgroupUnavailable(f"cannot read the cgroup layout: {e}") from e
+        if "memory" not in layout.v1:
+            raise CgroupUnavailable("no cgroup v1 memory hierarchy (on v2 the program's own peak "
+                                    "is not separated from the jail's)")
+        group = cls(1)
+        _live.add(group)
+        try:
+            # the jail's own memory group (its init goes in: attach_jail), the program's within:
+            # the jail's cgroup namespace is rooted at the former, as with a limited jail's
+            top = _make(_base(layout.v1["memory"], parent, "memory (v1)"), _new_name(), ())
+            group._dirs = {"memory": top}
+            os.mkdir(os.path.join(top, "program"))
+        except OSError as e:
+            group.remove()
+            raise _fail("mkdir", e) from e
+        group._dirs["peak"] = os.path.join(top, "program")
+        return group
+
+    def attach_jail(self, pid: int) -> None:
+        """A standalone program group: the jail's first process goes into the group around
+        it (not into the program's, which its exec'd program enters itself)."""
+        if "memory" in self._dirs and self.version == 1:
+            _write(os.path.join(self._dirs["memory"], "cgroup.procs"), str(pid))
+
+    def procs_file(self) -> str:
+        """The program group's cgroup.procs, which the program's process enters by."""
+        return os.path.join(self._dirs["peak"], "cgroup.procs")
+
+    def memory_peak(self) -> int | None:
+        """The program group's high-water mark of charged memory, in bytes."""
+        d = self._dirs.get("peak")
+        return None if d is None else _int_opt(os.path.join(d, "memory.max_usage_in_bytes"))
 
     def path(self, controller: str = "") -> str | None:
         """The directory holding this controller's files (v2: the one group), None if not used."""
@@ -496,8 +551,10 @@ class Cgroup:
         if "memory" in self._dirs:
             d = self._dirs["memory"]
             peak = _int_opt(os.path.join(d, "memory.max_usage_in_bytes"))
-            ctl = _kv(_read(os.path.join(d, "memory.oom_control")))
-            oom = ctl.get("oom_kill", 0) > 0 or ctl.get("under_oom", 0) == 1
+            # v1 counts an OOM kill in the victim's own group: the program's (program_group)
+            for sub, _, _ in os.walk(d):
+                ctl = _kv(_read_opt(os.path.join(sub, "memory.oom_control")))
+                oom = oom or ctl.get("oom_kill", 0) > 0 or ctl.get("under_oom", 0) == 1
         pids = self._dirs.get("pids")
         return Usage(user, system, peak, oom,
                      _int_opt(os.path.join(pids, "pids.peak")) if pids else None)
@@ -585,6 +642,8 @@ class Cgroup:
                     if e.errno != errno.EBUSY or time.monotonic() > deadline:
                         raise
                     time.sleep(0.01)
+            if self._nested:
+                continue
             try:
                 os.rmdir(os.path.dirname(path))  # isol8r/, unless another jail still uses it
             except OSError as e:

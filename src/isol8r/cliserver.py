@@ -29,6 +29,8 @@ import _signal
 import _socket  # not `socket`: that imports enum, several ms at every start
 import marshal
 
+from . import wire  # built-in modules only, like this half
+
 _DIR = "/run/isol8r"
 _SEQ = _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
 _WAIT_MARGIN = float(os.environ.get("ISOL8R_WAIT_MARGIN", "5"))  # as server.WAIT_MARGIN
@@ -91,7 +93,6 @@ def call(argv: list[str]) -> int | None:
     except OSError:
         return None
     request = marshal.dumps(("run", [os.fsencode(a) for a in argv], list(os.environb.items()), fds))
-    rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (cwd, *fds))
     blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED)
     try:
         for _attempt in (1, 2):
@@ -99,7 +100,7 @@ def call(argv: list[str]) -> int | None:
             if s is None:
                 return None
             try:
-                s.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+                wire.send(s, request, (cwd, *fds))
                 s.settimeout(_WAIT_MARGIN)
                 reply = s.recv(4096)
                 s.settimeout(None)
@@ -528,8 +529,7 @@ class _Worker:
     def assign(self, conn: _Conn, request: bytes, fds: list[int]) -> None:
         self.conn, self.armed = conn, False
         conn.worker = self
-        self.sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                       b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+        wire.send(self.sock, request, fds)
 
     def handle(self, sel: Any, key: Any) -> None:
         if key.fileobj == self.pidfd:

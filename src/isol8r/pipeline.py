@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
-from . import caps, mounts, net, pid1, rlimits, userns
+from . import caps, mounts, net, pid1, rlimits, userns, wire
 from .spec import Spec, capability_number
 from .sys import linux
 
@@ -224,7 +224,8 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     go, fds = _receive(ch.fd, 16, 64)
     if go[:1] != b"G":  # the parent died or refused before the id maps were written
         os._exit(125)
-    root_fd = fds.pop(0) if go == b"GR" and fds else -1
+    procs = fds.pop() if go[1:].endswith(b"P") and fds else -1  # the program group's
+    root_fd = fds.pop(0) if go[1:2] == b"R" and fds else -1
     if plan.ids is not None:
         ch.step("become root of the user namespace", userns.become_root, plan.ids)
     ch.step("parent death signal", _die_with_parent, lambda: _socket_alive(ch.fd))
@@ -238,13 +239,13 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     if plan.loopback:
         ch.step("loopback up", net.loopback_up)
     if not plan.init:
-        _program(plan, ch, ch.fd, lambda: _socket_alive(ch.fd))
+        _program(plan, ch, ch.fd, lambda: _socket_alive(ch.fd), procs)
     r, w = os.pipe2(os.O_CLOEXEC)
     me = os.getpid()
     pid = linux.fork_raw()
     if pid == 0:
         os.close(r)
-        _program(plan, _Channel(w, True, plan.verbose), ch.fd, lambda: os.getppid() == me)
+        _program(plan, _Channel(w, True, plan.verbose), ch.fd, lambda: os.getppid() == me, procs)
     os.close(w)
     ch.step("init: drop privileges", caps.drop_for_init)
     quiet_stdio()
@@ -252,7 +253,8 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     pid1.serve(pid, r, ch.send, lambda: _wait_closed(ch.fd))
 
 
-def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], bool]) -> NoReturn:
+def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], bool],
+             procs: int = -1) -> NoReturn:
     """The program's process: the rest of the shape, then wait for the Request and exec it."""
     try:
         ch.step("setsid", os.setsid)
@@ -264,6 +266,13 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
         _rehearse(ch.fd)
         if plan.bpf is not None:
             ch.step("seccomp", linux.SeccompProgram(plan.bpf).load, 0)
+        if procs >= 0:
+            # into the program's own memory group (its cgroup.procs, opened by the supervisor):
+            # from here on it counts only the Request's few pages and, after exec, the program.
+            # Done while a warm jail waits: the migration waits for an RCU grace period
+            # (0.2 ms idle, 10 ms under load), which must not be on the way to execve.
+            ch.step("enter the program's memory cgroup", os.write, procs, b"0")
+            os.close(procs)
         data, fds = _receive(chan, 1 << 20, 64)
         if not data:
             os._exit(125)  # the supervisor went away before it sent work: a pre-warmed jail
@@ -279,7 +288,8 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
         try:
             os.execve(path, argv, dict(env))
         except OSError as e:
-            raise _Failed("execve", e.errno or errno.EIO, os.fsdecode(path)) from None
+            detail = _too_big(argv, env) if e.errno == errno.E2BIG else os.fsdecode(path)
+            raise _Failed("execve", e.errno or errno.EIO, detail) from None
     except _Failed as f:
         ch.fail(f, _exec_code(f.err) if f.step in ("execve", "find program") else 125)
     except BaseException as e:
@@ -309,20 +319,35 @@ def _rehearse(fd: int) -> None:
 
 
 def _receive(fd: int, size: int, max_fds: int = 1) -> tuple[bytes, list[int]]:
-    """One message from the supervisor, with the descriptors it carries (SCM_RIGHTS)."""
+    """One message from the supervisor, with the descriptors it carries (SCM_RIGHTS); a big one
+    (1 MiB of argv, say) comes in a memfd (wire.py)."""
     sock = socket.socket(fileno=fd)
     try:
-        msg, anc, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(4 * max_fds))
+        return wire.recv(sock, size, max_fds)
     except OSError:
         return b"", []
     finally:
         sock.detach()
-    fds: list[int] = []
-    for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder)
-                       for i in range(0, len(data) - len(data) % 4, 4))
-    return msg, fds
+
+
+MAX_ARG_STRLEN = 32 * 4096  # the kernel's cap on one argument or environment string
+
+
+def _too_big(argv: list[bytes], env: list[tuple[bytes, bytes]]) -> str:
+    """Which of argv and the environment made execve fail with E2BIG, in one line: a string
+    over MAX_ARG_STRLEN, or the total over a quarter of RLIMIT_STACK (at most 6 MiB)."""
+    strings = [len(k) + len(v) + 2 for k, v in env]
+    for what, sizes in (("argv", [len(a) + 1 for a in argv]), ("the environment", strings)):
+        for i, n in enumerate(sizes):
+            if n > MAX_ARG_STRLEN:
+                item = f"argv[{i}]" if what == "argv" else f"variable {env[i][0].decode(errors='replace')}"
+                return f"{what}: {item} is {n} bytes, over the kernel's {MAX_ARG_STRLEN} per string"
+    a, e = sum(len(x) + 1 for x in argv), sum(strings)
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    limit = max(min(6 << 20, stack // 4 if stack >= 0 else 6 << 20), MAX_ARG_STRLEN)
+    what = f"argv is {a} bytes (the environment {e})" if a >= e else \
+        f"the environment is {e} bytes (argv {a})"
+    return f"{what}: over the kernel's limit of {limit} for both, a quarter of RLIMIT_STACK"
 
 
 def _exec_code(err: int) -> int:

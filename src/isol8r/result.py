@@ -73,7 +73,18 @@ class Result:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     def __repr__(self) -> str:
-        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("stdout", "stderr")
+        extra = "".join(f", {k}={_preview(getattr(self, k))}" for k in ("stdout", "stderr")
                         if getattr(self, k) is not None)
         return (f"Result(verdict={self.verdict!r}, exit_code={self.exit_code!r}, "
                 f"signal={self.signal!r}, wall_time={self.wall_time:.4f}{extra})")
+
+
+PREVIEW = 80  # bytes or characters of captured output repr() shows
+
+
+def _preview(value: bytes | str) -> str:
+    """A bounded repr: a Result holding 64 MiB of output must not print 64 MiB."""
+    if len(value) <= PREVIEW:
+        return repr(value)
+    unit = "bytes" if isinstance(value, bytes) else "chars"
+    return f"{value[:PREVIEW]!r}...<{len(value)} {unit}>"

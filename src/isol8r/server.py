@@ -15,7 +15,6 @@ caller process is gone: the server kills every jail and exits.
 
 from __future__ import annotations
 
-import array
 import errno
 import gc
 import os
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import pipeline, supervisor
+from . import pipeline, supervisor, wire
 from .errors import Isol8rError, SetupError, from_wire, to_wire
 from .result import Result
 from .spec import Spec
@@ -51,22 +50,12 @@ WAIT_MARGIN = float(os.environ.get("ISOL8R_WAIT_MARGIN", "5"))
 
 
 def _send(sock: socket.socket, msg: Any, fds: list[int] = []) -> None:
-    data = pickle.dumps(msg)
-    if fds:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    else:
-        sock.send(data)
+    wire.send(sock, pickle.dumps(msg), fds)
 
 
 def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
-    data, anc, _, _ = sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * _MAX_FDS))
-    fds: list[int] = []
-    for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            a = array.array("i")
-            a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
-            fds.extend(a)
-    return data, fds
+    """One message and its descriptors; a big one (a Spec with 1 MiB of argv) came in a memfd."""
+    return wire.recv(sock, 1 << 20, wire.SCM_MAX_FD)
 
 
 # ---- the server process -----------------------------------------------------------------------
@@ -421,7 +410,8 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
         _reply_error(sock, ("Isol8rError", f"fork server: {type(e).__name__}: {e}"))
         return True
     info = {"pid": jail.pid, "derived": derived, "limits": jail.limits, "notes": jail.notes,
-            "cgroup": jail.cgroup.view() if jail.cgroup is not None else None}
+            "cgroup": jail.cgroup.view() if jail.cgroup is not None else None,
+            "program_group": jail.program_group.view() if jail.program_group is not None else None}
     try:
         _send(sock, ("lease", info), [jail.chan.fileno(), jail.pidfd])
     except OSError:
@@ -640,6 +630,9 @@ class _Session:
                 cg = Cgroup.reader(info["cgroup"])
             jail = supervisor.Jail(self.spec, info["pid"], pidfd, socket.socket(fileno=chan_fd),
                                    time.monotonic(), info["limits"], info["notes"], cg)
+            if info.get("program_group") is not None:
+                from .cgroups import Cgroup
+                jail.program_group = Cgroup.reader(info["program_group"])
             self.watch = supervisor.JailWatch(jail, self.log, reaper=False)
             self.stdio.io.on_limit = self.watch.limit_hit
             req = pipeline.request(self.spec, [t for _, t in self.stdio.child], info["derived"],

@@ -181,6 +181,16 @@ def _parse_seconds(key: str, value: Any) -> float:
     return x
 
 
+def parse_grace(key: str, value: Any) -> float:
+    """Seconds, where 0 is allowed: no SIGTERM, SIGKILL at once."""
+    try:
+        if not isinstance(value, bool) and float(value) == 0:
+            return 0.0
+    except (TypeError, ValueError):
+        pass
+    return _parse_seconds(key, value)
+
+
 def _abs_path(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise SpecError(key, value, "expected a path")
@@ -384,8 +394,8 @@ OPTIONS: dict[str, Option] = {
                          "SECONDS"),
     "cpu-limit": Option("value", "CPU-time limit of the whole jail in seconds",
                         _set("cpu_limit", _parse_seconds), "SECONDS"),
-    "kill-grace": Option("value", "seconds between SIGTERM and SIGKILL at a limit (default 1)",
-                         _set("kill_grace", _parse_seconds), "SECONDS"),
+    "kill-grace": Option("value", "seconds between SIGTERM and SIGKILL at a limit (default 1; "
+                         "0: SIGKILL at once)", _set("kill_grace", parse_grace), "SECONDS"),
     "output-limit": Option("value", "cap on captured output and written files, in bytes",
                            _set("output_limit", parse_size), "SIZE"),
     "cgroup-parent": Option("value", "create the jail's cgroup beneath this cgroup",

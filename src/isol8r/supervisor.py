@@ -10,6 +10,7 @@ always the caller's). JailWatch.finish() gives an Outcome; result() turns it int
 from __future__ import annotations
 
 import errno
+import io
 import os
 import select
 import selectors
@@ -22,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import mounts, pipeline, rlimits, userns
+from . import mounts, pipeline, rlimits, userns, wire
 from .errors import ExecError, Isol8rError, SetupError, SpecError
 from .result import Result
 from .spec import ID_RANGE, RLIMITS, Spec
@@ -48,6 +49,7 @@ class Jail:
     limits: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     cgroup: Any = None
+    program_group: Any = None  # where the program alone is counted from its exec (memory peak)
 
     def signal(self, sig: int) -> None:
         """Send sig to the jail: its init forwards it to the program's process group."""
@@ -66,7 +68,9 @@ class Jail:
             self.pidfd = -1
         if self.cgroup is not None and remove_cgroup:
             self.cgroup.remove()
-        self.cgroup = None
+        if self.program_group is not None and remove_cgroup:
+            self.program_group.remove()
+        self.cgroup = self.program_group = None
 
 
 # ---- starting ---------------------------------------------------------------------------------
@@ -141,8 +145,7 @@ def _check_root(root: str) -> None:
 def activate(jail: Jail, req: pipeline.Request, fds: list[int]) -> None:
     """Send the jail what to run, with the descriptors it gets as SCM_RIGHTS."""
     try:
-        jail.chan.sendmsg([req.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                            b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+        wire.send(jail.chan, req.encode(), fds)
     except OSError as e:
         raise _queued_error(jail) or SetupError("send the request to the jail", e.errno or errno.EIO,
                                                 "it died while being set up") from None
@@ -200,6 +203,7 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
     child.close()
     jail = Jail(spec, pid, pidfd, parent, started, cgroup=cgroup)
+    _add_program_group(jail)
     try:
         if plan.ids is not None:
             userns.write_maps(pid, plan.ids)
@@ -208,8 +212,12 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         tree = _root_tree(pid, plan)
         trees = ([tree] if tree >= 0 else []) + \
             (mounts.host_trees(plan.mounts) if plan.mounts is not None else [])
+        if jail.program_group is not None:  # last: the program enters it before its Request
+            jail.program_group.attach_jail(pid)  # before go: its cgroup namespace roots there
+            trees.append(os.open(jail.program_group.procs_file(), os.O_WRONLY | os.O_CLOEXEC))
         try:
-            parent.sendmsg([b"GR" if tree >= 0 else b"G"],
+            parent.sendmsg([b"G" + (b"R" if tree >= 0 else b"") +
+                            (b"P" if jail.program_group is not None else b"")],
                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                              b"".join(fd.to_bytes(4, sys.byteorder) for fd in trees))]
                            if trees else [])
@@ -221,6 +229,20 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         step = getattr(e, "syscall", None) or "write id maps / cgroup / open the binds"
         raise SetupError(step, e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
+
+
+def _add_program_group(jail: Jail) -> None:
+    """Give the jail a group that counts the program's own memory peak, or say why there is
+    none and what memory_peak is then (never a silent fallback)."""
+    from . import cgroups
+    try:
+        jail.program_group = cgroups.Cgroup.program_group(jail.cgroup,
+                                                          parent=jail.spec.cgroup_parent)
+    except cgroups.CgroupUnavailable as e:
+        what = ("the jail's cgroup peak, its init and setup included" if jail.cgroup is not None
+                else "wait4's ru_maxrss, which counts the copy of isol8r the program's process "
+                "was before its exec (~15 MiB)")
+        jail.notes.append(f"memory_peak is {what}: {e.reason}")
 
 
 def _threads() -> int:
@@ -253,8 +275,10 @@ def _clone_hint(err: int | None) -> str:
 
 
 def wants_cgroup(spec: Spec) -> bool:
+    """A cgroup limit is asked for, or --share-pid: then no PID namespace's end takes the jail's
+    leftovers (a setsid'd daemon) with it, and the cgroup is what ends them."""
     return not (spec.memory is None and spec.pids is None and spec.cpus is None
-                and spec.cpu_limit is None)
+                and spec.cpu_limit is None) or "pid" not in spec.namespaces
 
 
 def _limits(spec: Spec, group: Any = None) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
@@ -294,7 +318,11 @@ def _limits(spec: Spec, group: Any = None) -> tuple[Any, dict[str, tuple[int, in
             fallback.append("--cpu-limit as RLIMIT_CPU (per process, whole seconds)")
         if spec.cpus is not None:
             fallback.append("--cpus not enforced")
-        notes.append(f"no cgroup ({e.reason}); fell back to rlimits: {', '.join(fallback)}")
+        if fallback:
+            notes.append(f"no cgroup ({e.reason}); fell back to rlimits: {', '.join(fallback)}")
+        if "pid" not in spec.namespaces:
+            notes.append(f"--share-pid and no cgroup ({e.reason}): processes the program leaves "
+                         "behind (a daemon) are not ended with the run")
         return None, derived, notes
 
 
@@ -357,6 +385,7 @@ class JailWatch:
         self.verdict: str | None = None
         self.kill_at: float | None = None
         self.exited_at: float | None = None
+        self.program_peak: int | None = None  # bytes: the program's own, from its exec on
 
     @property
     def done(self) -> bool:
@@ -420,6 +449,7 @@ class JailWatch:
             if rest:
                 self.exited_at = int(rest[0]) / 1e9
             self.emptied = rest[1:2] == [b"1"]
+            self.program_peak = self._program_peak()
             if not self.done:
                 # init exits once the channel is shut, and its exit (reaped here, or by the fork
                 # server, which reads the cgroup's counters then; or, with --share-pid, the sign
@@ -429,10 +459,24 @@ class JailWatch:
                 except OSError:
                     pass
 
+    def _program_peak(self) -> int | None:
+        """The program group's high-water mark, read when init reports the program's end: the
+        group goes with the jail, which cannot end before this side closes the channel."""
+        group = self.jail.program_group
+        if group is None or self.exec_at is None:
+            return None
+        try:
+            return group.memory_peak() or None
+        except OSError:
+            return None
+
     def limit_hit(self, verdict: str) -> None:
         """Escalate: SIGTERM (forwarded by init) now, SIGKILL to the whole jail after the grace."""
         if self.verdict is None and not self.exited:
             self.verdict = verdict
+            if self.jail.spec.kill_grace <= 0:  # --kill-grace 0: no SIGTERM, SIGKILL at once
+                self.jail.signal(signal.SIGKILL)
+                return
             self.jail.signal(signal.SIGTERM)
             self.kill_at = time.monotonic() + self.jail.spec.kill_grace
 
@@ -468,7 +512,9 @@ class JailWatch:
     def finish(self) -> Outcome:
         """Reap (or take the server's report), read the counters, remove the cgroup."""
         jail = self.jail
-        usage = None
+        usage, peak = None, self.program_peak
+        if peak is None and self.program is None:  # --no-init: no report; the group may be left
+            peak = self._program_peak()
         try:
             if self.reaped_report is not None:
                 st, ut, syst, rss, usage = self.reaped_report
@@ -498,6 +544,8 @@ class JailWatch:
             out.memory_peak = usage.memory_peak or out.memory_peak
             out.processes = usage.pids_peak
             out.oom = usage.oom_killed
+        if peak is not None:
+            out.memory_peak = peak
         return out
 
 
@@ -516,7 +564,9 @@ class _Pipe:
     fd: int
     name: str
     relay: int | None = None  # copy to this fd instead of keeping (an --output-limit on a tty/file)
-    chunks: list[bytes] = field(default_factory=list)
+    # BytesIO, not a list of chunks: its getvalue() hands over its buffer without a copy, so the
+    # caller holds the output once, not the chunks and their join at the end
+    kept: io.BytesIO = field(default_factory=io.BytesIO)
     size: int = 0
     truncated: bool = False
 
@@ -564,7 +614,7 @@ class IOWatch:
                 self.on_limit("output-limit")
         p.size += len(data)
         if p.relay is None:
-            p.chunks.append(data)
+            p.kept.write(data)
             return
         view = memoryview(data)
         while view:
@@ -602,7 +652,8 @@ class IOWatch:
     def fill(self, res: Result) -> None:
         for p in self.done_pipes:
             if p.relay is None and not p.name.startswith("relay"):
-                setattr(res, p.name, b"".join(p.chunks))
+                setattr(res, p.name, p.kept.getvalue())
+                p.kept = io.BytesIO()
             setattr(res, p.name.removeprefix("relay-") + "_truncated", p.truncated)
 
 
@@ -618,19 +669,27 @@ class Stdio:
 def open_stdio(spec: Spec, stdin: Any, stdout: Any, stderr: Any, input: bytes | None,
                capture_output: bool, on_limit: Callable[[str], None]) -> Stdio:
     """subprocess-style arguments -> pipes and descriptors; output is piped through the caller
-    when it is captured or capped by --output-limit."""
+    when it is captured or capped by --output-limit. stderr=STDOUT shares stdout's descriptor;
+    stdin=PIPE without input is an empty input, as subprocess.run's communicate() gives."""
+    check_stdio(stdin, stdout, stderr)
     io = IOWatch(spec.output_limit, on_limit)
     child: list[tuple[int, int]] = []
     close: list[int] = []
     try:
-        if input is not None:
+        if input is not None or stdin == subprocess.PIPE:
             r, w = os.pipe2(os.O_CLOEXEC)
             child.append((r, 0))
             close.append(r)
-            io.input, io.input_fd = memoryview(input), w
+            if input:
+                io.input, io.input_fd = memoryview(input), w
+            else:
+                os.close(w)
         else:
             child.append((_fd_for(stdin, 0, os.O_RDONLY, close), 0))
         for target, name, value in ((1, "stdout", stdout), (2, "stderr", stderr)):
+            if value == subprocess.STDOUT:
+                child.append((child[-1][0], target))  # the very descriptor stdout got
+                continue
             if capture_output or value == subprocess.PIPE:
                 r, w = os.pipe2(os.O_CLOEXEC)
                 io.pipes[r] = _Pipe(r, name)
@@ -650,6 +709,24 @@ def open_stdio(spec: Spec, stdin: Any, stdout: Any, stderr: Any, input: bytes | 
         io.close()
         raise
     return Stdio(child, close, io)
+
+
+def check_stdio(stdin: Any, stdout: Any, stderr: Any) -> None:
+    """What subprocess refuses: STDOUT for anything but stderr, negative numbers but the three
+    constants, values that are neither a descriptor nor have fileno(). ValueError, as there."""
+    for name, value in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+        if value is None or isinstance(value, bool):
+            if isinstance(value, bool):
+                raise ValueError(f"{name}={value!r}: give PIPE, DEVNULL, a file or a descriptor")
+            continue
+        if isinstance(value, int):
+            if value == subprocess.STDOUT and name != "stderr":
+                raise ValueError(f"{name}=STDOUT: only stderr can be sent to stdout")
+            if value < 0 and value not in (subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT):
+                raise ValueError(f"{name}={value}: not a file descriptor")
+        elif not callable(getattr(value, "fileno", None)):
+            raise ValueError(f"{name}={value!r}: give PIPE, DEVNULL, STDOUT (stderr only), "
+                             "a file object or a descriptor")
 
 
 def _fd_for(value: Any, default: int, mode: int, close: list[int]) -> int:
