@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         return _PARSER
     cls = _parser_class()
     parser = cls(prog="isol8r", description="Run an untrusted program in a Linux namespace jail.")
+    parser.add_argument("--version", action="store_true", help="print isol8r's version and exit")
     sub = parser.add_subparsers(dest="cmd", parser_class=cls)
     _run_parser(sub)
     sub.add_parser("mkroot", help="build a root filesystem (isol8r mkroot --help)", add_help=False)
