@@ -157,6 +157,13 @@ def test_root_only_options_are_refused_for_an_unprivileged_caller(args: list[str
     p = subprocess.run([*run, "--", "/usr/bin/id", "-u"], capture_output=True, text=True,
                        env=env, cwd=open_dir, timeout=30)
     assert (p.returncode, p.stdout) == (0, "65534\n"), p  # the twin: without them it runs
+    option = named.split()[0].lstrip("-").replace("-", "_")
+    value = "5000000" if len(args) > 1 else "True"
+    code = (f"import isol8r\ntry: isol8r.run(['/bin/true'], {option}={value})\n"
+            "except isol8r.SpecError as e: print(e)")
+    p = subprocess.run([*UNPRIVILEGED, "/usr/bin/python3", "-c", code], capture_output=True,
+                       text=True, env=env, cwd=open_dir, timeout=30)
+    assert p.stdout.startswith(f"{named}: needs isol8r to run as root"), p  # the library too
 
 
 def test_make_link_puts_isol8r_on_path(tmp_path: Path) -> None:
@@ -167,3 +174,9 @@ def test_make_link_puts_isol8r_on_path(tmp_path: Path) -> None:
     p = subprocess.run(["isol8r", "--version"], capture_output=True, text=True, timeout=30,
                        env=dict(os.environ, PATH=f"{tmp_path}/bin:/usr/bin:/bin"))
     assert p.returncode == 0 and p.stdout.startswith("isol8r "), p
+
+
+def test_dry_run_writes_no_json_file(tmp_path: Path) -> None:
+    p = cli("run", "--dry-run", "--json", str(tmp_path / "r.json"), "--", "/bin/true")
+    assert p.returncode == 0 and json.loads(p.stdout)["argv"] == ["/bin/true"]
+    assert not (tmp_path / "r.json").exists()

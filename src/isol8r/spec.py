@@ -486,6 +486,7 @@ def _validate(s: Spec) -> None:
         raise SpecError("--no-userns", True, "needs isol8r to run as root")
     if s.unsafe_map_host_root and "user" not in s.namespaces:
         raise SpecError("--unsafe-map-host-root", True, "needs a user namespace")
+    _check_privilege(s)
     for fd in s.pass_fds:
         try:
             os.fstat(fd)
@@ -496,3 +497,15 @@ def _validate(s: Spec) -> None:
     for name, soft, hard in s.rlimits:
         if name not in RLIMITS or soft > hard:
             raise SpecError("--rlimit", f"{name}={soft}:{hard}", "bad resource limit")
+
+
+def _check_privilege(s: Spec) -> None:
+    """Options only root can make take effect are refused for anyone else, never dropped: an
+    unprivileged user namespace maps only the caller's own id."""
+    if os.geteuid() == 0 or "user" not in s.namespaces:
+        return
+    why = "needs isol8r to run as root (unprivileged, only your own id is mapped)"
+    if s.unsafe_map_host_root:
+        raise SpecError("--unsafe-map-host-root", True, why)
+    if s.id_base != DEFAULT_ID_BASE:
+        raise SpecError("--id-base", s.id_base, why)
