@@ -1,8 +1,8 @@
 """Issue 13 item 10, docs that run: every example in README.md and docs/*.md runs as written.
 
 The examples are found, not listed: in the fenced code blocks of README.md and docs/*.md, each
-shell line (a block marked sh, shell, bash, console or unmarked) that starts with `isol8r ` (a
-`$ ` prompt is dropped), and each python block whole. A new page or example is picked up
+shell line (a block marked sh, shell, bash, console or unmarked) that starts with `isol8r ` (in
+a block with `$ ` prompts, only prompted lines: the rest is output), and each python block whole. A new page or example is picked up
 without a change here. Each runs in a scratch directory of its own (which the jail's ids can
 traverse), with `isol8r` on PATH, and must exit 0 without a traceback or "internal error".
 
@@ -64,9 +64,9 @@ class Example:
 _FENCE = re.compile(r"^\s*```\s*([\w+-]*)")
 
 
-def examples(page: Path) -> Iterator[Example]:
+def examples(page: Path, name: str | None = None) -> Iterator[Example]:
     """The examples of one page, from its fenced code blocks."""
-    name = str(page.relative_to(ROOT))
+    name = name or str(page.relative_to(ROOT))
     lang, body, start = None, [], 0
     for n, line in enumerate(page.read_text().splitlines(), 1):
         m = _FENCE.match(line)
@@ -85,10 +85,17 @@ def examples(page: Path) -> Iterator[Example]:
 
 
 def _shell_lines(page: str, start: int, body: list[str]) -> Iterator[Example]:
+    """Commands of a shell block; in a block with `$ ` prompts, only the prompted lines (the
+    others are output, such as `isol8r 0.1.0`)."""
+    prompted = any(line.lstrip().startswith("$ ") for line in body)
     i = 0
     while i < len(body):
         first = i
-        text = body[i].strip().removeprefix("$ ")
+        text = body[i].strip()
+        if prompted and not text.startswith("$ "):
+            i += 1
+            continue
+        text = text.removeprefix("$ ")
         while text.endswith("\\") and i + 1 < len(body):  # a command continued on the next line
             i += 1
             text = text[:-1] + " " + body[i].strip()
@@ -154,3 +161,18 @@ def test_example_runs_as_written(example: Example, workdir: Path, bin_dir: Path)
     assert p.returncode == want, f"{where}\nexit {p.returncode}\n{p.stdout}\n{p.stderr}"
     for bad in ("Traceback", "internal error"):
         assert bad not in p.stderr, f"{where}\n{p.stderr}"
+
+
+def test_extraction_of_a_page(tmp_path: Path) -> None:
+    """What counts as an example: shell lines starting with isol8r (continued lines joined;
+    with prompts, only prompted lines), python blocks whole; other languages never."""
+    page = tmp_path / "probe.md"
+    text = ("```sh\nisol8r run -- /bin/true   # a comment\nmake x\nisol8r run \\\n  -- /bin/echo\n```\n"
+            "```console\n$ isol8r --version\nisol8r 0.1.0\n```\n"
+            "```python\nimport isol8r\nprint(1)\n```\n```text\nisol8r run -- nothing\n```\n")
+    page.write_text(text)
+    got = [(e.line, e.kind, e.text) for e in examples(page, "probe.md")]
+    assert got == [(2, "sh", "isol8r run -- /bin/true   # a comment"),
+                   (4, "sh", "isol8r run  -- /bin/echo"),
+                   (8, "sh", "isol8r --version"),
+                   (12, "python", "import isol8r\nprint(1)\n")]
