@@ -180,3 +180,16 @@ def test_dry_run_writes_no_json_file(tmp_path: Path) -> None:
     p = cli("run", "--dry-run", "--json", str(tmp_path / "r.json"), "--", "/bin/true")
     assert p.returncode == 0 and json.loads(p.stdout)["argv"] == ["/bin/true"]
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("env", MODES)
+@pytest.mark.parametrize("typed, line", [
+    ("--mem", "isol8r: unrecognized arguments: --mem; did you mean --memory?\n"),
+    ("--memroy=64M", "isol8r: unrecognized arguments: --memroy=64M; did you mean --memory?\n"),
+    ("--frobnicate", "isol8r: unrecognized arguments: --frobnicate\n"),
+])
+def test_options_are_not_abbreviated_and_a_close_one_is_suggested(typed: str, line: str,
+                                                                 env: dict[str, str]) -> None:
+    # before: `--mem 64M` was read as --memory, and messages named --memory
+    p = cli("run", typed, "--", "/bin/true", env_extra=env)
+    assert (p.returncode, p.stdout, p.stderr) == (125, "", line)

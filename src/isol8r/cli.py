@@ -43,16 +43,32 @@ def _parser_class() -> type:
         """Bad usage is bad input: one line naming the value, exit 125, no usage dump."""
 
         def error(self, message: str) -> NoReturn:
-            sys.stderr.write(f"isol8r: {message}\n")
+            sys.stderr.write(f"isol8r: {message}{_option_hint(message)}\n")
             raise SystemExit(SETUP_FAILED)
     return _Parser
+
+
+def _option_hint(message: str) -> str:
+    """'; did you mean --memory?' for an unknown option close to a real one of `isol8r run`."""
+    import difflib
+
+    from .spec import OPTIONS
+    if "unrecognized arguments: " not in message:
+        return ""
+    words = message.split("unrecognized arguments: ", 1)[1].split()
+    typed = next((w.split("=", 1)[0] for w in words if w.startswith("--")), None)
+    known = ["--" + n for n in OPTIONS] + ["--verbose", "--dry-run", "--json", "--profile"]
+    close = difflib.get_close_matches(typed, known, n=1, cutoff=0.75) if typed else []
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _run_parser(sub: Any) -> argparse.ArgumentParser:
     import argparse
 
     from .spec import OPTIONS
-    p = sub.add_parser("run", help="run a program in a jail",
+    # no abbreviations: `--mem` would name --memory in its messages, and an option added later
+    # could make a user's abbreviation ambiguous
+    p = sub.add_parser("run", help="run a program in a jail", allow_abbrev=False,
                        usage="isol8r run [options] -- PROGRAM [ARGS...]")
     p.add_argument("-v", "--verbose", action="store_true", help="log each setup step and its time")
     p.add_argument("--dry-run", action="store_true", help="print the Spec as JSON and exit")
@@ -76,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     if _PARSER is not None:
         return _PARSER
     cls = _parser_class()
-    parser = cls(prog="isol8r", description="Run an untrusted program in a Linux namespace jail.")
+    parser = cls(prog="isol8r", description="Run an untrusted program in a Linux namespace jail.",
+                 allow_abbrev=False)
     parser.add_argument("--version", action="store_true", help="print isol8r's version and exit")
     sub = parser.add_subparsers(dest="cmd", parser_class=cls)
     _run_parser(sub)
