@@ -218,6 +218,7 @@ FUZZ_FOUND = [
     pytest.param(["--rlimit", "FSIZE=99999999999999999999"], "--rlimit FSIZE=9999",
                  id="rlimit-overflow"),
     pytest.param(["--nofile", str(2**63)], f"--nofile {2**63}", id="nofile-overflow"),
+    pytest.param(["--bind", "/no\nsuch"], "--bind /no\\nsuch: no such", id="newline-in-value"),
 ]
 SERVED = [pytest.param({}, id="served"), pytest.param({"ISOL8R_CLI_SERVER": "0"}, id="in-process")]
 
@@ -263,3 +264,6 @@ def test_a_non_utf8_cwd_is_named_in_its_setup_error(env: dict[str, str]) -> None
     p = cli_bytes("run", "--cwd", "/no\udcff", "--", "/bin/true", env_extra=env)
     assert p.returncode == 125 and len(p.stderr.splitlines()) == 1, p.stderr
     assert "internal error" not in p.stderr and p.stderr.startswith("isol8r: chdir /no"), p.stderr
+    # a newline in it: the step's record was cut there ("chdir /a"); now it shows as \n
+    p = cli_bytes("run", "--cwd", "/a\nb", "--", "/bin/true", env_extra=env)
+    assert p.returncode == 125 and p.stderr.startswith("isol8r: chdir /a\\nb: ENOENT"), p.stderr

@@ -43,7 +43,7 @@ def _parser_class() -> type:
         """Bad usage is bad input: one line naming the value, exit 125, no usage dump."""
 
         def error(self, message: str) -> NoReturn:
-            sys.stderr.write(f"isol8r: {message}{_option_hint(message)}\n")
+            say(message + _option_hint(message))
             raise SystemExit(SETUP_FAILED)
     return _Parser
 
@@ -169,8 +169,16 @@ def _unknown_command(word: str) -> str:
 
 
 def _shown(text: str) -> str:
-    """Text as the user typed it: bytes that were not UTF-8 shown as \\xNN, not as surrogates."""
-    return os.fsencode(text).decode("utf-8", "backslashreplace")
+    """Text as the user typed it, on one line: bytes that were not UTF-8 shown as \\xNN (not as
+    surrogates), control characters such as a newline as \\n or \\x1b."""
+    text = os.fsencode(text).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def say(message: str) -> None:
+    """isol8r's own error: one line on stderr, whatever the values it quotes hold."""
+    sys.stderr.write(f"isol8r: {_shown(message)}\n")
+    sys.stderr.flush()
 
 
 def version() -> str:
@@ -188,7 +196,7 @@ def main(argv: Sequence[str] | None = None, served: bool = False) -> int:
     try:
         args = _normalized(list(sys.argv[1:] if argv is None else argv))
     except UsageError as e:
-        sys.stderr.write(f"isol8r: {e}\n")
+        say(str(e))
         return SETUP_FAILED
     if args[0] == "--version":
         _write(sys.stdout, f"isol8r {version()}\n")
@@ -206,7 +214,7 @@ def _run(ns: argparse.Namespace, served: bool) -> int:
     try:
         sink = None if ns.dry_run else open_json(ns.json)
     except Isol8rError as e:
-        sys.stderr.write(f"isol8r: {as_typed(e)}\n")
+        say(str(as_typed(e)))
         return SETUP_FAILED
     try:
         spec = spec_from_args(ns)
@@ -230,7 +238,7 @@ def _run(ns: argparse.Namespace, served: bool) -> int:
                              f"total {(time.monotonic() - t0) * 1e3:.2f} ms\n")
     except Isol8rError as e:
         e = as_typed(e)
-        sys.stderr.write(f"isol8r: {e}\n")
+        say(str(e))
         code = getattr(e, "exit_code", SETUP_FAILED)
         if sink is not None:
             _put_json(sink, failed_result(_command(ns), e, code))
@@ -268,7 +276,7 @@ def failed_result(argv: list[str], e: Exception, code: int) -> str:
 
     from .errors import SetupError, SpecError
     from .result import Result
-    d = Result(argv=tuple(argv), verdict="setup-error", error=str(e)).to_dict()
+    d = Result(argv=tuple(argv), verdict="setup-error", error=_shown(str(e))).to_dict()
     d["status"] = code
     if isinstance(e, SetupError):
         d["step"] = e.step
@@ -333,7 +341,7 @@ def _delegate(cmd: str, argv: list[str]) -> int:
         from . import profiles
         return profiles.main(argv)
     except SpecError as e:
-        sys.stderr.write(f"isol8r: {e}\n")
+        say(str(e))
         return SETUP_FAILED
 
 

@@ -191,7 +191,8 @@ class _Channel:
 
     def fail(self, f: _Failed, code: int = 125) -> NoReturn:
         detail = f.detail.replace("\n", " ").encode("utf-8", "surrogateescape")
-        step = f.step.encode("utf-8", "surrogateescape")  # "chdir /\udcff": a non-UTF-8 path
+        # "chdir /\udcff": a non-UTF-8 path; a newline would end the record early
+        step = f.step.replace("\n", "\\n").encode("utf-8", "surrogateescape")
         self.send(b"E%s\0%d\0%s" % (step, f.err, detail))
         os._exit(code)
 
