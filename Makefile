@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install deps test demo strace rootfs bench clean
+.PHONY: all install link deps test demo strace rootfs bench clean
 
 all: install
 
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml bin/isol8r
 	$(BIN)/python -m compileall -q src >/dev/null
 
 install: $(STAMP)
+	@echo "isol8r is $(CURDIR)/$(BIN)/isol8r; to put it on PATH: make link (PREFIX=$(PREFIX))"
+
+# a symlink, so the command keeps using this checkout's venv
+PREFIX ?= /usr/local
+link: install
+	mkdir -p $(PREFIX)/bin
+	ln -sfn $(CURDIR)/$(BIN)/isol8r $(PREFIX)/bin/isol8r
 
 deps:
 	@scripts/install-deps.sh

@@ -196,3 +196,74 @@ def test_setup_failure_cli_one_line(options: dict[str, Any], args: list[str],
         lines = p.stderr.splitlines()
         assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
         assert all(n in lines[0] for n in named), lines[0]
+
+
+# ---- issue 12 item 5: what a 500-vector fuzz of the command line found -------------------------
+# Each gave a traceback in-process and "internal error" through the CLI server. Now each is one
+# line naming the option and the value, exit 125, the program never started, the same both ways.
+
+LONG_NAME = "p" * 300  # over NAME_MAX (255): ENAMETOOLONG from stat
+FUZZ_FOUND = [
+    pytest.param(["--json", "{tmp}"], "--json {tmp}", id="json-to-a-directory"),
+    pytest.param(["--json", "{tmp}/no/such/dir/r.json"], "--json {tmp}/no/such/dir/r.json",
+                 id="json-to-a-missing-directory"),
+    pytest.param(["--profile", LONG_NAME], "--profile " + LONG_NAME, id="profile-name-too-long"),
+    pytest.param(["--seccomp-deny", "\udcff\udcfe"], "--seccomp-deny \\xff\\xfe",
+                 id="seccomp-deny-not-utf8"),
+    pytest.param(["--seccomp-allow", "read,\udcff"], "--seccomp-allow read,\\xff",
+                 id="seccomp-allow-not-utf8"),
+    pytest.param(["--output-limit", "99999999999999999999G"],
+                 "--output-limit 99999999999999999999G", id="output-limit-overflow"),
+    pytest.param(["--memory", "9" * 400 + ".5"], "--memory " + "9" * 400, id="float-overflow"),
+    pytest.param(["--rlimit", "FSIZE=99999999999999999999"], "--rlimit FSIZE=9999",
+                 id="rlimit-overflow"),
+    pytest.param(["--nofile", str(2**63)], f"--nofile {2**63}", id="nofile-overflow"),
+    pytest.param(["--bind", "/no\nsuch"], "--bind /no\\nsuch: no such", id="newline-in-value"),
+]
+SERVED = [pytest.param({}, id="served"), pytest.param({"ISOL8R_CLI_SERVER": "0"}, id="in-process")]
+
+
+def cli_bytes(*args: str, env_extra: dict[str, str]) -> Any:
+    """cli() with arguments that may hold bytes that are not UTF-8 (as surrogate escapes)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **env_extra)
+    p = subprocess.run([sys.executable, "-m", "isol8r", *map(os.fsencode, args)],
+                       capture_output=True, env=env, timeout=30)
+    p.stdout, p.stderr = (os.fsdecode(p.stdout), p.stderr.decode("utf-8", "backslashreplace"))
+    return p
+
+
+@pytest.mark.parametrize("env", SERVED)
+@pytest.mark.parametrize("args, named", FUZZ_FOUND)
+def test_fuzz_findings_are_one_line_errors(args: list[str], named: str, env: dict[str, str],
+                                           scratch: dict[str, str], tmp_path: Path) -> None:
+    args, named = _fill(args, scratch), _fill(named, scratch)
+    marker = tmp_path / "ran"
+    p = cli_bytes("run", *args, "--", "/bin/sh", "-c", f"echo ran > {marker}", env_extra=env)
+    assert p.returncode == 125, (p.returncode, p.stderr)
+    assert len(p.stderr.splitlines()) == 1, p.stderr
+    assert "internal error" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("isol8r: " + named), p.stderr
+    assert not marker.exists(), "the program ran although its command line was refused"
+
+
+@pytest.mark.parametrize("env", SERVED)
+def test_a_low_nofile_takes_effect(env: dict[str, str]) -> None:
+    """--nofile 4 or 5 used to fail the setup (EMFILE, "internal error"): the limit was set
+    before the jail's own descriptors were in place. Now it is set last, and holds."""
+    for n in ("4", "5"):
+        p = cli("run", "--nofile", n, "--", "/bin/sh", "-c", "ulimit -n", env_extra=env)
+        assert (p.returncode, p.stdout, p.stderr) == (0, f"{n}\n", ""), p
+
+
+@pytest.mark.parametrize("env", SERVED)
+def test_a_non_utf8_cwd_is_named_in_its_setup_error(env: dict[str, str]) -> None:
+    p = cli_bytes("run", "--cwd", "/no\udcff", "--", "/bin/true", env_extra=env)
+    assert p.returncode == 125 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert "internal error" not in p.stderr and p.stderr.startswith("isol8r: chdir /no"), p.stderr
+    # a newline in it: the step's record was cut there ("chdir /a"); now it shows as \n
+    p = cli_bytes("run", "--cwd", "/a\nb", "--", "/bin/true", env_extra=env)
+    assert p.returncode == 125 and p.stderr.startswith("isol8r: chdir /a\\nb: ENOENT"), p.stderr

@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 # machinery in the client, and every module imported at start costs every run.
 
 SETUP_FAILED = 125
+SERVER_HELP = """usage: isol8r server status|stop
+
+The CLI server: the first `isol8r run` of root starts it, later runs are its thin clients, and it
+leaves after 60 s without work (ISOL8R_SERVER_IDLE). ISOL8R_CLI_SERVER=0 runs the command in its
+own process instead.
+
+  status  say whether this installation's server is running
+  stop    stop it (runs under way finish first)
+"""
 _SUBCOMMANDS = ("mkroot", "check-root", "policy", "profiles", "server")
 _PARSER: Any = None
 
@@ -34,16 +43,32 @@ def _parser_class() -> type:
         """Bad usage is bad input: one line naming the value, exit 125, no usage dump."""
 
         def error(self, message: str) -> NoReturn:
-            sys.stderr.write(f"isol8r: {message}\n")
+            say(message + _option_hint(message))
             raise SystemExit(SETUP_FAILED)
     return _Parser
+
+
+def _option_hint(message: str) -> str:
+    """'; did you mean --memory?' for an unknown option close to a real one of `isol8r run`."""
+    import difflib
+
+    from .spec import OPTIONS
+    if "unrecognized arguments: " not in message:
+        return ""
+    words = message.split("unrecognized arguments: ", 1)[1].split()
+    typed = next((w.split("=", 1)[0] for w in words if w.startswith("--")), None)
+    known = ["--" + n for n in OPTIONS] + ["--verbose", "--dry-run", "--json", "--profile"]
+    close = difflib.get_close_matches(typed, known, n=1, cutoff=0.75) if typed else []
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _run_parser(sub: Any) -> argparse.ArgumentParser:
     import argparse
 
     from .spec import OPTIONS
-    p = sub.add_parser("run", help="run a program in a jail",
+    # no abbreviations: `--mem` would name --memory in its messages, and an option added later
+    # could make a user's abbreviation ambiguous
+    p = sub.add_parser("run", help="run a program in a jail", allow_abbrev=False,
                        usage="isol8r run [options] -- PROGRAM [ARGS...]")
     p.add_argument("-v", "--verbose", action="store_true", help="log each setup step and its time")
     p.add_argument("--dry-run", action="store_true", help="print the Spec as JSON and exit")
@@ -67,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     if _PARSER is not None:
         return _PARSER
     cls = _parser_class()
-    parser = cls(prog="isol8r", description="Run an untrusted program in a Linux namespace jail.")
+    parser = cls(prog="isol8r", description="Run an untrusted program in a Linux namespace jail.",
+                 allow_abbrev=False)
+    parser.add_argument("--version", action="store_true", help="print isol8r's version and exit")
     sub = parser.add_subparsers(dest="cmd", parser_class=cls)
     _run_parser(sub)
     sub.add_parser("mkroot", help="build a root filesystem (isol8r mkroot --help)", add_help=False)
@@ -99,7 +126,10 @@ def spec_from_args(ns: argparse.Namespace) -> Spec:
 def entry() -> int:
     """The `isol8r` command (bin/isol8r, python -m isol8r): a run goes to the CLI server when
     there is one to use (cliserver.py), everything else to main() in this process."""
-    args = _normalized(sys.argv[1:])
+    try:
+        args = _normalized(sys.argv[1:])
+    except UsageError:
+        return main()  # it says why
     if args[:1] == ["run"] and not {"-h", "--help"} & set(args[:args.index("--") if "--" in args
                                                             else None]):
         from . import cliserver
@@ -110,25 +140,82 @@ def entry() -> int:
 
 
 def _normalized(args: list[str]) -> list[str]:
-    """`isol8r -- prog` and `isol8r --share-net prog` read as `isol8r run ...`."""
-    if args and args[0] in _SUBCOMMANDS:
+    """`isol8r -- prog`, `isol8r --share-net prog` and `isol8r ./prog` read as `isol8r run ...`.
+
+    The rule: a first word that is an option, `--`, or a path (it holds a '/') starts a run; any
+    other first word must be a command, so a mistyped one (`isol8r runn`) is an error with a
+    suggestion rather than a program started in a jail."""
+    if not args:
+        return ["run"]
+    first = args[0]
+    if first in _SUBCOMMANDS or first in ("run", "-h", "--help", "--version"):
         return args
-    if not args or args[0] not in ("run", "-h", "--help"):
+    if first.startswith("-") or "/" in first:
         return ["run", *args]
-    return args
+    raise UsageError(_unknown_command(first))
+
+
+class UsageError(Exception):
+    """A command line that names no command isol8r has (exit 125, one line)."""
+
+
+def _unknown_command(word: str) -> str:
+    import difflib
+    commands = ("run", *_SUBCOMMANDS)
+    close = difflib.get_close_matches(word, commands, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else f"commands: {', '.join(commands)}; "
+    return (f"unknown command {_shown(word)!r}: {hint}"
+            f"to run a program of that name: isol8r run -- {_shown(word)}")
+
+
+def _shown(text: str) -> str:
+    """Text as the user typed it, on one line: bytes that were not UTF-8 shown as \\xNN (not as
+    surrogates), control characters such as a newline as \\n or \\x1b."""
+    text = os.fsencode(text).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def say(message: str) -> None:
+    """isol8r's own error: one line on stderr, whatever the values it quotes hold."""
+    sys.stderr.write(f"isol8r: {_shown(message)}\n")
+    sys.stderr.flush()
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), else the source tree's."""
+    try:
+        from importlib.metadata import version as dist_version
+        return dist_version("isol8r")
+    except Exception:  # not installed (PYTHONPATH=src): the package still answers
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None, served: bool = False) -> int:
     """The command, in this process. served: this is a CLI server's worker, which runs the jail
     through the server that forked it rather than cloning it here."""
-    args = _normalized(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = _normalized(list(sys.argv[1:] if argv is None else argv))
+    except UsageError as e:
+        say(str(e))
+        return SETUP_FAILED
+    if args[0] == "--version":
+        _write(sys.stdout, f"isol8r {version()}\n")
+        return 0
     if args[0] in _SUBCOMMANDS:
         return _delegate(args[0], args[1:])
     return _run(build_parser().parse_args(args), served)
 
 
 def _run(ns: argparse.Namespace, served: bool) -> int:
+    """One run. With --json, every outcome writes a result, a refused or failed setup included;
+    with `--json -` the program's stdout and stderr are captured into it, so stdout holds one
+    JSON document and nothing else."""
     from .errors import Isol8rError
+    try:
+        sink = None if ns.dry_run else open_json(ns.json)
+    except Isol8rError as e:
+        say(str(as_typed(e)))
+        return SETUP_FAILED
     try:
         spec = spec_from_args(ns)
         if ns.dry_run:
@@ -136,28 +223,89 @@ def _run(ns: argparse.Namespace, served: bool) -> int:
             return 0
         log = (lambda m: sys.stderr.write(f"isol8r: {m}\n")) if ns.verbose else None
         t0 = time.monotonic()
+        capture = ns.json == "-"
         from . import supervisor
         if served:
             import isol8r
-            stdio = supervisor.open_stdio(spec, None, None, None, None, False, lambda _v: None)
+            stdio = supervisor.open_stdio(spec, None, None, None, None, capture, lambda _v: None)
             result = isol8r._client().run(spec, stdio, verbose=ns.verbose, log=log,
                                           forward_signals=True)
         else:
-            result = supervisor.run(spec, forward_signals=True, verbose=ns.verbose, log=log)
+            result = supervisor.run(spec, forward_signals=True, verbose=ns.verbose, log=log,
+                                    capture_output=capture)
         if ns.verbose:
             sys.stderr.write(f"isol8r: {result.describe()}; setup {result.setup_time * 1e3:.2f} ms, "
                              f"total {(time.monotonic() - t0) * 1e3:.2f} ms\n")
     except Isol8rError as e:
-        sys.stderr.write(f"isol8r: {e}\n")
-        return getattr(e, "exit_code", SETUP_FAILED)
-    if ns.json:
-        text = result.to_json() + "\n"
-        if ns.json == "-":
-            _write(sys.stdout, text)
-        else:
-            with open(ns.json, "w") as f:
-                f.write(text)
+        e = as_typed(e)
+        say(str(e))
+        code = getattr(e, "exit_code", SETUP_FAILED)
+        if sink is not None:
+            _put_json(sink, failed_result(_command(ns), e, code))
+        return code
+    if sink is not None:
+        _put_json(sink, result.to_json())
     return result.status
+
+
+def open_json(target: str | None) -> Any:
+    """--json FILE opened before the run: a FILE that cannot be written is refused before the
+    program runs, not after it (when its status would be lost). '-' is stdout."""
+    from .errors import SpecError
+    if target is None or target == "-":
+        return sys.stdout if target else None
+    try:
+        return open(target, "w", encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise SpecError("--json", target, f"cannot write: {e.strerror}") from None
+
+
+def _put_json(sink: Any, text: str) -> None:
+    if sink is sys.stdout:
+        _write(sys.stdout, text + "\n")
+        return
+    with sink:
+        sink.write(text + "\n")
+
+
+def failed_result(argv: list[str], e: Exception, code: int) -> str:
+    """The JSON result of a run that did not start: verdict setup-error, the step (`options` for
+    bad input) and the errno, and status the CLI's exit status (125, 126 or 127)."""
+    import errno as errno_names
+    import json
+
+    from .errors import SetupError, SpecError
+    from .result import Result
+    d = Result(argv=tuple(argv), verdict="setup-error", error=_shown(str(e))).to_dict()
+    d["status"] = code
+    if isinstance(e, SetupError):
+        d["step"] = e.step
+        d["errno"] = errno_names.errorcode.get(e.errno, e.errno) if e.errno else None
+    else:
+        d["step"] = "options" if isinstance(e, SpecError) else None
+        d["errno"] = None
+    if isinstance(e, SpecError):
+        d["option"] = e.field or None
+    return json.dumps(d, indent=2)
+
+
+def _command(ns: argparse.Namespace) -> list[str]:
+    command = list(ns.command)
+    return command[1:] if command[:1] == ["--"] else command
+
+
+def as_typed(e: Any) -> Any:
+    """A SpecError as the command line's user typed it: `--bind` rather than `bind`, and bytes
+    that were not UTF-8 as \\xNN."""
+    from .errors import SpecError
+    from .spec import OPTIONS
+    if not isinstance(e, SpecError):
+        return e
+    field = "--" + e.field if e.field in OPTIONS else e.field
+    value = _shown(e.value) if isinstance(e.value, str) else e.value
+    if (field, value) == (e.field, e.value):
+        return e
+    return SpecError(field, value, e.reason)
 
 
 def _write(stream: Any, text: str) -> None:
@@ -177,6 +325,9 @@ def _delegate(cmd: str, argv: list[str]) -> int:
     from .errors import SpecError
     try:
         if cmd == "server":
+            if argv in (["-h"], ["--help"]):
+                _write(sys.stdout, SERVER_HELP)
+                return 0
             from . import cliserver
             return cliserver.main(argv)
         if cmd == "mkroot":
@@ -190,7 +341,7 @@ def _delegate(cmd: str, argv: list[str]) -> int:
         from . import profiles
         return profiles.main(argv)
     except SpecError as e:
-        sys.stderr.write(f"isol8r: {e}\n")
+        say(str(e))
         return SETUP_FAILED
 
 

@@ -22,7 +22,10 @@ class SpecError(Isol8rError, ValueError):
     def __init__(self, field: str, value: Any, reason: str) -> None:
         self.field, self.value, self.reason = field, value, reason
         shown = value if isinstance(value, str) else repr(value)
-        super().__init__(f"{field} {shown}: {reason}" if field else f"{shown}: {reason}")
+        if value is True and field:  # a flag: "--overlay: needs --rootfs", not "--overlay True"
+            super().__init__(f"{field}: {reason}")
+        else:
+            super().__init__(f"{field} {shown}: {reason}" if field else f"{shown}: {reason}")
 
 
 class SetupError(Isol8rError):

@@ -1,7 +1,7 @@
 """The child side: prepare() in the parent computes everything, child_main() runs the ordered steps.
 
     user/ids -> mounts + pivot_root -> hostname -> network -> [init forks the program] ->
-    rlimits -> session -> uid switch -> capabilities + no_new_privs -> cwd -> close fds ->
+    session -> uid switch -> capabilities + no_new_privs -> cwd -> close fds -> rlimits ->
     seccomp -> execve
 
 Every step either succeeds or reports one record "E step\\0errno\\0detail" over the handshake
@@ -191,7 +191,9 @@ class _Channel:
 
     def fail(self, f: _Failed, code: int = 125) -> NoReturn:
         detail = f.detail.replace("\n", " ").encode("utf-8", "surrogateescape")
-        self.send(b"E%s\0%d\0%s" % (f.step.encode(), f.err, detail))
+        # "chdir /\udcff": a non-UTF-8 path; a newline would end the record early
+        step = f.step.replace("\n", "\\n").encode("utf-8", "surrogateescape")
+        self.send(b"E%s\0%d\0%s" % (step, f.err, detail))
         os._exit(code)
 
 
@@ -277,11 +279,12 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
         if not data:
             os._exit(125)  # the supervisor went away before it sent work: a pre-warmed jail
         argv, env, search, cwd, limits, bpf, sc_flags, targets = marshal.loads(data)
-        ch.step("rlimits", rlimits.apply, limits)
         ch.step(f"chdir {cwd}", os.chdir, cwd)
         path = _resolve(argv[0], search)
         ch.fd = _install_fds(tuple(zip(fds, targets)), ch.fd)
         ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *targets))
+        # after the descriptors are in place: a low --nofile must not starve the steps above
+        ch.step("rlimits", rlimits.apply, limits)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         if bpf is not None:
             ch.step("seccomp", linux.SeccompProgram(bpf).load, sc_flags)

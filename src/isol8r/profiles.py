@@ -33,11 +33,14 @@ def locate(name_or_file: str | os.PathLike[str]) -> Path:
     text = os.fspath(name_or_file)
     bare = "/" not in text and not text.endswith(".toml")
     shipped = SHIPPED / f"{text}.toml"
-    if bare and text and shipped.is_file():
-        return shipped
-    p = Path(text)
-    if p.is_file():
-        return p
+    try:
+        if bare and text and shipped.is_file():
+            return shipped
+        p = Path(text)
+        if p.is_file():
+            return p
+    except (OSError, ValueError) as e:  # a name over NAME_MAX (ENAMETOOLONG), a NUL byte
+        raise SpecError("--profile", text, getattr(e, "strerror", None) or str(e)) from None
     raise SpecError("--profile", text,
                     f"no such file, nor a shipped profile ({', '.join(names())})")
 

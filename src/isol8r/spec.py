@@ -21,6 +21,7 @@ NAMESPACES = ("user", "pid", "mount", "net", "ipc", "uts", "cgroup")
 RLIMITS = {name[len("RLIMIT_"):]: getattr(resource, name)
            for name in dir(resource) if name.startswith("RLIMIT_") and name != "RLIMIT_OFILE"}
 INFINITY = resource.RLIM_INFINITY
+MAX_SIZE = 2**63 - 1  # the largest size or limit a kernel interface takes (an off_t, a long)
 ID_RANGE = 65536
 DEFAULT_ID_BASE = 1_600_000_000
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -147,6 +148,8 @@ def parse_size(key: str, value: Any) -> int:
     if isinstance(value, int):
         if value < 0:
             raise SpecError(key, value, "must not be negative")
+        if value > MAX_SIZE and value != INFINITY:
+            raise SpecError(key, value, "too large (at most 8E; 'inf' for no limit)")
         return value
     text = str(value).strip()
     if text.lower() in ("inf", "infinity", "unlimited"):
@@ -154,10 +157,13 @@ def parse_size(key: str, value: Any) -> int:
     m = _SIZE.match(text)
     if not m:
         raise SpecError(key, value, "expected a size such as 4096, 64M or 1G")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    n = float(m.group(1)) * _UNITS[m.group(2).upper()]
+    if n > MAX_SIZE:  # also inf, from a number of 400 digits; the kernel takes 63 bits
+        raise SpecError(key, value, "too large (at most 8E; 'inf' for no limit)")
+    return int(n)
 
 
-def _parse_int(key: str, value: Any, lo: int = 0, hi: int = 2**63) -> int:
+def _parse_int(key: str, value: Any, lo: int = 0, hi: int = 2**63 - 1) -> int:
     try:
         n = int(value, 0) if isinstance(value, str) else int(value)
         if isinstance(value, bool) or isinstance(value, float) and value != n:
@@ -202,6 +208,17 @@ def _abs_path(key: str, value: Any) -> str:
         raise SpecError(key, value, "must not contain '..'")
     norm = os.path.normpath(value)
     return norm[1:] if norm.startswith("//") else norm
+
+
+def host_path(key: str, value: Any) -> str:
+    """A path on the host (a bind's source, a root): a relative one is resolved against the
+    caller's directory, as bwrap and docker do, so `--ro-bind ./x:/x` works as written."""
+    if isinstance(value, str) and value and not value.startswith("/") and "\0" not in value:
+        try:
+            value = os.path.join(os.getcwd(), value)
+        except OSError as e:
+            raise SpecError(key, value, f"relative, and the current directory is gone ({e.strerror})") from None
+    return _abs_path(key, value)
 
 
 def _split_pair(key: str, value: Any) -> tuple[str, str | None]:
@@ -252,7 +269,7 @@ def _share(name: str) -> Callable[..., None]:
 def _bind(kind: str) -> Callable[..., None]:
     def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
         src, dst = _split_pair(key, v)
-        src_abs = _abs_path(key, src)
+        src_abs = host_path(key, src)
         mounts.append(Mount(kind, _abs_path(key, dst if dst is not None else src_abs), src_abs))
     return apply
 
@@ -319,6 +336,15 @@ def _env_name(key: str, v: Any) -> str:
     return v
 
 
+def _syscalls(key: str, v: Any) -> str:
+    """System call names and @groups are ASCII: other text (non-UTF-8 bytes of a command line
+    included) is refused here, before libseccomp is asked to encode it."""
+    text = str(v)
+    if not text.isascii() or not text.isprintable():
+        raise SpecError(key, v, "unknown syscall (names are ASCII letters, digits and '_')")
+    return text
+
+
 def _memory(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
     kw["memory"] = parse_size(key, v)
     if kw["memory"] < 1 << 20:
@@ -327,12 +353,12 @@ def _memory(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None
 
 OPTIONS: dict[str, Option] = {
     "rootfs": Option("value", "root filesystem to pivot into (default: the host's /usr, /bin, "
-                     "/lib* read-only on a tmpfs)", _set("rootfs", _abs_path), "DIR"),
+                     "/lib* read-only on a tmpfs)", _set("rootfs", host_path), "DIR"),
     "rw-root": Option("flag", "mount the root read-write", _flag("rw_root")),
     "overlay": Option("flag", "writable root whose writes land in a tmpfs and vanish",
                       _flag("overlay")),
     "overlay-dir": Option("value", "with --overlay: keep the writes in this directory",
-                          _set("overlay_dir", _abs_path), "DIR"),
+                          _set("overlay_dir", host_path), "DIR"),
     "allow-unsafe-root": Option("flag", "run a --rootfs even if it holds setuid files or device "
                                 "nodes", _flag("allow_unsafe_root")),
     "bind": Option("list", "bind-mount SRC read-write at DST (nosuid,nodev)", _bind("bind"),
@@ -363,9 +389,9 @@ OPTIONS: dict[str, Option] = {
     "seccomp-profile": Option("value", "load a Docker/OCI seccomp JSON profile",
                               _set("seccomp_profile", lambda k, v: str(v)), "FILE"),
     "seccomp-allow": Option("list", "allow-list: only these syscalls or @groups (comma-separated)",
-                            _append("seccomp_allow", lambda k, v: str(v)), "SYSCALLS"),
+                            _append("seccomp_allow", _syscalls), "SYSCALLS"),
     "seccomp-deny": Option("list", "deny these syscalls or @groups too (comma-separated)",
-                           _append("seccomp_deny", lambda k, v: str(v)), "SYSCALLS"),
+                           _append("seccomp_deny", _syscalls), "SYSCALLS"),
     "seccomp-log": Option("flag", "log would-be denials instead of denying (audit mode)",
                           _flag("seccomp_log")),
     "env": Option("list", "set an environment variable inside", _append("env", _env), "NAME=VALUE"),
@@ -470,6 +496,7 @@ def _validate(s: Spec) -> None:
         raise SpecError("--no-userns", True, "needs isol8r to run as root")
     if s.unsafe_map_host_root and "user" not in s.namespaces:
         raise SpecError("--unsafe-map-host-root", True, "needs a user namespace")
+    _check_privilege(s)
     for fd in s.pass_fds:
         try:
             os.fstat(fd)
@@ -480,3 +507,15 @@ def _validate(s: Spec) -> None:
     for name, soft, hard in s.rlimits:
         if name not in RLIMITS or soft > hard:
             raise SpecError("--rlimit", f"{name}={soft}:{hard}", "bad resource limit")
+
+
+def _check_privilege(s: Spec) -> None:
+    """Options only root can make take effect are refused for anyone else, never dropped: an
+    unprivileged user namespace maps only the caller's own id."""
+    if os.geteuid() == 0 or "user" not in s.namespaces:
+        return
+    why = "needs isol8r to run as root (unprivileged, only your own id is mapped)"
+    if s.unsafe_map_host_root:
+        raise SpecError("--unsafe-map-host-root", True, why)
+    if s.id_base != DEFAULT_ID_BASE:
+        raise SpecError("--id-base", s.id_base, why)
