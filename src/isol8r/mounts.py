@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from typing import Callable
 
 from .paths import chase
 from .sys import linux
@@ -209,10 +210,10 @@ class ReadOnly(Op):
 class RootBind(Op):
     """A prepared root: bind it, recursively read-only unless asked otherwise, nosuid,nodev.
 
-    A read-only root arrives from the supervisor as an idmapped tree (tree_fd) when it can make
-    one: the tree's on-disk ids 0..65535 then read as the same ids inside, so a root built by
-    mkroot for uid 65534 is the jail user's. A writable root is never idmapped: jail root would
-    write host-root-owned files.
+    The root arrives from the supervisor as an idmapped tree (tree_fd) when it can make one: the
+    tree's on-disk ids 0..65535 then read as the same ids inside, so a root built by mkroot for
+    uid 65534 is the jail user's. A writable root is idmapped too: what jail root writes there is
+    owned by host root on disk, which the set-id wall (seccomp, docs/security.md) makes safe.
     """
 
     src: str
@@ -274,7 +275,7 @@ class MountPlan:
 
     ops: tuple[Op, ...]
     final: tuple[Op, ...]
-    idmap_root: str | None = None  # a read-only prepared root the supervisor should idmap
+    idmap_root: str | None = None  # a prepared root the supervisor should idmap
     root_src: str | None = None  # a prepared root the supervisor opens for the child
 
 
@@ -355,7 +356,7 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
             ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), by_supervisor=os.geteuid() == 0))
     root, rest = ops[0], ops[1:]
     rest.sort(key=lambda op: op.dst.rstrip("/").count("/"))
-    idmap = rootfs if rootfs is not None and (overlay or not rw_root) else None
+    idmap = rootfs
     return MountPlan((root, *rest), tuple(final), idmap, rootfs)
 
 
@@ -378,15 +379,32 @@ def prepare_overlay_dir(path: str, owner: int | None) -> None:
             os.chown(full, owner, owner, follow_symlinks=False)
 
 
-def host_trees(p: MountPlan) -> list[int]:
+def host_trees(p: MountPlan, owner_ns: Callable[[int, int], int] | None = None,
+               notes: list[str] | None = None) -> list[int]:
     """Supervisor side: detached trees of the user's bind sources, opened with the caller's
-    access and already nosuid,nodev[,ro]; sent to the child in plan order."""
+    access and already nosuid,nodev[,ro]; sent to the child in plan order.
+
+    A writable bind is idmapped when owner_ns is given: owner_ns(uid, gid) is a user namespace
+    mapping the source's owner onto the jail user's host ids, so the jail user may write where
+    the owner may and what it writes is the owner's (docs/design.md). On a filesystem that cannot
+    idmap, the plain tree serves (writable only where the jail's own host ids may write) and a
+    note says so.
+    """
     fds: list[int] = []
     try:
         for op in p.ops:
             if isinstance(op, Bind) and op.by_supervisor:
                 fd = linux.open_tree(op.src)
                 fds.append(fd)
+                if not op.readonly and owner_ns is not None:
+                    st = os.fstat(fd)
+                    try:
+                        linux.idmap_tree(fd, owner_ns(st.st_uid, st.st_gid), op.attrs())
+                        continue
+                    except OSError as e:
+                        if notes is not None:
+                            notes.append(f"--bind {op.src}: not idmapped ({e.strerror}): the jail "
+                                         "writes there only where its own host ids may")
                 linux.set_tree_attrs(fd, op.attrs())
     except OSError:
         for fd in fds:
@@ -398,14 +416,18 @@ def host_trees(p: MountPlan) -> list[int]:
 def root_tree(p: MountPlan, userns_fd: int) -> int:
     """Supervisor side: a detached copy of the prepared root, opened with the caller's access (so
     a root below a directory the jail's ids cannot cross still works); read-only and idmapped
-    where the plan allows and the filesystem can, else a plain tree; -1 without a prepared root."""
+    where the plan allows and the filesystem can, else a plain tree; -1 without a prepared root.
+    A --rw-root is idmapped too (writable): its on-disk ids 0..65535 are the jail's own, so the
+    jail user writes what it owns in the tree and jail root writes everywhere."""
     if p.root_src is None:
         return -1
     fd = linux.open_tree(p.root_src)
+    root = p.ops[0]
+    writable = isinstance(root, RootBind) and not root.readonly
     if p.idmap_root is not None and userns_fd >= 0:
         try:
-            linux.idmap_tree(fd, userns_fd, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID
-                             | linux.MOUNT_ATTR_NODEV)
+            linux.idmap_tree(fd, userns_fd, (0 if writable else linux.MOUNT_ATTR_RDONLY)
+                             | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV)
         except OSError:
             pass  # e.g. a filesystem without idmapped-mount support: the plain tree serves
     return fd

@@ -357,6 +357,33 @@ def _masked(index: int, mask: int, result: int) -> tuple[Condition, ...]:
 
 
 _ALL_NS = sum(CLONE_NS_FLAGS.values())
+S_ISUID, S_ISGID = 0o4000, 0o2000
+O_CREAT, O_TMPFILE_BIT = 0o100, 0o20000000  # the same on x86_64 and aarch64
+#: The calls that set a file's mode, and (mode argument, flags argument or None: always sets it).
+#: Through a writable bind a file the jail makes belongs to a host id (docs/design.md), so a
+#: set-id bit there would be a set-id file of that host id: the default policy refuses the bits
+#: (EPERM) wherever the call names them. openat2, whose mode sits in a struct, gets ENOSYS.
+MODE_CALLS: dict[str, tuple[int, int | None]] = {
+    "chmod": (1, None), "fchmod": (1, None), "fchmodat": (2, None), "fchmodat2": (2, None),
+    "creat": (1, None), "open": (2, 1), "openat": (3, 2), "mkdir": (1, None),
+    "mkdirat": (2, None), "mknod": (1, None), "mknodat": (2, None)}
+
+
+def _setid_guard(mode: int, flags: int | None) -> _Guard:
+    creates = (O_CREAT, O_TMPFILE_BIT) if flags is not None else (None,)
+    deny = tuple((*((Condition(flags, "masked_eq", f, f),) if f is not None and flags is not None
+                    else ()), Condition(mode, "masked_eq", bit, bit))
+                 for f in creates for bit in (S_ISUID, S_ISGID))
+    allow = _masked(mode, S_ISUID | S_ISGID, 0)
+    if flags is not None:
+        return _Guard(f"when arg{mode} (the mode) has S_ISUID or S_ISGID and arg{flags} has "
+                      "O_CREAT or O_TMPFILE", deny,
+                      f"unless arg{mode} has S_ISUID or S_ISGID and arg{flags} creates",
+                      (allow, _masked(flags, O_CREAT | O_TMPFILE_BIT, 0)))
+    return _Guard(f"when arg{mode} (the mode) has S_ISUID or S_ISGID", deny,
+                  f"unless arg{mode} (the mode) has S_ISUID or S_ISGID", (allow,))
+
+
 GUARDS: dict[str, _Guard] = {
     "clone": _Guard(
         "when arg0 has a CLONE_NEW* flag",
@@ -374,6 +401,7 @@ GUARDS: dict[str, _Guard] = {
          + tuple(_masked(0, m, r) for m, r in _cubes_outside(PERSONALITY_OK, 32))),
         "when arg0 is " + ", ".join(f"{v:#x}" for v in PERSONALITY_OK),
         tuple((Condition(0, "eq", v),) for v in PERSONALITY_OK)),
+    **{name: _setid_guard(*where) for name, where in MODE_CALLS.items()},
 }
 
 # ---- the default policy -----------------------------------------------------------------------

@@ -242,6 +242,8 @@ def _share(name: str) -> Callable[..., None]:
 def _bind(kind: str) -> Callable[..., None]:
     def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
         src, dst = _split_pair(key, v)
+        if src and not src.startswith("/"):  # ./work: the caller's working directory's
+            src = os.path.abspath(src)
         src_abs = _abs_path(key, src)
         mounts.append(Mount(kind, _abs_path(key, dst if dst is not None else src_abs), src_abs))
     return apply
@@ -432,6 +434,12 @@ def _validate(s: Spec) -> None:
             raise SpecError(name, value, f"out of range (0..{ID_RANGE - 1})")
     for cap in s.caps:
         capability_number(cap)
+    writes_host = s.rw_root or any(m.kind == "bind" for m in s.mounts)
+    if writes_host and any(capability_number(c) == CAPABILITIES.index("CAP_SETFCAP")
+                           for c in s.caps):
+        raise SpecError("--cap", "CAP_SETFCAP", "cannot be kept with a writable --bind or "
+                        "--rw-root: the jail could plant a file capability on the host "
+                        "(docs/security.md)")
     if s.seccomp not in ("default", "none"):
         raise SpecError("--seccomp", s.seccomp, "expected default or none")
     has_mount = "mount" in s.namespaces

@@ -207,7 +207,8 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             cgroup.attach(pid)
         tree = _root_tree(pid, plan)
         trees = ([tree] if tree >= 0 else []) + \
-            (mounts.host_trees(plan.mounts) if plan.mounts is not None else [])
+            (mounts.host_trees(plan.mounts, _owner_ns(plan), jail.notes)
+             if plan.mounts is not None else [])
         try:
             parent.sendmsg([b"GR" if tree >= 0 else b"G"],
                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -244,6 +245,16 @@ def _root_tree(pid: int, plan: pipeline.Plan) -> int:
     finally:
         if userns_fd >= 0:
             os.close(userns_fd)
+
+
+def _owner_ns(plan: pipeline.Plan) -> Callable[[int, int], int] | None:
+    """For writable binds: the source owner's ids -> a user namespace mapping them onto the jail
+    user's host ids (userns.owner_ns); None when this process cannot map other ids (not root)."""
+    ids = plan.ids
+    if ids is None or not ids.can_become_root or ids.uid_base is None:
+        return None
+    base = ids.uid_base
+    return lambda uid, gid: userns.owner_ns(uid, gid, base + plan.uid, base + plan.gid)
 
 
 def _clone_hint(err: int | None) -> str:
