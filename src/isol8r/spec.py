@@ -434,12 +434,13 @@ def _validate(s: Spec) -> None:
             raise SpecError(name, value, f"out of range (0..{ID_RANGE - 1})")
     for cap in s.caps:
         capability_number(cap)
-    writes_host = s.rw_root or any(m.kind == "bind" for m in s.mounts)
-    if writes_host and any(capability_number(c) == CAPABILITIES.index("CAP_SETFCAP")
-                           for c in s.caps):
-        raise SpecError("--cap", "CAP_SETFCAP", "cannot be kept with a writable --bind or "
-                        "--rw-root: the jail could plant a file capability on the host "
-                        "(docs/security.md)")
+    if s.rw_root or any(m.kind == "bind" for m in s.mounts):
+        # the set-id wall (docs/security.md): CAP_SETFCAP writes file capabilities
+        for cap in s.caps:
+            if CAPABILITIES[capability_number(cap)] == "CAP_SETFCAP":
+                raise SpecError("--cap", "CAP_SETFCAP", "cannot be kept with a writable --bind "
+                                "or --rw-root: the jail could plant a file capability on the "
+                                "host (docs/security.md)")
     if s.seccomp not in ("default", "none"):
         raise SpecError("--seccomp", s.seccomp, "expected default or none")
     has_mount = "mount" in s.namespaces

@@ -963,7 +963,8 @@ static int p_sleeper(int argc, char **argv) {
 /* setid DIR: in DIR (a writable bind, whose files belong to a host id), every way to make a
  * set-id file: chmod, fchmod, fchmodat, fchmodat2, creat, open, openat and openat2 with O_CREAT,
  * O_TMPFILE then linkat, mkdir, mknod of a regular file; and a security.capability xattr
- * (cap_net_raw, effective). The verdict is the host's: the test stats what landed in DIR. */
+ * (cap_net_raw, effective); a write to DIR/existing, a set-id file the test made on the host.
+ * The verdict is the host's: the test stats what landed in DIR. */
 static int p_setid(int argc, char **argv) {
     (void)argc;
     int d = open(argv[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1010,6 +1011,8 @@ static int p_setid(int argc, char **argv) {
         report("fsetxattr_caps", fsetxattr(fd, "security.capability", cap, sizeof cap, 0));
         close(fd);
     }
+    fd = openat(d, "existing", O_WRONLY | O_APPEND | O_CLOEXEC);  /* a host set-id file */
+    if (fd >= 0) { report("write_existing", write(fd, "x", 1)); close(fd); }
     close(d);
     return 0;
 }

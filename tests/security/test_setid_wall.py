@@ -30,9 +30,12 @@ SETID = stat.S_ISUID | stat.S_ISGID
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    """A directory of host root, untouched: the issue's `./work`."""
+    """A directory of host root, untouched: the issue's `./work`, holding a setuid-root file
+    (`existing`, 04755) that the probe writes to."""
     d = Path(tempfile.mkdtemp(prefix="isol8r-setid-"))
     d.chmod(0o755)
+    (d / "existing").write_text("")
+    os.chmod(d / "existing", 0o4755)
     try:
         yield d
     finally:
@@ -73,7 +76,8 @@ def test_no_setid_file_or_capability_reaches_the_host(tools: Tools, workdir: Pat
         assert r.errno(call) == "EPERM", (call, r)
     assert r.errno("openat2_suid") == "ENOSYS", r
     assert r.errno("fsetxattr_caps") == "EPERM", r  # no CAP_SETFCAP in the jail
-    assert exposed(workdir) == {}, planted(workdir)
+    assert r.ok("write_existing"), r  # the jail may write it: the kernel drops the bit then
+    assert exposed(workdir) == {}, planted(workdir)  # `existing` lost its setuid bit
     assert planted(workdir)["plain"] == ["uid=0"]  # the owner's, as the bind promises
 
 
@@ -87,17 +91,22 @@ def test_twin_without_seccomp_plants_host_root_setuid_files(tools: Tools, workdi
     assert got.get("node") == ["uid=0", "setuid"], got
 
 
+def test_setfcap_is_refused_with_a_writable_bind_or_root(workdir: Path) -> None:
+    for opts in ({"bind": [f"{workdir}:/work"]}, {"rootfs": str(workdir), "rw_root": True}):
+        with pytest.raises(isol8r.SpecError, match="CAP_SETFCAP"):
+            isol8r.Spec.from_options(["/probe"], {**opts, "user": "0", "cap": ["setfcap"]})
+    isol8r.Spec.from_options(["/probe"], {"ro_bind": [f"{workdir}:/work"], "cap": ["setfcap"]})
+
+
 def test_twin_with_setfcap_plants_a_host_capability(tools: Tools, workdir: Path) -> None:
     """Twin: jail root keeping CAP_SETFCAP with the bind, which Spec validation refuses; the
-    check is bypassed here to show what it prevents: a host-root file with cap_net_raw=ep."""
-    with pytest.raises(isol8r.SpecError, match="CAP_SETFCAP"):
-        isol8r.Spec.from_options(["/probe"], {"bind": [f"{workdir}:/work"], "user": "0",
-                                              "cap": ["CAP_SETFCAP"]})
+    check is bypassed here to show what it prevents: a host-root file with cap_net_raw=ep.
+    (Even CAP_FSETID would not keep `existing`'s bit on a write: only host root's does.)"""
     options = {"bind": [f"{workdir}:/work"], "ro_bind": [f"{tools.probe}:/probe"], "user": "0",
                "id_base": ID_BASE, "time_limit": 30}
     note_policy(options)
     spec = isol8r.Spec.from_options(["/probe", "--twin=jail-root", "setid", "/work"], options)
-    object.__setattr__(spec, "caps", ("CAP_SETFCAP",))  # protection off
+    object.__setattr__(spec, "caps", ("CAP_SETFCAP", "CAP_FSETID"))  # protection off
     r = parse(isol8r.run(spec, capture_output=True))
-    assert r.ok("fsetxattr_caps"), r
-    assert exposed(workdir).get("capfile") == ["uid=0", "capability"], planted(workdir)
+    assert r.ok("fsetxattr_caps") and r.ok("write_existing"), r
+    assert exposed(workdir) == {"capfile": ["uid=0", "capability"]}, planted(workdir)
