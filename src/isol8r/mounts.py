@@ -181,6 +181,120 @@ class File(Op):
 
 
 @dataclass
+class MakeLink(Op):
+    """--symlink: a symlink in the jail's tree, its parents made as needed; one already there
+    with the same target is fine (as in bwrap)."""
+
+    target: str
+    dst: str
+
+    def execute(self) -> None:
+        parent = chase(NEW, os.path.dirname(self.dst))
+        _mkdirs(parent)
+        path = parent + "/" + os.path.basename(self.dst)
+        try:
+            os.symlink(self.target, path)
+        except FileExistsError:
+            if not os.path.islink(path) or os.readlink(path) != self.target:
+                raise linux.SyscallError(errno.EEXIST, "symlink", self.dst) from None
+
+    def describe(self) -> str:
+        return f"symlink {self.dst} -> {self.target}"
+
+
+@dataclass
+class MakeDir(Op):
+    """--dir: a directory and its parents; the mode is set only on a directory made here, so an
+    existing one (a bind of a host directory) is never changed."""
+
+    dst: str
+    mode: int = 0o755
+
+    def execute(self) -> None:
+        path = chase(NEW, self.dst)
+        if os.path.isdir(path):
+            return
+        _mkdirs(os.path.dirname(path))
+        try:
+            os.mkdir(path, self.mode)
+            os.chmod(path, self.mode)  # past the umask
+        except OSError as e:
+            raise linux.SyscallError(e.errno or errno.EIO, "mkdir", self.dst) from None
+
+    def describe(self) -> str:
+        return f"dir {self.dst} ({self.mode:04o})"
+
+
+@dataclass
+class CopyFile(Op):
+    """--file: a copy of a host file, read by the supervisor when it planned the jail (so a file
+    only the caller can read still copies); the jail writing it never reaches the source."""
+
+    src: str
+    dst: str
+    content: bytes
+    mode: int
+
+    def execute(self) -> None:
+        path = chase(NEW, self.dst)
+        _mkdirs(os.path.dirname(path))
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     self.mode)
+        try:
+            os.fchmod(fd, self.mode)
+            view = memoryview(self.content)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def describe(self) -> str:
+        return f"file {self.src} -> {self.dst}"
+
+
+@dataclass
+class Chmod(Op):
+    """--chmod: run after every other op, so it applies to what they made."""
+
+    dst: str
+    mode: int
+
+    def execute(self) -> None:
+        os.chmod(chase(NEW, self.dst), self.mode)
+
+    def describe(self) -> str:
+        return f"chmod {self.mode:04o} {self.dst}"
+
+
+def data_ops(data: tuple[tuple[str, str, str | None, int | None], ...]) -> list[Op]:
+    """Parent side: bwrap's data flags (kind, dst, src, mode) as ops; --file's source is read
+    here, and its copy is 0644 (0755 if the source is executable; --chmod changes it)."""
+    ops: list[Op] = []
+    for kind, dst, src, mode in data:
+        if kind == "symlink":
+            assert src is not None
+            ops.append(MakeLink(src, dst))
+        elif kind == "dir":
+            ops.append(MakeDir(dst, 0o755 if mode is None else mode))
+        elif kind == "file":
+            assert src is not None
+            try:
+                with open(src, "rb") as f:
+                    content = f.read()
+                    bits = 0o755 if os.fstat(f.fileno()).st_mode & 0o111 else 0o644
+            except OSError as e:
+                raise linux.SyscallError(e.errno or errno.EIO, "read --file source", src) from None
+            ops.append(CopyFile(src, dst, content, bits))
+        elif kind == "chmod":
+            ops.append(Chmod(dst, 0o755 if mode is None else mode))
+    return ops
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+@dataclass
 class ProcReadOnly(Op):
     """Bind a path of the jail's /proc onto itself, read-only (skipped where it does not exist)."""
 
@@ -308,8 +422,10 @@ def etc_files(uid: int, gid: int, hostname: str, share_net: bool) -> list[File]:
 def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str | None,
          user_mounts: tuple[tuple[str, str, str | None, int | None], ...],
          uid: int, gid: int, hostname: str, new_net: bool, tmp_size: int,
-         new_pid: bool = True) -> MountPlan:
-    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size)."""
+         new_pid: bool = True,
+         data: tuple[tuple[str, str, str | None, int | None], ...] = ()) -> MountPlan:
+    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size);
+    data: bwrap's data flags (kind, dst, src, mode), made after the mounts of their depth."""
     ops: list[Op] = []
     final: list[Op] = []
     if rootfs is not None and overlay:
@@ -354,6 +470,17 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
             assert src is not None
             # open_tree needs CAP_SYS_ADMIN: without root the child binds from /oldroot
             ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), by_supervisor=os.geteuid() == 0))
+    made = data_ops(data)
+    chmods = [op for op in made if isinstance(op, Chmod)]
+    ops.extend(op for op in made if not isinstance(op, Chmod))
+    final[:0] = chmods
+    mounted = [op.dst for op in ops[1:] if isinstance(op, (Tmpfs, Bind, Special))]
+    if rootfs is not None and not rw_root and not overlay and \
+            any(not any(_under(op.dst, m) for m in mounted) for op in made):
+        # the read-only root has no room for them: a throw-away layer over it, read-only again
+        # once they are made
+        ops[0] = Overlay(rootfs, None)
+        final.append(ReadOnly("/"))
     root, rest = ops[0], ops[1:]
     rest.sort(key=lambda op: op.dst.rstrip("/").count("/"))
     idmap = rootfs
