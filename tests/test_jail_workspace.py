@@ -8,11 +8,12 @@ Each is checked from inside a real jail and on the host's disk afterwards.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import cli, needs_root, py, sh
+from conftest import cli, jail, needs_root, sh
 from isol8r import rootfs
 
 pytestmark = needs_root
@@ -149,3 +150,18 @@ def test_rw_root_as_jail_root_is_writable_everywhere(mkroot_root: Path) -> None:
 def test_read_only_root_stays_read_only(mkroot_root: Path) -> None:
     r = sh(WRITE, rootfs=str(mkroot_root), user="0")
     assert r.stdout.split() == [b"r", b"r", b"r"], r
+
+
+def test_rw_root_chowned_for_the_jail_is_not_idmapped(open_dir: Path) -> None:
+    """The old way to prepare a writable root (chown it to the jail user's host id) still works:
+    such a tree is the jail's already and is bound as it is."""
+    root = open_dir / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    shutil.copy2("/bin/busybox", root / "usr/bin/busybox")
+    (root / "usr/bin/sh").symlink_to("busybox")
+    host_nobody = 1_600_000_000 + 65534
+    os.chown(root, host_nobody, host_nobody)
+    r = jail("/usr/bin/busybox", "sh", "-c", "busybox touch /made && echo w", rootfs=str(root),
+             rw_root=True)
+    assert r.stdout == b"w\n", r
+    assert (root / "made").lstat().st_uid == host_nobody

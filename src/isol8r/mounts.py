@@ -540,17 +540,21 @@ def host_trees(p: MountPlan, owner_ns: Callable[[int, int], int] | None = None,
     return fds
 
 
-def root_tree(p: MountPlan, userns_fd: int) -> int:
+def root_tree(p: MountPlan, userns_fd: int, host_range: range | None = None) -> int:
     """Supervisor side: a detached copy of the prepared root, opened with the caller's access (so
     a root below a directory the jail's ids cannot cross still works); read-only and idmapped
     where the plan allows and the filesystem can, else a plain tree; -1 without a prepared root.
     A --rw-root is idmapped too (writable): its on-disk ids 0..65535 are the jail's own, so the
-    jail user writes what it owns in the tree and jail root writes everywhere."""
+    jail user writes what it owns in the tree and jail root writes everywhere; unless its top
+    directory belongs to the jail's host ids (host_range): a tree chowned for the jail already."""
     if p.root_src is None:
         return -1
     fd = linux.open_tree(p.root_src)
     root = p.ops[0]
     writable = isinstance(root, RootBind) and not root.readonly
+    if writable and host_range is not None and os.fstat(fd).st_uid in host_range:
+        linux.set_tree_attrs(fd, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV)
+        return fd
     if p.idmap_root is not None and userns_fd >= 0:
         try:
             linux.idmap_tree(fd, userns_fd, (0 if writable else linux.MOUNT_ATTR_RDONLY)

@@ -240,8 +240,10 @@ def _root_tree(pid: int, plan: pipeline.Plan) -> int:
     userns_fd = -1
     if plan.ids is not None and plan.ids.can_become_root:
         userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    base = plan.ids.uid_base if plan.ids is not None else None
     try:
-        return mounts.root_tree(plan.mounts, userns_fd)
+        return mounts.root_tree(plan.mounts, userns_fd,
+                                range(base, base + ID_RANGE) if base is not None else None)
     finally:
         if userns_fd >= 0:
             os.close(userns_fd)
