@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,17 @@ def test_rw_root_chowned_for_the_jail_is_not_idmapped(open_dir: Path) -> None:
              rw_root=True)
     assert r.stdout == b"w\n", r
     assert (root / "made").lstat().st_uid == host_nobody
+
+
+def test_a_file_system_that_cannot_idmap_says_so(open_dir: Path) -> None:
+    """ramfs has no idmapped mounts: the plain bind serves, as before, and a note says why the
+    jail user cannot write a directory of root there."""
+    mnt = open_dir / "ramfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "-o", "mode=0755", "isol8r-test", str(mnt)], check=True)
+    try:
+        r = sh("echo x > /w/f || echo refused", bind=[f"{mnt}:/w"])
+        assert r.stdout.endswith(b"refused\n"), r
+        assert any("not idmapped" in n and str(mnt) in n for n in r.notes), r.notes
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
