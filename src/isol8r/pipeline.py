@@ -136,8 +136,9 @@ def prepare(spec: Spec, verbose: bool = False, bpf: bytes | None = None) -> Plan
 def shape(spec: Spec) -> tuple[object, ...]:
     """The Spec fields prepare() reads: jails of one shape are interchangeable until activated."""
     return (tuple(sorted(spec.namespaces)), spec.rootfs, spec.rw_root, spec.overlay,
-            spec.overlay_dir, spec.mounts, spec.data, spec.hostname, spec.uid, spec.gid, spec.id_base,
-            spec.unsafe_map_host_root, spec.caps, spec.init, spec.tmp_size, default_policy(spec))
+            spec.overlay_dir, spec.mounts, spec.hostname, spec.uid, spec.gid, spec.id_base,
+            spec.unsafe_map_host_root, spec.caps, spec.init, spec.tmp_size, default_policy(spec),
+            spec.data)
 
 
 def request(spec: Spec, targets: list[int], derived_rlimits: dict[str, tuple[int, int]] | None,

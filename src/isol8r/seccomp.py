@@ -370,18 +370,19 @@ MODE_CALLS: dict[str, tuple[int, int | None]] = {
 
 
 def _setid_guard(mode: int, flags: int | None) -> _Guard:
-    creates = (O_CREAT, O_TMPFILE_BIT) if flags is not None else (None,)
-    deny = tuple((*((Condition(flags, "masked_eq", f, f),) if f is not None and flags is not None
-                    else ()), Condition(mode, "masked_eq", bit, bit))
-                 for f in creates for bit in (S_ISUID, S_ISGID))
-    allow = _masked(mode, S_ISUID | S_ISGID, 0)
-    if flags is not None:
-        return _Guard(f"when arg{mode} (the mode) has S_ISUID or S_ISGID and arg{flags} has "
-                      "O_CREAT or O_TMPFILE", deny,
-                      f"unless arg{mode} has S_ISUID or S_ISGID and arg{flags} creates",
-                      (allow, _masked(flags, O_CREAT | O_TMPFILE_BIT, 0)))
-    return _Guard(f"when arg{mode} (the mode) has S_ISUID or S_ISGID", deny,
-                  f"unless arg{mode} (the mode) has S_ISUID or S_ISGID", (allow,))
+    """Deny a set-id bit in argument `mode`; with `flags`, only when the call creates a file."""
+    bits = [Condition(mode, "masked_eq", b, b) for b in (S_ISUID, S_ISGID)]
+    no_bits = _masked(mode, S_ISUID | S_ISGID, 0)
+    if flags is None:
+        return _Guard(f"when arg{mode} (the mode) has S_ISUID or S_ISGID",
+                      tuple((c,) for c in bits),
+                      f"unless arg{mode} (the mode) has S_ISUID or S_ISGID", (no_bits,))
+    return _Guard(f"when arg{mode} (the mode) has S_ISUID or S_ISGID and arg{flags} has "
+                  "O_CREAT or O_TMPFILE",
+                  tuple((Condition(flags, "masked_eq", f, f), c)
+                        for f in (O_CREAT, O_TMPFILE_BIT) for c in bits),
+                  f"unless arg{mode} has S_ISUID or S_ISGID and arg{flags} creates",
+                  (no_bits, _masked(flags, O_CREAT | O_TMPFILE_BIT, 0)))
 
 
 GUARDS: dict[str, _Guard] = {

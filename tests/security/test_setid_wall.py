@@ -110,3 +110,28 @@ def test_twin_with_setfcap_plants_a_host_capability(tools: Tools, workdir: Path)
     r = parse(isol8r.run(spec, capture_output=True))
     assert r.ok("fsetxattr_caps") and r.ok("write_existing"), r
     assert exposed(workdir) == {"capfile": ["uid=0", "capability"]}, planted(workdir)
+
+
+SETID_IN_TMP = """
+import errno, os
+for mode in (0o4755, 0o2755, 0o755):
+    try:
+        os.close(os.open(f"/tmp/f{mode:o}", os.O_CREAT | os.O_WRONLY, 0o644))
+        os.chmod(f"/tmp/f{mode:o}", mode)
+        print("ok")
+    except OSError as e:
+        print(errno.errorcode[e.errno])
+"""
+
+
+def test_an_allow_list_through_a_group_keeps_the_wall() -> None:
+    """--seccomp-allow @system-service (which holds chmod) keeps the guard; naming chmod directly
+    is the twin: it allows the call whole."""
+    note_policy({"seccomp_allow": ["@system-service"]})
+    r = isol8r.run(["python3", "-c", SETID_IN_TMP], capture_output=True,
+                   seccomp_allow=["@system-service"])
+    assert r.stdout.split() == [b"EPERM", b"EPERM", b"ok"], r
+    note_policy({"seccomp_allow": ["@system-service,chmod"]})
+    r = isol8r.run(["python3", "-c", SETID_IN_TMP], capture_output=True,
+                   seccomp_allow=["@system-service,chmod"])
+    assert r.stdout.split() == [b"ok", b"ok", b"ok"], r
