@@ -180,3 +180,17 @@ def test_a_file_system_that_cannot_idmap_says_so(open_dir: Path) -> None:
         assert any("not idmapped" in n and str(mnt) in n for n in r.notes), r.notes
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_owner_namespaces_are_kept_per_mapping() -> None:
+    """A user namespace costs a clone: one per mapping is kept (at most 16), and reused."""
+    from isol8r import userns
+    first = userns.owner_ns(OWNER, OWNER, 1_600_065_534, 1_600_065_534)
+    assert userns.owner_ns(OWNER, OWNER, 1_600_065_534, 1_600_065_534) == first
+    assert os.readlink(f"/proc/self/fd/{first}").startswith("user:[")
+    for i in range(20):
+        userns.owner_ns(OWNER + 1 + i, OWNER, 1_600_065_534, 1_600_065_534)
+    held = [f for f in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{f}")
+            and os.readlink(f"/proc/self/fd/{f}").startswith("user:[")]
+    assert len(held) <= 16

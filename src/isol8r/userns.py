@@ -88,21 +88,25 @@ def owner_ns(disk_uid: int, disk_gid: int, host_uid: int, host_gid: int) -> int:
     key = (disk_uid, disk_gid, host_uid, host_gid)
     hit = _OWNER_NS.get(key)
     if hit is not None:
-        fd, dev, ino = hit
-        try:
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) == (dev, ino):
-                return fd
-        except OSError:
-            pass
+        if _still_ours(*hit):
+            return hit[0]
         del _OWNER_NS[key]  # the number was reused (a CLI worker's dup2): not ours to close
     if len(_OWNER_NS) >= _OWNER_NS_MAX:
-        old = next(iter(_OWNER_NS))
-        os.close(_OWNER_NS.pop(old)[0])
+        oldest = _OWNER_NS.pop(next(iter(_OWNER_NS)))
+        if _still_ours(*oldest):
+            os.close(oldest[0])
     fd = _new_ns(f"{disk_uid} {host_uid} 1\n".encode(), f"{disk_gid} {host_gid} 1\n".encode())
     st = os.fstat(fd)
     _OWNER_NS[key] = (fd, st.st_dev, st.st_ino)
     return fd
+
+
+def _still_ours(fd: int, dev: int, ino: int) -> bool:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
 
 
 def _new_ns(uid_lines: bytes, gid_lines: bytes) -> int:
