@@ -1,6 +1,6 @@
 """Issue 13 item 11, bwrap's data flags: --symlink TARGET:DST, --dir DST[:MODE], --file SRC:DST
 (a copy) and --chmod MODE:DST, from the CLI, the library and a TOML profile, checked from inside
-a real jail; none of them writes to the host's tree."""
+a real jail; none of them writes to the host's tree unless it is bound writable."""
 
 from __future__ import annotations
 

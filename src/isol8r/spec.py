@@ -384,7 +384,7 @@ OPTIONS: dict[str, Option] = {
     "ro-bind": Option("list", "bind-mount SRC read-only (recursively) at DST", _bind("ro-bind"),
                       "SRC[:DST]"),
     "tmpfs": Option("list", "mount a fresh tmpfs at DST (default size 64M)", _tmpfs, "DST[:SIZE]"),
-    # bwrap's data flags: made in the jail's tree, never written to the host's (docs/design.md)
+    # bwrap's data flags, made in the jail's tree (docs/design.md)
     "symlink": Option("list", "make a symlink at DST pointing to TARGET", _data("symlink"),
                       "TARGET:DST"),
     "dir": Option("list", "make a directory at DST (default mode 0755)", _data("dir"),
