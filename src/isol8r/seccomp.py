@@ -790,6 +790,28 @@ def resolve_policy(seccomp: str = "default", profile: str | None = None,
     return Policy(source, default, table.rules(), arches, KILL_PROCESS, tuple(absent), enabled)
 
 
+def setid_gaps(policy: Policy) -> tuple[str, ...]:
+    """The mode calls (MODE_CALLS) this policy lets through with a set-id mode: the gaps in the
+    set-id wall of writable binds, which the caller is told of (docs/security.md)."""
+    present = [n for n in MODE_CALLS if _on_arch(n, _NATIVE_NAME)]
+    if not policy.enabled:
+        return tuple(present)
+    passes = (ALLOW, LOG)
+    gaps = []
+    for name in present:
+        rules = [r for r in policy.rules if name in r.names]
+        whole = [r for r in rules if not r.conditions]
+        if whole:
+            ok = whole[0].action not in passes
+        elif policy.default in passes:
+            ok = set(GUARDS[name].deny) <= {r.conditions for r in rules if r.action not in passes}
+        else:
+            ok = all(r.conditions in GUARDS[name].allow for r in rules if r.action in passes)
+        if not ok:
+            gaps.append(name)
+    return tuple(gaps)
+
+
 # ---- compiling --------------------------------------------------------------------------------
 
 

@@ -123,8 +123,25 @@ def lease(spec: Spec, verbose: bool = False,
                 cg.remove()
             raise
     jail.notes.extend(notes)
+    jail.notes.extend(_setid_wall_notes(spec))
     jail.limits.update(_limits_applied(spec, derived, cg))
     return jail, derived
+
+
+def _setid_wall_notes(spec: Spec) -> list[str]:
+    """A note when a writable bind or root meets a seccomp policy that lets set-id modes through
+    (--seccomp none, a profile, chmod named in an allow-list): that wall is off, and says so."""
+    if not (spec.rw_root or any(m.kind == "bind" for m in spec.mounts)) or \
+            pipeline.default_policy(spec):
+        return []
+    from . import seccomp
+    gaps = seccomp.setid_gaps(seccomp.resolve_policy(
+        spec.seccomp, spec.seccomp_profile, spec.seccomp_allow, spec.seccomp_deny,
+        spec.seccomp_log))
+    if not gaps:
+        return []
+    return [f"the seccomp policy lets set-id modes through {', '.join(gaps)}: the jail can leave "
+            "set-id files in its writable bind or root (docs/security.md)"]
 
 
 def _check_root(root: str) -> None:

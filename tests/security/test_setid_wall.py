@@ -135,3 +135,21 @@ def test_an_allow_list_through_a_group_keeps_the_wall() -> None:
     r = isol8r.run(["python3", "-c", SETID_IN_TMP], capture_output=True,
                    seccomp_allow=["@system-service,chmod"])
     assert r.stdout.split() == [b"ok", b"ok", b"ok"], r
+
+
+@pytest.mark.parametrize("policy,gap", [
+    ({}, False),
+    ({"seccomp_deny": ["bpf"]}, False),
+    ({"seccomp_allow": ["@system-service"]}, False),
+    ({"seccomp": "none"}, True),
+    ({"seccomp_allow": ["@system-service,chmod"]}, True),
+    ({"seccomp_log": True}, True),
+])
+def test_a_policy_without_the_wall_is_reported(workdir: Path, policy: dict, gap: bool) -> None:
+    """A wall that is off is said, never silently skipped: the Result's notes name the calls."""
+    note_policy(policy)
+    r = isol8r.run(["/bin/true"], bind=[f"{workdir}:/work"], **policy)
+    said = [n for n in r.notes if "set-id" in n]
+    assert bool(said) == gap, r.notes
+    if gap:
+        assert "chmod" in said[0], said
