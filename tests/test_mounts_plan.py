@@ -48,3 +48,10 @@ def test_default_policy_guards_every_mode_call() -> None:
     guarded = {n for r in pol.rules if r.conditions for n in r.names}
     assert set(seccomp.MODE_CALLS) - set(pol.skipped) <= guarded
     assert any("openat2" in r.names and r.action == seccomp.ENOSYS for r in pol.rules)
+
+
+def test_an_unreadable_file_source_is_bad_input(tmp_path: Path) -> None:
+    import pytest
+    from isol8r.errors import SpecError
+    with pytest.raises(SpecError, match="--file"):
+        plan(None, (("file", "/etc/f", str(tmp_path / "gone"), None),))

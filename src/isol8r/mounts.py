@@ -16,6 +16,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
+from .errors import SpecError
 from .paths import chase
 from .sys import linux
 
@@ -283,7 +284,7 @@ def data_ops(data: tuple[tuple[str, str, str | None, int | None], ...]) -> list[
                     content = f.read()
                     bits = 0o755 if os.fstat(f.fileno()).st_mode & 0o111 else 0o644
             except OSError as e:
-                raise linux.SyscallError(e.errno or errno.EIO, "read --file source", src) from None
+                raise SpecError("--file", src, f"cannot read: {e.strerror}") from None
             ops.append(CopyFile(src, dst, content, bits))
         elif kind == "chmod":
             ops.append(Chmod(dst, 0o755 if mode is None else mode))
