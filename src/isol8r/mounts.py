@@ -14,7 +14,9 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from typing import Callable
 
+from .errors import SpecError
 from .paths import chase
 from .sys import linux
 
@@ -180,6 +182,120 @@ class File(Op):
 
 
 @dataclass
+class MakeLink(Op):
+    """--symlink: a symlink in the jail's tree, its parents made as needed; one already there
+    with the same target is fine (as in bwrap)."""
+
+    target: str
+    dst: str
+
+    def execute(self) -> None:
+        parent = chase(NEW, os.path.dirname(self.dst))
+        _mkdirs(parent)
+        path = parent + "/" + os.path.basename(self.dst)
+        try:
+            os.symlink(self.target, path)
+        except FileExistsError:
+            if not os.path.islink(path) or os.readlink(path) != self.target:
+                raise linux.SyscallError(errno.EEXIST, "symlink", self.dst) from None
+
+    def describe(self) -> str:
+        return f"symlink {self.dst} -> {self.target}"
+
+
+@dataclass
+class MakeDir(Op):
+    """--dir: a directory and its parents; the mode is set only on a directory made here, so an
+    existing one (a bind of a host directory) is never changed."""
+
+    dst: str
+    mode: int = 0o755
+
+    def execute(self) -> None:
+        path = chase(NEW, self.dst)
+        if os.path.isdir(path):
+            return
+        _mkdirs(os.path.dirname(path))
+        try:
+            os.mkdir(path, self.mode)
+            os.chmod(path, self.mode)  # past the umask
+        except OSError as e:
+            raise linux.SyscallError(e.errno or errno.EIO, "mkdir", self.dst) from None
+
+    def describe(self) -> str:
+        return f"dir {self.dst} ({self.mode:04o})"
+
+
+@dataclass
+class CopyFile(Op):
+    """--file: a copy of a host file, read by the supervisor when it planned the jail (so a file
+    only the caller can read still copies); the jail writing it never reaches the source."""
+
+    src: str
+    dst: str
+    content: bytes
+    mode: int
+
+    def execute(self) -> None:
+        path = chase(NEW, self.dst)
+        _mkdirs(os.path.dirname(path))
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     self.mode)
+        try:
+            os.fchmod(fd, self.mode)
+            view = memoryview(self.content)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def describe(self) -> str:
+        return f"file {self.src} -> {self.dst}"
+
+
+@dataclass
+class Chmod(Op):
+    """--chmod: run after every other op, so it applies to what they made."""
+
+    dst: str
+    mode: int
+
+    def execute(self) -> None:
+        os.chmod(chase(NEW, self.dst), self.mode)
+
+    def describe(self) -> str:
+        return f"chmod {self.mode:04o} {self.dst}"
+
+
+def data_ops(data: tuple[tuple[str, str, str | None, int | None], ...]) -> list[Op]:
+    """Parent side: bwrap's data flags (kind, dst, src, mode) as ops; --file's source is read
+    here, and its copy is 0644 (0755 if the source is executable; --chmod changes it)."""
+    ops: list[Op] = []
+    for kind, dst, src, mode in data:
+        if kind == "symlink":
+            assert src is not None
+            ops.append(MakeLink(src, dst))
+        elif kind == "dir":
+            ops.append(MakeDir(dst, 0o755 if mode is None else mode))
+        elif kind == "file":
+            assert src is not None
+            try:
+                with open(src, "rb") as f:
+                    content = f.read()
+                    bits = 0o755 if os.fstat(f.fileno()).st_mode & 0o111 else 0o644
+            except OSError as e:
+                raise SpecError("--file", src, f"cannot read: {e.strerror}") from None
+            ops.append(CopyFile(src, dst, content, bits))
+        elif kind == "chmod":
+            ops.append(Chmod(dst, 0o755 if mode is None else mode))
+    return ops
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+@dataclass
 class ProcReadOnly(Op):
     """Bind a path of the jail's /proc onto itself, read-only (skipped where it does not exist)."""
 
@@ -209,10 +325,10 @@ class ReadOnly(Op):
 class RootBind(Op):
     """A prepared root: bind it, recursively read-only unless asked otherwise, nosuid,nodev.
 
-    A read-only root arrives from the supervisor as an idmapped tree (tree_fd) when it can make
-    one: the tree's on-disk ids 0..65535 then read as the same ids inside, so a root built by
-    mkroot for uid 65534 is the jail user's. A writable root is never idmapped: jail root would
-    write host-root-owned files.
+    The root arrives from the supervisor as an idmapped tree (tree_fd) when it can make one: the
+    tree's on-disk ids 0..65535 then read as the same ids inside, so a root built by mkroot for
+    uid 65534 is the jail user's. A writable root is idmapped too: what jail root writes there is
+    owned by host root on disk, which the set-id wall (seccomp, docs/security.md) makes safe.
     """
 
     src: str
@@ -274,7 +390,7 @@ class MountPlan:
 
     ops: tuple[Op, ...]
     final: tuple[Op, ...]
-    idmap_root: str | None = None  # a read-only prepared root the supervisor should idmap
+    idmap_root: str | None = None  # a prepared root the supervisor should idmap
     root_src: str | None = None  # a prepared root the supervisor opens for the child
 
 
@@ -307,8 +423,10 @@ def etc_files(uid: int, gid: int, hostname: str, share_net: bool) -> list[File]:
 def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str | None,
          user_mounts: tuple[tuple[str, str, str | None, int | None], ...],
          uid: int, gid: int, hostname: str, new_net: bool, tmp_size: int,
-         new_pid: bool = True) -> MountPlan:
-    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size)."""
+         new_pid: bool = True,
+         data: tuple[tuple[str, str, str | None, int | None], ...] = ()) -> MountPlan:
+    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size);
+    data: bwrap's data flags (kind, dst, src, mode), made after the mounts of their depth."""
     ops: list[Op] = []
     final: list[Op] = []
     if rootfs is not None and overlay:
@@ -353,9 +471,20 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
             assert src is not None
             # open_tree needs CAP_SYS_ADMIN: without root the child binds from /oldroot
             ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), by_supervisor=os.geteuid() == 0))
+    made = data_ops(data)
+    chmods = [op for op in made if isinstance(op, Chmod)]
+    ops.extend(op for op in made if not isinstance(op, Chmod))
+    final[:0] = chmods
+    mounted = [op.dst for op in ops[1:] if isinstance(op, (Tmpfs, Bind, Special))]
+    if rootfs is not None and not rw_root and not overlay and \
+            any(not any(_under(op.dst, m) for m in mounted) for op in made):
+        # the read-only root has no room for them: a throw-away layer over it, read-only again
+        # once they are made
+        ops[0] = Overlay(rootfs, None)
+        final.append(ReadOnly("/"))
     root, rest = ops[0], ops[1:]
     rest.sort(key=lambda op: op.dst.rstrip("/").count("/"))
-    idmap = rootfs if rootfs is not None and (overlay or not rw_root) else None
+    idmap = rootfs
     return MountPlan((root, *rest), tuple(final), idmap, rootfs)
 
 
@@ -378,15 +507,32 @@ def prepare_overlay_dir(path: str, owner: int | None) -> None:
             os.chown(full, owner, owner, follow_symlinks=False)
 
 
-def host_trees(p: MountPlan) -> list[int]:
+def host_trees(p: MountPlan, owner_ns: Callable[[int, int], int] | None = None,
+               notes: list[str] | None = None) -> list[int]:
     """Supervisor side: detached trees of the user's bind sources, opened with the caller's
-    access and already nosuid,nodev[,ro]; sent to the child in plan order."""
+    access and already nosuid,nodev[,ro]; sent to the child in plan order.
+
+    A writable bind is idmapped when owner_ns is given: owner_ns(uid, gid) is a user namespace
+    mapping the source's owner onto the jail user's host ids, so the jail user may write where
+    the owner may and what it writes is the owner's (docs/design.md). On a filesystem that cannot
+    idmap, the plain tree serves (writable only where the jail's own host ids may write) and a
+    note says so.
+    """
     fds: list[int] = []
     try:
         for op in p.ops:
             if isinstance(op, Bind) and op.by_supervisor:
                 fd = linux.open_tree(op.src)
                 fds.append(fd)
+                if not op.readonly and owner_ns is not None:
+                    st = os.fstat(fd)
+                    try:
+                        linux.idmap_tree(fd, owner_ns(st.st_uid, st.st_gid), op.attrs())
+                        continue
+                    except OSError as e:
+                        if notes is not None:
+                            notes.append(f"--bind {op.src}: not idmapped ({e.strerror}): the jail "
+                                         "writes there only where its own host ids may")
                 linux.set_tree_attrs(fd, op.attrs())
     except OSError:
         for fd in fds:
@@ -395,17 +541,25 @@ def host_trees(p: MountPlan) -> list[int]:
     return fds
 
 
-def root_tree(p: MountPlan, userns_fd: int) -> int:
+def root_tree(p: MountPlan, userns_fd: int, host_range: range | None = None) -> int:
     """Supervisor side: a detached copy of the prepared root, opened with the caller's access (so
     a root below a directory the jail's ids cannot cross still works); read-only and idmapped
-    where the plan allows and the filesystem can, else a plain tree; -1 without a prepared root."""
+    where the plan allows and the filesystem can, else a plain tree; -1 without a prepared root.
+    A --rw-root is idmapped too (writable): its on-disk ids 0..65535 are the jail's own, so the
+    jail user writes what it owns in the tree and jail root writes everywhere; unless its top
+    directory belongs to the jail's host ids (host_range): a tree chowned for the jail already."""
     if p.root_src is None:
         return -1
     fd = linux.open_tree(p.root_src)
+    root = p.ops[0]
+    writable = isinstance(root, RootBind) and not root.readonly
+    if writable and host_range is not None and os.fstat(fd).st_uid in host_range:
+        linux.set_tree_attrs(fd, linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV)
+        return fd
     if p.idmap_root is not None and userns_fd >= 0:
         try:
-            linux.idmap_tree(fd, userns_fd, linux.MOUNT_ATTR_RDONLY | linux.MOUNT_ATTR_NOSUID
-                             | linux.MOUNT_ATTR_NODEV)
+            linux.idmap_tree(fd, userns_fd, (0 if writable else linux.MOUNT_ATTR_RDONLY)
+                             | linux.MOUNT_ATTR_NOSUID | linux.MOUNT_ATTR_NODEV)
         except OSError:
             pass  # e.g. a filesystem without idmapped-mount support: the plain tree serves
     return fd

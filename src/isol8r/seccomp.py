@@ -357,6 +357,34 @@ def _masked(index: int, mask: int, result: int) -> tuple[Condition, ...]:
 
 
 _ALL_NS = sum(CLONE_NS_FLAGS.values())
+S_ISUID, S_ISGID = 0o4000, 0o2000
+O_CREAT, O_TMPFILE_BIT = 0o100, 0o20000000  # the same on x86_64 and aarch64
+#: The calls that set a file's mode, and (mode argument, flags argument or None: always sets it).
+#: Through a writable bind a file the jail makes belongs to a host id (docs/design.md), so a
+#: set-id bit there would be a set-id file of that host id: the default policy refuses the bits
+#: (EPERM) wherever the call names them. openat2, whose mode sits in a struct, gets ENOSYS.
+MODE_CALLS: dict[str, tuple[int, int | None]] = {
+    "chmod": (1, None), "fchmod": (1, None), "fchmodat": (2, None), "fchmodat2": (2, None),
+    "creat": (1, None), "open": (2, 1), "openat": (3, 2), "mkdir": (1, None),
+    "mkdirat": (2, None), "mknod": (1, None), "mknodat": (2, None)}
+
+
+def _setid_guard(mode: int, flags: int | None) -> _Guard:
+    """Deny a set-id bit in argument `mode`; with `flags`, only when the call creates a file."""
+    bits = [Condition(mode, "masked_eq", b, b) for b in (S_ISUID, S_ISGID)]
+    no_bits = _masked(mode, S_ISUID | S_ISGID, 0)
+    if flags is None:
+        return _Guard(f"when arg{mode} (the mode) has S_ISUID or S_ISGID",
+                      tuple((c,) for c in bits),
+                      f"unless arg{mode} (the mode) has S_ISUID or S_ISGID", (no_bits,))
+    return _Guard(f"when arg{mode} (the mode) has S_ISUID or S_ISGID and arg{flags} has "
+                  "O_CREAT or O_TMPFILE",
+                  tuple((Condition(flags, "masked_eq", f, f), c)
+                        for f in (O_CREAT, O_TMPFILE_BIT) for c in bits),
+                  f"unless arg{mode} has S_ISUID or S_ISGID and arg{flags} creates",
+                  (no_bits, _masked(flags, O_CREAT | O_TMPFILE_BIT, 0)))
+
+
 GUARDS: dict[str, _Guard] = {
     "clone": _Guard(
         "when arg0 has a CLONE_NEW* flag",
@@ -374,6 +402,7 @@ GUARDS: dict[str, _Guard] = {
          + tuple(_masked(0, m, r) for m, r in _cubes_outside(PERSONALITY_OK, 32))),
         "when arg0 is " + ", ".join(f"{v:#x}" for v in PERSONALITY_OK),
         tuple((Condition(0, "eq", v),) for v in PERSONALITY_OK)),
+    **{name: _setid_guard(*where) for name, where in MODE_CALLS.items()},
 }
 
 # ---- the default policy -----------------------------------------------------------------------
@@ -759,6 +788,28 @@ def resolve_policy(seccomp: str = "default", profile: str | None = None,
         source += " (log only)"
     enabled = bool(profile or allow or deny or seccomp == "default")
     return Policy(source, default, table.rules(), arches, KILL_PROCESS, tuple(absent), enabled)
+
+
+def setid_gaps(policy: Policy) -> tuple[str, ...]:
+    """The mode calls (MODE_CALLS) this policy lets through with a set-id mode: the gaps in the
+    set-id wall of writable binds, which the caller is told of (docs/security.md)."""
+    present = [n for n in MODE_CALLS if _on_arch(n, _NATIVE_NAME)]
+    if not policy.enabled:
+        return tuple(present)
+    passes = (ALLOW, LOG)
+    gaps = []
+    for name in present:
+        rules = [r for r in policy.rules if name in r.names]
+        whole = [r for r in rules if not r.conditions]
+        if whole:
+            ok = whole[0].action not in passes
+        elif policy.default in passes:
+            ok = set(GUARDS[name].deny) <= {r.conditions for r in rules if r.action not in passes}
+        else:
+            ok = all(r.conditions in GUARDS[name].allow for r in rules if r.action in passes)
+        if not ok:
+            gaps.append(name)
+    return tuple(gaps)
 
 
 # ---- compiling --------------------------------------------------------------------------------

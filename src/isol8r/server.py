@@ -192,8 +192,10 @@ class _Pool:
     @staticmethod
     def poolable(spec: Spec) -> bool:
         """Not --overlay-dir (two mounted overlays must not share an upper dir), not --rw-root (a
-        waiting jail would create mount points in a tree its owner may be changing)."""
-        return spec.overlay_dir is None and not spec.rw_root
+        waiting jail would create mount points in a tree its owner may be changing), not --file
+        (its copy is read when the jail is made: a waiting jail's could be stale)."""
+        return (spec.overlay_dir is None and not spec.rw_root
+                and not any(d.kind == "file" for d in spec.data))
 
     @staticmethod
     def key(spec: Spec) -> tuple[object, ...]:

@@ -45,6 +45,17 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class Data:
+    """bwrap's data flags: a symlink (src is its target), a directory, a copy of a host file
+    (src), or a mode change, made in the jail's tree; dst is the absolute path inside."""
+
+    kind: str
+    dst: str
+    src: str | None = None
+    mode: int | None = None
+
+
+@dataclass(frozen=True)
 class Spec:
     """What to run and how to jail it. Build with Spec.from_options or Spec(...); both validate."""
 
@@ -55,6 +66,7 @@ class Spec:
     overlay_dir: str | None = None
     allow_unsafe_root: bool = False
     mounts: tuple[Mount, ...] = ()
+    data: tuple[Data, ...] = ()
     namespaces: frozenset[str] = frozenset(NAMESPACES)
     hostname: str = "isol8r"
     uid: int = 65534
@@ -351,6 +363,46 @@ def _memory(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None
         raise SpecError(key, v, "below 1M no program can start")
 
 
+def _mode(key: str, text: str, whole: Any) -> int:
+    """An octal mode; set-id bits are refused (the set-id wall, docs/security.md)."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise SpecError(key, whole, "expected an octal mode such as 0755") from None
+    if not 0 <= mode <= 0o7777:
+        raise SpecError(key, whole, "a mode is 0 to 7777 (octal)")
+    if mode & 0o6000:
+        raise SpecError(key, whole, "set-id bits are not allowed")
+    return mode
+
+
+def _data(kind: str) -> Callable[..., None]:
+    """--symlink TARGET:DST, --dir DST[:MODE], --file SRC:DST, --chmod MODE:DST."""
+    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+        if not isinstance(v, str) or not v or "\0" in v:
+            raise SpecError(key, v, f"expected {OPTIONS[key].metavar}")
+        if kind == "dir":
+            dst, sep, mode = v.partition(":")
+            op = Data("dir", _abs_path(key, dst), mode=_mode(key, mode, v) if sep else 0o755)
+        else:
+            first, sep, dst = v.rpartition(":")
+            if not sep or not first:
+                raise SpecError(key, v, f"expected {OPTIONS[key].metavar}")
+            if kind == "chmod":
+                op = Data("chmod", _abs_path(key, dst), mode=_mode(key, first, v))
+            elif kind == "file":
+                src = os.path.abspath(first)  # ./f: the caller's working directory's
+                if not os.path.isfile(src):
+                    raise SpecError(key, first, "no such regular file")
+                op = Data("file", _abs_path(key, dst), _abs_path(key, src))
+            else:
+                op = Data("symlink", _abs_path(key, dst), first)
+        if op.dst == "/":
+            raise SpecError(key, v, "cannot replace the jail's root")
+        kw["data"] = tuple(kw.get("data", ())) + (op,)
+    return apply
+
+
 OPTIONS: dict[str, Option] = {
     "rootfs": Option("value", "root filesystem to pivot into (default: the host's /usr, /bin, "
                      "/lib* read-only on a tmpfs)", _set("rootfs", host_path), "DIR"),
@@ -366,6 +418,15 @@ OPTIONS: dict[str, Option] = {
     "ro-bind": Option("list", "bind-mount SRC read-only (recursively) at DST", _bind("ro-bind"),
                       "SRC[:DST]"),
     "tmpfs": Option("list", "mount a fresh tmpfs at DST (default size 64M)", _tmpfs, "DST[:SIZE]"),
+    # bwrap's data flags, made in the jail's tree (docs/design.md)
+    "symlink": Option("list", "make a symlink at DST pointing to TARGET", _data("symlink"),
+                      "TARGET:DST"),
+    "dir": Option("list", "make a directory at DST (default mode 0755)", _data("dir"),
+                  "DST[:MODE]"),
+    "file": Option("list", "copy the host file SRC to DST (a copy: writes never reach SRC)",
+                   _data("file"), "SRC:DST"),
+    "chmod": Option("list", "set DST's mode once everything is made (no set-id bits)",
+                    _data("chmod"), "MODE:DST"),
     "hostname": Option("value", "the jail's hostname (default isol8r)", _set("hostname"), "NAME"),
     "share-net": Option("flag", "keep the host's network namespace", _share("net")),
     "share-pid": Option("flag", "keep the host's PID namespace", _share("pid")),
@@ -468,6 +529,13 @@ def _validate(s: Spec) -> None:
             raise SpecError(name, value, f"out of range (0..{ID_RANGE - 1})")
     for cap in s.caps:
         capability_number(cap)
+    if s.rw_root or any(m.kind == "bind" for m in s.mounts):
+        # the set-id wall (docs/security.md): CAP_SETFCAP writes file capabilities
+        for cap in s.caps:
+            if CAPABILITIES[capability_number(cap)] == "CAP_SETFCAP":
+                raise SpecError("--cap", "CAP_SETFCAP", "cannot be kept with a writable --bind "
+                                "or --rw-root: the jail could plant a file capability on the "
+                                "host (docs/security.md)")
     if s.seccomp not in ("default", "none"):
         raise SpecError("--seccomp", s.seccomp, "expected default or none")
     has_mount = "mount" in s.namespaces
@@ -484,7 +552,7 @@ def _validate(s: Spec) -> None:
         raise SpecError("--overlay-dir", s.overlay_dir, "no such directory")
     if s.overlay and s.rootfs is None:
         raise SpecError("--overlay", True, "needs --rootfs")
-    if not has_mount and (s.rootfs or s.mounts or s.overlay):
+    if not has_mount and (s.rootfs or s.mounts or s.overlay or s.data):
         raise SpecError("--share-mount", True, "cannot be combined with --rootfs or mounts")
     for m in s.mounts:
         opt = "--" + m.kind

@@ -127,8 +127,25 @@ def lease(spec: Spec, verbose: bool = False,
                 cg.remove()
             raise
     jail.notes.extend(notes)
+    jail.notes.extend(_setid_wall_notes(spec))
     jail.limits.update(_limits_applied(spec, derived, cg))
     return jail, derived
+
+
+def _setid_wall_notes(spec: Spec) -> list[str]:
+    """A note when a writable bind or root meets a seccomp policy that lets set-id modes through
+    (--seccomp none, a profile, chmod named in an allow-list): that wall is off, and says so."""
+    if not (spec.rw_root or any(m.kind == "bind" for m in spec.mounts)) or \
+            pipeline.default_policy(spec):
+        return []
+    from . import seccomp
+    gaps = seccomp.setid_gaps(seccomp.resolve_policy(
+        spec.seccomp, spec.seccomp_profile, spec.seccomp_allow, spec.seccomp_deny,
+        spec.seccomp_log))
+    if not gaps:
+        return []
+    return [f"the seccomp policy lets set-id modes through {', '.join(gaps)}: the jail can leave "
+            "set-id files in its writable bind or root (docs/security.md)"]
 
 
 def _check_root(root: str) -> None:
@@ -211,7 +228,8 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             cgroup.attach(pid)
         tree = _root_tree(pid, plan)
         trees = ([tree] if tree >= 0 else []) + \
-            (mounts.host_trees(plan.mounts) if plan.mounts is not None else [])
+            (mounts.host_trees(plan.mounts, _owner_ns(plan), jail.notes)
+             if plan.mounts is not None else [])
         if jail.program_group is not None:  # last: the program enters it before its Request
             jail.program_group.attach_jail(pid)  # before go: its cgroup namespace roots there
             trees.append(os.open(jail.program_group.procs_file(), os.O_WRONLY | os.O_CLOEXEC))
@@ -261,11 +279,23 @@ def _root_tree(pid: int, plan: pipeline.Plan) -> int:
     userns_fd = -1
     if plan.ids is not None and plan.ids.can_become_root:
         userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    base = plan.ids.uid_base if plan.ids is not None else None
     try:
-        return mounts.root_tree(plan.mounts, userns_fd)
+        return mounts.root_tree(plan.mounts, userns_fd,
+                                range(base, base + ID_RANGE) if base is not None else None)
     finally:
         if userns_fd >= 0:
             os.close(userns_fd)
+
+
+def _owner_ns(plan: pipeline.Plan) -> Callable[[int, int], int] | None:
+    """For writable binds: the source owner's ids -> a user namespace mapping them onto the jail
+    user's host ids (userns.owner_ns); None when this process cannot map other ids (not root)."""
+    ids = plan.ids
+    if ids is None or not ids.can_become_root or ids.uid_base is None:
+        return None
+    base = ids.uid_base
+    return lambda uid, gid: userns.owner_ns(uid, gid, base + plan.uid, base + plan.gid)
 
 
 def _clone_hint(err: int | None) -> str:

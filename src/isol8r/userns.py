@@ -8,7 +8,10 @@ kernel's rule), and setgroups must then be denied before the gid map is written.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
+
+from .sys import linux
 
 
 
@@ -68,3 +71,70 @@ def switch_to(uid: int, gid: int, keep_groups: bool) -> None:
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
 
+
+
+# ---- user namespaces made only to carry an idmapped mount's map -------------------------------
+
+_OWNER_NS: dict[tuple[int, int, int, int], tuple[int, int, int]] = {}  # key -> (fd, dev, ino)
+_OWNER_NS_MAX = 16
+
+
+def owner_ns(disk_uid: int, disk_gid: int, host_uid: int, host_gid: int) -> int:
+    """Parent side: an fd of a user namespace mapping on-disk disk_uid:disk_gid onto the host ids
+    host_uid:host_gid (the jail user's) and nothing else, for MOUNT_ATTR_IDMAP: the kernel takes a
+    mount's idmap from a user namespace. Making one costs a clone (~1.2 ms), so they are kept per
+    mapping for the life of this process (the fork server's or CLI server's); the caller must
+    not close the fd."""
+    key = (disk_uid, disk_gid, host_uid, host_gid)
+    hit = _OWNER_NS.get(key)
+    if hit is not None:
+        if _still_ours(*hit):
+            return hit[0]
+        del _OWNER_NS[key]  # the number was reused (a CLI worker's dup2): not ours to close
+    if len(_OWNER_NS) >= _OWNER_NS_MAX:
+        oldest = _OWNER_NS.pop(next(iter(_OWNER_NS)))
+        if _still_ours(*oldest):
+            os.close(oldest[0])
+    fd = _new_ns(f"{disk_uid} {host_uid} 1\n".encode(), f"{disk_gid} {host_gid} 1\n".encode())
+    st = os.fstat(fd)
+    _OWNER_NS[key] = (fd, st.st_dev, st.st_ino)
+    return fd
+
+
+def _still_ours(fd: int, dev: int, ino: int) -> bool:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def _new_ns(uid_lines: bytes, gid_lines: bytes) -> int:
+    """A user namespace with these maps: a child clones into it, blocks until its maps are
+    written and the namespace is held by an fd here, then exits (all signals blocked: the
+    copy of this process must run none of its handlers)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid, pidfd = linux.clone3(linux.CLONE_NEWUSER)
+        if pid == 0:
+            try:
+                os.close(w)  # so the parent's close is this read's EOF
+                linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+                os.read(r, 1)
+            finally:
+                os._exit(0)
+    except BaseException:
+        os.close(r)
+        os.close(w)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    os.close(r)
+    try:
+        write_maps(pid, IdPlan(uid_lines, gid_lines, False, False, None))
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(w)
+        os.close(pidfd)
+        os.waitpid(pid, 0)

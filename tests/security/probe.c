@@ -67,6 +67,7 @@
 #include <sys/un.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -957,6 +958,65 @@ static int p_sleeper(int argc, char **argv) {
     return 0;
 }
 
+/* ---- set-id files and file capabilities through a writable bind ---------------------------- */
+
+/* setid DIR: in DIR (a writable bind, whose files belong to a host id), every way to make a
+ * set-id file: chmod, fchmod, fchmodat, fchmodat2, creat, open, openat and openat2 with O_CREAT,
+ * O_TMPFILE then linkat, mkdir, mknod of a regular file; and a security.capability xattr
+ * (cap_net_raw, effective); a write to DIR/existing, a set-id file the test made on the host.
+ * The verdict is the host's: the test stats what landed in DIR. */
+static int p_setid(int argc, char **argv) {
+    (void)argc;
+    int d = open(argv[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (d < 0) { say("err open_dir %s", ename(errno)); return 0; }
+    int fd = openat(d, "plain", O_CREAT | O_WRONLY | O_CLOEXEC, 0755);
+    report("create_plain", fd);
+    if (fd >= 0) {
+        report("fchmod_suid", fchmod(fd, 04755));
+        report("fchmod_sgid", fchmod(fd, 02755));
+        close(fd);
+    }
+    if (fchdir(d) == 0) report("chmod_suid", chmod("plain", 04755));
+    report("fchmodat_sgid", fchmodat(d, "plain", 02755, 0));
+#ifndef SYS_fchmodat2
+#define SYS_fchmodat2 452
+#endif
+    report("fchmodat2_suid", syscall(SYS_fchmodat2, d, "plain", 04755, 0));
+#ifdef SYS_creat
+    fd = (int)syscall(SYS_creat, "creat", 04755);
+    if (report("creat_suid", fd) >= 0) close(fd);
+#endif
+#ifdef SYS_open
+    fd = (int)syscall(SYS_open, "open", O_CREAT | O_WRONLY | O_CLOEXEC, 04755);
+    if (report("open_suid", fd) >= 0) close(fd);
+#endif
+    fd = openat(d, "openat", O_CREAT | O_WRONLY | O_CLOEXEC, 06755);
+    if (report("openat_suid", fd) >= 0) close(fd);
+    struct open_how how = {.flags = O_CREAT | O_WRONLY | O_CLOEXEC, .mode = 04755};
+    fd = (int)syscall(SYS_openat2, d, "openat2", &how, sizeof how);
+    if (report("openat2_suid", fd) >= 0) close(fd);
+    fd = openat(d, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 04755);
+    if (report("tmpfile_suid", fd) >= 0) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        report("tmpfile_link", linkat(AT_FDCWD, path, d, "tmpfile", AT_SYMLINK_FOLLOW));
+        close(fd);
+    }
+    report("mkdir_sgid", mkdirat(d, "dir", 02755));
+    report("mknod_suid", mknodat(d, "node", S_IFREG | 04755, 0));
+    /* VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE, permitted = CAP_NET_RAW (13) */
+    unsigned char cap[20] = {0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00};
+    fd = openat(d, "capfile", O_CREAT | O_WRONLY | O_CLOEXEC, 0755);
+    if (report("create_capfile", fd) >= 0) {
+        report("fsetxattr_caps", fsetxattr(fd, "security.capability", cap, sizeof cap, 0));
+        close(fd);
+    }
+    fd = openat(d, "existing", O_WRONLY | O_APPEND | O_CLOEXEC);  /* a host set-id file */
+    if (fd >= 0) { report("write_existing", write(fd, "x", 1)); close(fd); }
+    close(d);
+    return 0;
+}
+
 /* ---- main --------------------------------------------------------------------------------- */
 
 struct sub { const char *name; int (*fn)(int, char **); int nargs; };
@@ -972,6 +1032,7 @@ static const struct sub SUBS[] = {
     {"newer", p_newer, 1}, {"forkbomb", p_forkbomb, 2}, {"membomb", p_membomb, 1},
     {"diskfill", p_diskfill, 3}, {"fdbomb", p_fdbomb, 0}, {"recurse", p_recurse, 0},
     {"hitsuper", p_hitsuper, 1}, {"orphan", p_orphan, 2}, {"sleeper", p_sleeper, 2},
+    {"setid", p_setid, 1},
 };
 
 int main(int argc, char **argv) {
