@@ -24,6 +24,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -264,8 +265,6 @@ def _add_compiler(driver: str, asked: str, plan: _Plan) -> None:
     a probe that includes the standard C headers (-M lists the headers, whose directories'
     *.h files all go in; ld --trace the start files, libc.so's script and libgcc), so the root
     gets what this compiler really uses."""
-    import tempfile
-
     def ask(*args: str, cwd: str | None = None) -> str:
         try:
             out = subprocess.run([driver, *args], capture_output=True, text=True, timeout=120,
