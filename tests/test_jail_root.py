@@ -295,9 +295,22 @@ print(json.dumps({'mode': st.st_mode & 0o7777, 'size': vfs.f_blocks * vfs.f_frsi
 def test_tmp_is_a_private_tmpfs_1777_with_a_cap() -> None:
     info = inside(TMP_CODE)
     assert info["mode"] == 0o1777
-    assert info["size"] == 64 << 20
+    page = os.sysconf("SC_PAGE_SIZE")
+    # a real build fits (the old 64 MiB did not), yet one jail cannot take the host's RAM
+    assert info["size"] == max(os.sysconf("SC_PHYS_PAGES") // 4 * page, 64 << 20)
     assert mountinfo()["/tmp"]["fstype"] == "tmpfs"
     assert not os.path.exists("/tmp/probe"), "the jail wrote to the host's /tmp"
+
+
+def test_tmp_default_is_capped_by_the_memory_limit() -> None:
+    assert inside(TMP_CODE, memory="96M")["size"] == 96 << 20
+
+
+def test_tmp_holds_more_than_the_old_64_mib() -> None:
+    code = ("f = open('/tmp/big', 'wb')\nfor _ in range(100):\n    f.write(b'x' * (1 << 20))\n"
+            "f.close()\nprint('fit')")
+    r = py(code, **NOSECCOMP)
+    assert r.stdout == b"fit\n", r.stderr
 
 
 def test_tmp_size_option() -> None:

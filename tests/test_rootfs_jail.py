@@ -126,3 +126,54 @@ def _overlay_dir_keeps(root: Path, keep: Path) -> None:
 def test_check_root_cli(root: Path) -> None:
     assert cli("check-root", str(root)).returncode == 0
     assert cli("mkroot", "--check", str(root)).returncode == 0
+
+
+C_PROGRAM = r"""
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+static void *run(void *arg) { return arg; }
+int main(void) {
+    pthread_t t;
+    void *out;
+    pthread_create(&t, NULL, run, "thread");
+    pthread_join(t, &out);
+    printf("%s %.0f\n", (char *)out, sqrt(1764.0));
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+def test_mkroot_with_gcc_and_bash_compiles_and_runs_c(open_dir: Path) -> None:
+    """Issue 13 item 8: --with adds to the defaults (sh stays), gcc brings cc1, as, ld and
+    collect2 with their libraries, headers and start files; "root ready" only after check-root."""
+    r = open_dir / "root"
+    p = cli("mkroot", str(r), "--with", "gcc", "--with", "bash", timeout=300)
+    assert p.returncode == 0 and p.stdout.strip().endswith("root ready"), p.stderr
+    assert cli("check-root", str(r)).returncode == 0
+    src = open_dir / "src"
+    src.mkdir()
+    src.chmod(0o777)
+    (src / "hello.c").write_text(C_PROGRAM)
+    res = sh("cd /home/user && gcc -O2 -o /tmp/hello hello.c -lm -pthread && /tmp/hello && "
+             "bash -c 'echo $BASH_VERSION' && ls -l /bin/sh >/dev/null && echo sh-ok",
+             rootfs=str(r), bind=[f"{src}:/home/user"], seccomp="none", time_limit=120)
+    assert res.exit_code == 0, res.stderr
+    lines = res.stdout.decode().splitlines()
+    assert lines[0] == "thread 42" and lines[-1] == "sh-ok", lines
+
+
+def test_mkroot_says_root_ready_only_when_check_root_passes(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build whose result check-root rejects (here: a program whose library vanished from the
+    tree before the check) exits 1 with the findings, never "root ready"."""
+    from isol8r.rootfs import mkroot_main
+    real = rootfs.mkroot
+
+    def broken(dest: str, *a: object, **kw: object) -> None:
+        real(dest, *a, **kw)  # type: ignore[arg-type]
+        os.unlink(os.path.join(dest, "bin", "sh"))
+
+    monkeypatch.setattr(rootfs, "mkroot", broken)
+    assert mkroot_main([str(tmp_path / "r"), "--with", "true"]) == 1

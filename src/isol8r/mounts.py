@@ -408,7 +408,8 @@ def etc_files(uid: int, gid: int, hostname: str, share_net: bool) -> list[File]:
         File("/etc/passwd", passwd.encode()),
         File("/etc/group", groups.encode()),
         File("/etc/hosts", f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n".encode()),
-        File("/etc/nsswitch.conf", b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"),
+        File("/etc/nsswitch.conf", b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
+             b"networks: files\nprotocols: files\nservices: files\nethers: files\nrpc: files\n"),
         File("/etc/hostname", f"{hostname}\n".encode()),
     ]
     if share_net:
@@ -418,6 +419,85 @@ def etc_files(uid: int, gid: int, hostname: str, share_net: bool) -> list[File]:
         except OSError:
             pass
     return files
+
+
+# Host /etc files that hold public data every Debian machine has (netbase, mime-support, tzdata,
+# base-files ...): copied into the default root's /etc as they are. docs/rootfs.md has the table.
+ETC_COPIED = ("services", "protocols", "networks", "rpc", "ethertypes", "shells", "mime.types",
+              "locale.alias", "gai.conf", "host.conf", "inputrc", "timezone", "debian_version",
+              "ssl/openssl.cnf", "python3/debian_config", "python3.11/sitecustomize.py")
+# Host /etc symlinks kept when they point into the read-only host directories.
+ETC_LINKS = ("localtime", "os-release")
+# Host /etc directories bound read-only when every entry is a symlink into the host directories
+# (or a regular file among ETC_DIR_FILES): Debian's alternatives and the public CA certificates.
+ETC_DIRS = ("alternatives", "ssl/certs")
+ETC_DIR_FILES = frozenset({"README", "java"})  # alternatives' README, ssl/certs' java keystore
+
+
+def _in_host_dirs(path: str) -> bool:
+    path = os.path.normpath(path)
+    return any(path == d or path.startswith(d + "/") for d in HOST_DIRS)
+
+
+def _public_dir(d: str) -> bool:
+    """Every entry of d is a link into HOST_DIRS or into d itself, a certificate (*.pem, *.crt:
+    public by nature; keys live in ssl/private) or a known name."""
+    try:
+        entries = list(os.scandir(d))
+    except OSError:
+        return False
+    for e in entries:
+        if e.is_symlink():
+            target = os.path.normpath(os.path.join(d, os.readlink(e.path)))
+            if not (_in_host_dirs(target) or os.path.dirname(target) == d):
+                return False
+        elif not (e.name in ETC_DIR_FILES or e.name.endswith((".pem", ".crt"))):
+            return False
+    return True
+
+
+_dir_cache: dict[tuple[str, int], bool] = {}
+
+
+def etc_public() -> list[Op]:
+    """What common programs read from /etc beyond etc_files(): public data files copied,
+    symlinks into /usr kept, /etc/alternatives and /etc/ssl/certs bound read-only when they hold
+    nothing but links into /usr (checked per jail; the scan is cached by the directory's mtime).
+    Never the host's private files (shadow, ssh, sudoers, machine-id, ssl/private)."""
+    ops: list[Op] = []
+    for name in ETC_COPIED:
+        try:
+            with open("/etc/" + name, "rb") as f:
+                ops.append(File("/etc/" + name, f.read()))
+        except OSError:
+            pass
+    for name in ETC_LINKS:
+        try:
+            target = os.readlink("/etc/" + name)
+        except OSError:
+            continue
+        if _in_host_dirs(os.path.join("/etc", target)):
+            ops.append(Symlink(target, "/etc/" + name))
+    for name in ETC_DIRS:
+        d = "/etc/" + name
+        try:
+            key = (d, os.stat(d).st_mtime_ns)
+        except OSError:
+            continue
+        if key not in _dir_cache:
+            _dir_cache[key] = _public_dir(d)
+        if _dir_cache[key]:
+            ops.append(Bind(d, d, readonly=True))
+    return ops
+
+
+def tmp_size_default(memory: int | None) -> int:
+    """The default /tmp cap: a quarter of the host's RAM, and no more than the jail's memory
+    limit where one is set (the tmpfs's pages count toward the jail's memory cgroup anyway, and
+    without a cgroup RLIMIT_AS does not see them). A cap, not a reservation."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    size = max(page * os.sysconf("SC_PHYS_PAGES") // 4 // page * page, 64 << 20)
+    return min(size, memory) if memory else size
 
 
 def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str | None,
@@ -441,6 +521,7 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
             elif os.path.isdir(d):
                 ops.append(Bind(d, d, readonly=True))
         ops.extend(etc_files(uid, gid, hostname, not new_net))
+        ops.extend(etc_public())
         if os.path.exists("/etc/ld.so.cache"):
             ops.append(Bind("/etc/ld.so.cache", "/etc/ld.so.cache", readonly=True))
         if not rw_root:

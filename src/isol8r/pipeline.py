@@ -112,7 +112,7 @@ def prepare(spec: Spec, verbose: bool = False, bpf: bytes | None = None) -> Plan
             overlay_dir=spec.overlay_dir,
             user_mounts=tuple((m.kind, m.dst, m.src, m.size) for m in spec.mounts),
             uid=spec.uid, gid=spec.gid, hostname=spec.hostname, new_net="net" in ns,
-            tmp_size=spec.tmp_size, new_pid="pid" in ns,
+            tmp_size=tmp_size(spec), new_pid="pid" in ns,
             data=tuple((d.kind, d.dst, d.src, d.mode) for d in spec.data))
     return Plan(
         clone_flags=flags,
@@ -133,11 +133,16 @@ def prepare(spec: Spec, verbose: bool = False, bpf: bytes | None = None) -> Plan
     )
 
 
+def tmp_size(spec: Spec) -> int:
+    """--tmp-size, else the default that follows RAM and --memory (part of a jail's shape)."""
+    return spec.tmp_size if spec.tmp_size is not None else mounts.tmp_size_default(spec.memory)
+
+
 def shape(spec: Spec) -> tuple[object, ...]:
     """The Spec fields prepare() reads: jails of one shape are interchangeable until activated."""
     return (tuple(sorted(spec.namespaces)), spec.rootfs, spec.rw_root, spec.overlay,
             spec.overlay_dir, spec.mounts, spec.hostname, spec.uid, spec.gid, spec.id_base,
-            spec.unsafe_map_host_root, spec.caps, spec.init, spec.tmp_size, default_policy(spec),
+            spec.unsafe_map_host_root, spec.caps, spec.init, tmp_size(spec), default_policy(spec),
             spec.data)
 
 

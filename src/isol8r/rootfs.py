@@ -24,6 +24,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -89,6 +90,7 @@ class _Plan:
     files: list[str] = field(default_factory=list)  # host paths, mirrored with their symlinks
     elf_roots: list[tuple[str, str]] = field(default_factory=list)  # (host path, asked as)
     pythons: list[tuple[str, str]] = field(default_factory=list)  # (host path, asked as)
+    compilers: list[tuple[str, str]] = field(default_factory=list)  # gcc-like drivers
     trees: list[tuple[str, str]] = field(default_factory=list)  # (stdlib dir or zip, cache tag)
     optional: list[str] = field(default_factory=list)  # ELF objects whose missing libs only warn
     links: dict[str, str] = field(default_factory=dict)  # inside path -> symlink target
@@ -166,6 +168,8 @@ def _resolve(name: str, plan: _Plan, depth: int = 0) -> str:
         plan.elf_roots.append((found, name))
         if re.fullmatch(r"python\d*(\.\d+)*", os.path.basename(real)):
             plan.pythons.append((found, name))
+        if _COMPILER.fullmatch(os.path.basename(real)) and (found, name) not in plan.compilers:
+            plan.compilers.append((found, name))
         return found
     if not head.startswith(b"#!"):
         raise SpecError("--with", name, "not an ELF program or a #! script")
@@ -239,8 +243,67 @@ def _plan(programs: Sequence[str], busybox: bool) -> _Plan:
         for d in dynload:
             plan.optional += [os.path.join(d, f) for f in sorted(os.listdir(d))
                               if f.endswith(".so") and not _PY_SKIP_EXT.match(f)]
+    for driver, asked in list(plan.compilers):
+        _add_compiler(driver, asked, plan)
     _add_libraries(plan)
     return plan
+
+
+# A C/C++ compiler driver (gcc, cc, g++, x86_64-linux-gnu-gcc-12, clang): it runs helpers and
+# reads headers, start files and libraries that no ELF closure names.
+_COMPILER = re.compile(r"([\w.-]+-)?(gcc|g\+\+|cc|c\+\+|clang(\+\+)?)(-[\d.]+)?")
+_HELPERS = ("cc1", "cc1plus", "as", "ld", "collect2", "lto-wrapper")
+_PROBE_HEADERS = ("assert.h ctype.h dirent.h errno.h fcntl.h float.h inttypes.h limits.h "
+                  "locale.h math.h poll.h pthread.h setjmp.h signal.h stdarg.h stdbool.h stddef.h "
+                  "stdint.h stdio.h stdlib.h string.h time.h unistd.h sys/types.h sys/stat.h "
+                  "sys/wait.h sys/mman.h sys/socket.h sys/time.h netinet/in.h arpa/inet.h").split()
+
+
+def _add_compiler(driver: str, asked: str, plan: _Plan) -> None:
+    """The driver's helper programs (what `-print-prog-name` names, with their libraries) and
+    the files a C program's compile and link read: the driver is asked, by compiling and linking
+    a probe that includes the standard C headers (-M lists the headers, whose directories'
+    *.h files all go in; ld --trace the start files, libc.so's script and libgcc), so the root
+    gets what this compiler really uses."""
+    def ask(*args: str, cwd: str | None = None) -> str:
+        try:
+            out = subprocess.run([driver, *args], capture_output=True, text=True, timeout=120,
+                                 check=False, cwd=cwd, env={"PATH": os.defpath, "LC_ALL": "C"})
+        except (OSError, subprocess.SubprocessError) as e:
+            raise SpecError("--with", asked, f"cannot ask the compiler: {e}") from None
+        if out.returncode != 0:
+            reason = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SpecError("--with", asked, f"the compiler fails on a probe program: {reason}")
+        return out.stdout + out.stderr
+    for helper in _HELPERS:
+        if helper == "cc1plus" and "++" not in os.path.basename(os.path.realpath(driver)):
+            continue
+        path = ask(f"-print-prog-name={helper}").strip()
+        if path.startswith("/") and os.path.isfile(path):
+            _resolve(path, plan, 1)
+        elif path == helper and shutil.which(helper, path=os.defpath):
+            _resolve(shutil.which(helper, path=os.defpath) or helper, plan, 1)
+    with tempfile.TemporaryDirectory(prefix="isol8r-mkroot-") as tmp:
+        with open(os.path.join(tmp, "probe.c"), "w") as f:
+            f.write("".join(f"#include <{h}>\n" for h in _PROBE_HEADERS)
+                    + "int main(void) { return 0; }\n")
+        deps = ask("-M", "-O2", "-D_GNU_SOURCE", "probe.c", cwd=tmp)
+        trace = ask("-v", "probe.c", "-o", "probe", "-lm", "-pthread", "-Wl,--trace", cwd=tmp)
+    # every header of a directory the probe's headers come from: bits/stdio.h at -O2, the
+    # <sys/...> and <linux/...> a real program includes beyond the probe's
+    header_dirs = sorted({os.path.dirname(w) for w in deps.split() if w.endswith(".h")
+                          and w.startswith("/") and not w.startswith(tmp)})
+    words = [os.path.join(d, f) for d in header_dirs for f in sorted(os.listdir(d))
+             if f.endswith(".h")] + trace.split()
+    for w in words:
+        w = w.strip("()'\"")
+        if w.startswith("-plugin="):
+            w = w[len("-plugin="):]
+        if w.startswith("/") and not w.startswith(("/tmp/", "/proc/", "/dev/")) \
+                and os.path.isfile(w) and not w.startswith(tmp):
+            plan.add(os.path.normpath(w))
+            if w.endswith(".so") or ".so." in w:
+                plan.optional.append(os.path.normpath(w))
 
 
 def _applets(busybox: str) -> list[str]:
@@ -884,8 +947,8 @@ def mkroot_main(argv: list[str]) -> int:
                 "and the libraries they load. Exit 0 ok, 1 failed or problems found, 2 bad usage.")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--with", dest="programs", action="append", metavar="PROG",
-                   help="a program on PATH or a path (repeatable; default: "
-                   f"{' '.join(DEFAULT_PROGRAMS)}; with --busybox: none)")
+                   help="a program on PATH or a path, added to the defaults (repeatable; "
+                   f"defaults: {' '.join(DEFAULT_PROGRAMS)}; with --busybox: none)")
     p.add_argument("--busybox", action="store_true",
                    help="put the host's static /bin/busybox and its applet links in first")
     p.add_argument("--user", metavar="NAME:UID:GID", help="the jail user in /etc/passwd "
@@ -901,8 +964,8 @@ def _mkroot_cli(p: argparse.ArgumentParser, argv: list[str]) -> int:
             raise _UsageError("isol8r mkroot: --check takes only DIR")
         return _print_findings(ns.dir, check_root(ns.dir))
     user = _parse_user(ns.user) if ns.user else DEFAULT_USER
-    programs = ns.programs if ns.programs is not None else (
-        () if ns.busybox else DEFAULT_PROGRAMS)
+    # --with adds to the defaults (none with --busybox: busybox brings sh and the rest)
+    programs = [*(() if ns.busybox else DEFAULT_PROGRAMS), *(ns.programs or ())]
 
     def warn(text: str) -> None:
         sys.stderr.write(f"isol8r mkroot: warning: {text}\n")
@@ -912,6 +975,12 @@ def _mkroot_cli(p: argparse.ArgumentParser, argv: list[str]) -> int:
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         sys.stderr.write(f"isol8r mkroot: {ns.dir}: {where}{e.strerror or e}\n")
+        return 1
+    findings = check_root(ns.dir)  # "root ready" only for a root a jail can use
+    if any(f.severity == "error" for f in findings):
+        for f in findings:
+            sys.stderr.write(f"isol8r mkroot: {f}\n")
+        sys.stderr.write(f"isol8r mkroot: {ns.dir}: built, but check-root fails\n")
         return 1
     print(f"{ns.dir}: root ready")
     return 0

@@ -85,7 +85,7 @@ class Spec:
     pass_fds: tuple[int, ...] = ()
     init: bool = True
     rlimits: tuple[tuple[str, int, int], ...] = ()
-    tmp_size: int = 64 << 20
+    tmp_size: int | None = None  # None: mounts.tmp_size_default(memory)
     memory: int | None = None
     pids: int | None = None
     cpus: float | None = None
@@ -471,7 +471,7 @@ OPTIONS: dict[str, Option] = {
                     "N"),
     "nofile": Option("value", "RLIMIT_NOFILE", _rlimit_short("NOFILE", lambda k, v: _parse_int(k, v, 4)),
                      "N"),
-    "tmp-size": Option("value", "size cap of the jail's /tmp (default 64M)",
+    "tmp-size": Option("value", "size cap of the jail's /tmp (default: a quarter of RAM, at most --memory)",
                        _set("tmp_size", parse_size), "SIZE"),
     "pids": Option("value", "most processes at once (cgroup pids)",
                    _set("pids", lambda k, v: _parse_int(k, v, 1, 1 << 22)), "N"),
@@ -570,7 +570,7 @@ def _validate(s: Spec) -> None:
             os.fstat(fd)
         except OSError:
             raise SpecError("--pass-fd", fd, "not an open file descriptor") from None
-    if s.tmp_size <= 0:
+    if s.tmp_size is not None and s.tmp_size <= 0:
         raise SpecError("--tmp-size", s.tmp_size, "must be positive")
     for name, soft, hard in s.rlimits:
         if name not in RLIMITS or soft > hard:
