@@ -89,6 +89,7 @@ def call(argv: list[str]) -> int | None:
         return None
     request = marshal.dumps(("run", [os.fsencode(a) for a in argv], list(os.environb.items()), fds))
     rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (cwd, *fds))
+    saved = _terminal(0)
     blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED)
     try:
         for _attempt in (1, 2):
@@ -112,7 +113,18 @@ def call(argv: list[str]) -> int | None:
         return _wait(s, blocked)
     finally:
         os.close(cwd)
+        if saved is not None:  # the worker puts it back after --tty; this is for a worker that died
+            from . import terminal
+            terminal.restore(0, saved)
         _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
+
+
+def _terminal(fd: int) -> list[Any] | None:
+    """fd's terminal settings when it is a terminal (termios is imported only then)."""
+    if not os.isatty(fd):
+        return None
+    from . import terminal
+    return terminal.save(fd)
 
 
 def _wait(s: Any, blocked: Any) -> int:

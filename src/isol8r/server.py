@@ -474,7 +474,7 @@ class Client:
                 sel = selectors.DefaultSelector()
                 session.register(sel)
                 assert session.watch is not None
-                fwd.attach(session.watch.jail.signal)
+                fwd.attach(session.watch.jail.forward)
                 try:
                     supervisor.drive(sel, [session], session.next_tick, session.finished)
                 finally:
@@ -510,6 +510,7 @@ class _Session:
             jail = supervisor.Jail(self.spec, info["pid"], pidfd, socket.socket(fileno=chan_fd),
                                    time.monotonic(), info["limits"], info["notes"], cg)
             self.watch = supervisor.JailWatch(jail, self.log, reaper=False)
+            self.watch.terminal = self.stdio.io.terminal
             self.stdio.io.on_limit = self.watch.limit_hit
             req = pipeline.request(self.spec, [t for _, t in self.stdio.child], info["derived"],
                                    supervisor._bpf(self.spec))

@@ -1,0 +1,253 @@
+"""The caller's side of a jail's terminal (--tty): raw mode, the relay, the window size, restore.
+
+The jail opens a pseudo-terminal of its own /dev/pts and hands the master over (pipeline.py);
+the caller's terminal never enters the jail. Relay copies bytes between the caller's descriptors
+and that master in the supervisor's event loop, with the caller's terminal in raw mode so that
+Ctrl-C, Ctrl-Z and the rest reach the jail's line discipline as bytes (the jail's shell does its
+own job control), and copies the window size on SIGWINCH. The caller's settings are put back when
+the jail's terminal closes, and in every finally after it.
+
+save() and restore() import only built-in modules: the CLI server's client calls them at each run.
+"""
+
+from __future__ import annotations
+
+import os
+import termios
+
+import _signal
+TYPE_CHECKING = False  # not `typing`: the CLI server's client imports this module
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+_CHUNK = 65536
+
+
+def save(fd: int) -> list[Any] | None:
+    """The terminal settings of fd, or None when it is not a terminal."""
+    try:
+        return termios.tcgetattr(fd)
+    except (termios.error, OSError, ValueError):
+        return None
+
+
+def restore(fd: int, saved: list[Any] | None) -> None:
+    """Put fd's terminal settings back as save() found them, if anything changed them. SIGTTOU
+    is blocked meanwhile: a job in the background still puts its terminal back, not stopped."""
+    if saved is None or save(fd) in (None, saved):
+        return
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGTTOU})
+    try:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    except (termios.error, OSError):
+        pass
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+
+
+def make_raw(fd: int, saved: list[Any]) -> None:
+    """cfmakeraw(): bytes pass unchanged, no echo, no signals from keys (the jail's terminal
+    makes them), one byte at a time."""
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = saved
+    iflag &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP | termios.INLCR
+               | termios.IGNCR | termios.ICRNL | termios.IXON)
+    oflag &= ~termios.OPOST
+    lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    cflag = (cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+    cc = list(cc)
+    cc[termios.VMIN], cc[termios.VTIME] = 1, 0
+    termios.tcsetattr(fd, termios.TCSAFLUSH, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
+
+
+def copy_size(src: int, dst: int) -> None:
+    """The window size of terminal src onto terminal dst (the kernel sends the jail SIGWINCH)."""
+    import fcntl
+    try:
+        size = fcntl.ioctl(src, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
+class Relay:
+    """Copies between the caller's descriptors and the jail's terminal master.
+
+    in_fd (-1: none) is read when ready and never made non-blocking: its open file may be the
+    caller's shell's too. input is written ahead of it (the library's input=); when the input
+    ends, the terminal's end-of-file character follows. Output goes to out_fd (-1: discarded)
+    or, with capture, into the Result's stdout; limit caps it like --output-limit.
+    """
+
+    def __init__(self, in_fd: int, out_fd: int, input: bytes | None = None, capture: bool = False,
+                 limit: int | None = None,
+                 on_limit: Callable[[str], None] = lambda _v: None) -> None:
+        self.in_fd, self.out_fd, self.capture = in_fd, out_fd, capture
+        self.limit, self.on_limit = limit, on_limit
+        self.pending = bytearray(input or b"")
+        self.in_eof = in_fd < 0
+        self.eof_sent = in_fd < 0 and input is None  # no input at all: nothing to end
+        self.master = self.writer = -1
+        self.sel: Any = None
+        self.reading = self.writing = False
+        self.saved: list[Any] | None = None
+        self.raw_fd = -1
+        self.size_fd = next((fd for fd in (in_fd, out_fd) if fd >= 0 and os.isatty(fd)), -1)
+        self.old_winch: Any = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    @property
+    def done(self) -> bool:
+        """The jail's terminal is closed (or was never handed over)."""
+        return self.master < 0
+
+    def attach(self, sel: Any, master: int) -> None:
+        """The jail's master arrived: raw mode, window size, start relaying."""
+        import selectors
+        import signal
+        import threading
+        self.sel, self.master = sel, master
+        os.set_blocking(master, False)
+        self.writer = os.dup(master)  # its own number: selectors watch one event kind per fd
+        if self.in_fd >= 0 and os.isatty(self.in_fd):
+            self.saved = save(self.in_fd)
+            if self.saved is not None:
+                self.raw_fd = self.in_fd
+                make_raw(self.in_fd, self.saved)
+        if self.size_fd >= 0:
+            copy_size(self.size_fd, master)
+            if threading.current_thread() is threading.main_thread():
+                self.old_winch = signal.signal(signal.SIGWINCH,
+                                               lambda _s, _f: copy_size(self.size_fd, self.master))
+        sel.register(master, selectors.EVENT_READ, (self, "out"))
+        if self.in_fd >= 0:
+            try:
+                sel.register(self.in_fd, selectors.EVENT_READ, (self, "in"))
+                self.reading = True
+            except PermissionError:  # a regular file: epoll cannot watch it, and it is always ready
+                self._read_input()
+        self._want_write()
+
+    def handle(self, sel: Any, key: Any) -> None:
+        if self.master < 0:
+            return  # finished by an earlier event of the same batch
+        kind = key.data[1]
+        if kind == "out":
+            self._read_output()
+        elif kind == "in":
+            self._read_input()
+        else:
+            self._write_input()
+
+    def _read_output(self) -> None:
+        try:
+            data = os.read(self.master, _CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: every slave descriptor is closed, the jail's terminal is gone
+            data = b""
+        if not data:
+            self.finish()
+            return
+        if self.limit is not None:
+            room = self.limit - self.size
+            if len(data) > room:
+                data = data[:max(room, 0)]
+                self.truncated = True
+                self.on_limit("output-limit")
+        self.size += len(data)
+        if self.capture:
+            self.chunks.append(data)
+        elif self.out_fd >= 0:
+            _write_all(self.out_fd, data)
+
+    def _read_input(self) -> None:
+        """One read of the caller's input (the whole of a regular file, in chunks, as it goes)."""
+        while True:
+            try:
+                data = os.read(self.in_fd, _CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.in_eof = True
+                if self.reading:
+                    self.sel.unregister(self.in_fd)
+                    self.reading = False
+            self.pending += data
+            self._want_write()
+            if self.reading or self.in_eof or len(self.pending) >= _CHUNK:
+                return
+
+    def _want_write(self) -> None:
+        import selectors
+        if self.in_eof and not self.pending and not self.eof_sent and self.master >= 0:
+            self.eof_sent = True
+            try:  # the terminal's end-of-file character: `cat` in the jail sees its input end
+                self.pending += termios.tcgetattr(self.master)[6][termios.VEOF]
+            except termios.error:
+                pass
+        if self.pending and not self.writing and self.writer >= 0:
+            self.sel.register(self.writer, selectors.EVENT_WRITE, (self, "write"))
+            self.writing = True
+
+    def _write_input(self) -> None:
+        try:
+            n = os.write(self.writer, self.pending[:4096])
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(self.pending)  # the jail's terminal is gone: its input goes nowhere
+        del self.pending[:n]
+        if not self.pending:
+            self.sel.unregister(self.writer)
+            self.writing = False
+            if not self.in_eof and not self.reading:
+                self._read_input()  # the next chunk of a regular file
+            self._want_write()
+
+    def finish(self) -> None:
+        """The jail's terminal closed: stop relaying, put the caller's terminal back."""
+        if self.sel is not None:
+            for fd, on in ((self.master, True), (self.writer, self.writing),
+                           (self.in_fd, self.reading)):
+                if on and fd >= 0:
+                    try:
+                        self.sel.unregister(fd)
+                    except (KeyError, ValueError):
+                        pass
+            self.reading = self.writing = False
+        self.close()
+
+    def close(self) -> None:
+        """Idempotent: the caller's terminal as it was, the master closed, SIGWINCH as it was."""
+        if self.raw_fd >= 0:
+            restore(self.raw_fd, self.saved)
+            self.raw_fd = -1
+        if self.old_winch is not None:
+            import signal
+            signal.signal(signal.SIGWINCH, self.old_winch)
+            self.old_winch = None
+        for fd in (self.master, self.writer):
+            if fd >= 0:
+                os.close(fd)
+        self.master = self.writer = -1
+
+    def fill(self, res: Any) -> None:
+        if self.capture:
+            res.stdout = b"".join(self.chunks)
+            res.stdout_truncated = self.truncated
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    import select
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            select.select([], [fd], [])
+        except OSError:
+            return
