@@ -136,8 +136,9 @@ def test_the_program_gets_a_terminal_of_the_jails_own_devpts(term: Any) -> None:
     assert t.settings_kept()
 
 
-def test_ctrl_c_stops_a_sleep_and_the_shell_survives(term: Any) -> None:
-    t = shell(term)
+@pytest.mark.parametrize("init", ["init", "no-init"])
+def test_ctrl_c_stops_a_sleep_and_the_shell_survives(term: Any, init: str) -> None:
+    t = shell(term, *(["--no-init"] if init == "no-init" else []))
     t.send(b"echo go; sleep 30\r")
     t.expect(rb"\r\ngo\r\n")
     time.sleep(0.3)
@@ -241,6 +242,19 @@ def test_no_init_does_not_lose_ctrl_c(term: Any) -> None:
     has no handler for, so isol8r ends the jail as SIGINT would have."""
     t = term("--no-init", "--", "/bin/sleep", "30")
     time.sleep(1.0)
+    t.send(b"\x03")
+    assert t.wait(timeout=10) == 128 + signal.SIGINT
+    assert t.settings_kept()
+
+
+def test_no_init_with_a_terminal_does_not_lose_ctrl_c(term: Any) -> None:
+    """With --tty, Ctrl-C is a byte the jail's terminal turns into SIGINT for its foreground,
+    here the program as PID 1, which the kernel would shield: isol8r ends the jail instead."""
+    t = term("-t", "--no-init", "--", "/bin/sleep", "30")
+    deadline = time.monotonic() + 10
+    while t.settings_kept():  # raw mode: the relay has the jail's terminal
+        assert time.monotonic() < deadline and t.proc.poll() is None, t.buf
+        time.sleep(0.05)
     t.send(b"\x03")
     assert t.wait(timeout=10) == 128 + signal.SIGINT
     assert t.settings_kept()

@@ -51,15 +51,20 @@ class Jail:
     stood_in: int = 0  # a caller's signal that --no-init's PID 1 would have dropped: see forward
 
     def forward(self, sig: int) -> None:
-        """Pass a caller's signal on (the Forwarder's target). With --no-init the program is
-        its PID namespace's init, which the kernel shields from every signal it has no handler
-        for: Ctrl-C would be lost. A signal that would end it by default ends the jail instead
-        (SIGKILL), and the Result reports the signal the caller sent."""
+        """Pass a caller's signal on (the Forwarder's target)."""
+        if not self.stand_in(sig):
+            self.signal(sig)
+
+    def stand_in(self, sig: int) -> bool:
+        """With --no-init the program is its PID namespace's init, which the kernel shields
+        from every signal it has no handler for: Ctrl-C would be lost. A signal that would end
+        it by default ends the jail instead (SIGKILL; the Result reports sig). True if so."""
         if sig in _FATAL and not self.spec.init and "pid" in self.spec.namespaces \
-                and not _handles(self.pid, sig) and self.pidfd >= 0:
+                and self.pidfd >= 0 and not _handles(self.pid, sig):
             self.stood_in = sig
-            sig = signal.SIGKILL
-        self.signal(sig)
+            self.signal(signal.SIGKILL)
+            return True
+        return False
 
     def signal(self, sig: int) -> None:
         """Send sig to the jail: its init forwards it to the program's process group."""
@@ -438,6 +443,8 @@ class JailWatch:
                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
                for i in range(0, len(data) - len(data) % 4, 4)]
         if rec == b"P" and fds and self.terminal is not None:
+            if not self.jail.spec.init:  # the terminal's Ctrl-C to a PID 1 that would lose it
+                self.terminal.pid1 = (self.jail.pid, self.jail.stand_in)
             self.terminal.attach(sel, fds.pop(0))
         for fd in fds:
             os.close(fd)

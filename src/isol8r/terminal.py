@@ -38,7 +38,7 @@ def restore(fd: int, saved: list[Any] | None) -> None:
         return
     old = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGTTOU})
     try:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        _set(fd, termios.TCSADRAIN, saved)
     except (termios.error, OSError):
         pass
     finally:
@@ -56,7 +56,19 @@ def make_raw(fd: int, saved: list[Any]) -> None:
     cflag = (cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
     cc = list(cc)
     cc[termios.VMIN], cc[termios.VTIME] = 1, 0
-    termios.tcsetattr(fd, termios.TCSAFLUSH, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
+    _set(fd, termios.TCSAFLUSH, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
+
+
+def _set(fd: int, when: int, attrs: list[Any]) -> None:
+    """tcsetattr, again when a signal interrupts its wait for the output to drain."""
+    import errno
+    while True:
+        try:
+            termios.tcsetattr(fd, when, attrs)
+            return
+        except termios.error as e:
+            if e.args[0] != errno.EINTR:
+                raise
 
 
 def copy_size(src: int, dst: int) -> None:
@@ -96,6 +108,8 @@ class Relay:
         self.chunks: list[bytes] = []
         self.size = 0
         self.truncated = False
+        # --no-init: the program's pid, and what ends the jail for a key's signal it would lose
+        self.pid1: tuple[int, Callable[[int], bool]] | None = None
 
     @property
     def done(self) -> bool:
@@ -114,7 +128,10 @@ class Relay:
             self.saved = save(self.in_fd)
             if self.saved is not None:
                 self.raw_fd = self.in_fd
-                make_raw(self.in_fd, self.saved)
+                try:
+                    make_raw(self.in_fd, self.saved)
+                except termios.error:
+                    pass  # it stays as it was: the relay works, only the keys stay the caller's
         if self.size_fd >= 0:
             copy_size(self.size_fd, master)
             if threading.current_thread() is threading.main_thread():
@@ -176,10 +193,32 @@ class Relay:
                 if self.reading:
                     self.sel.unregister(self.in_fd)
                     self.reading = False
+            elif self.pid1 is not None:
+                self._signal_keys(data)
             self.pending += data
             self._want_write()
             if self.reading or self.in_eof or len(self.pending) >= _CHUNK:
                 return
+
+    def _signal_keys(self, data: bytes) -> None:
+        """Ctrl-C or Ctrl-\\ typed while the program itself, PID 1 of its namespace, is the
+        terminal's foreground: the kernel drops the signal unless PID 1 handles it, so the
+        jail is ended as the signal would have ended the program (Jail.stand_in)."""
+        import fcntl
+        import struct
+        assert self.pid1 is not None
+        try:
+            lflag, cc = (termios.tcgetattr(self.master)[i] for i in (3, 6))
+            if not lflag & termios.ISIG:
+                return
+            for key, sig in ((cc[termios.VINTR], _signal.SIGINT), (cc[termios.VQUIT], _signal.SIGQUIT)):
+                if key != b"\0" and key in data:
+                    pgrp = fcntl.ioctl(self.master, termios.TIOCGPGRP, b"\0" * 4)
+                    if struct.unpack("i", pgrp)[0] == self.pid1[0]:
+                        self.pid1[1](sig)
+                    return
+        except (termios.error, OSError):
+            pass
 
     def _want_write(self) -> None:
         import selectors
