@@ -311,3 +311,21 @@ def test_tty_is_a_flag() -> None:
                        capture_output=True, text=True, timeout=30,
                        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     assert p.returncode == 0 and '"tty": true' in p.stdout, p
+
+
+def test_run_async_with_a_terminal() -> None:
+    import asyncio
+
+    async def main() -> isol8r.Result:
+        return await isol8r.run_async(["/bin/sh", "-c", "tty; head -c 3"], tty=True,
+                                      input=b"abc", capture_output=True, timeout=10)
+    r = asyncio.run(main())
+    assert r.exit_code == 0, r
+    assert b"/dev/pts/0\r\n" in r.stdout and r.stdout.count(b"abc") == 2, r.stdout
+
+
+def test_output_limit_caps_the_terminals_output() -> None:
+    r = isol8r.run(["/usr/bin/yes"], tty=True, capture_output=True, output_limit="10K",
+                   stdin=subprocess.DEVNULL, timeout=20)
+    assert r.verdict == "output-limit", r
+    assert len(r.stdout) == 10240 and r.stdout_truncated, len(r.stdout)
