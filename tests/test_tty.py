@@ -262,8 +262,9 @@ def test_no_init_with_a_terminal_does_not_lose_ctrl_c(term: Any) -> None:
 
 def test_no_init_forwards_a_signal_the_program_handles() -> None:
     """The stand-in is only for signals PID 1 would lose: a handled one still reaches it."""
-    code = ("import signal, sys, time\n"
-            "signal.signal(signal.SIGINT, lambda *a: (print('caught', flush=True), sys.exit(4)))\n"
+    # os.write in the handler: the signal can land while print('ready') is still returning
+    code = ("import os, signal, time\n"
+            "signal.signal(signal.SIGINT, lambda *a: (os.write(1, b'caught\\n'), os._exit(4)))\n"
             "print('ready', flush=True)\n"
             "time.sleep(30)\n")
     p = subprocess.Popen([sys.executable, "-m", "isol8r", "run", "--no-init", "--",
