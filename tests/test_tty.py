@@ -35,7 +35,7 @@ class Term:
     """isol8r run on a pseudo-terminal the test holds both ends of."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, rows: int = 24,
-                 cols: int = 80) -> None:
+                 cols: int = 80, command: list[str] | None = None) -> None:
         self.master, self.slave = os.openpty()
         self.resize(rows, cols)
         self.before = termios.tcgetattr(self.slave)
@@ -44,7 +44,7 @@ class Term:
         def become_controlling() -> None:  # the caller's terminal is its controlling terminal
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "isol8r", "run", *args], stdin=self.slave, stdout=self.slave,
+            command or [sys.executable, "-m", "isol8r", "run", *args], stdin=self.slave, stdout=self.slave,
             stderr=self.slave, start_new_session=True, preexec_fn=become_controlling,
             env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), **(env or {})))
 
@@ -109,6 +109,9 @@ def term(request: Any) -> Iterator[Any]:
         t = Term(*args, env=PATHS[request.param], **kw)
         made.append(t)
         return t
+    def caller_shell() -> Term:  # an interactive shell on the caller's terminal
+        return make(command=["/bin/bash", "--norc", "--noprofile", "-i"])
+    make.shell = caller_shell  # type: ignore[attr-defined]
     yield make
     for t in made:
         t.close()
@@ -330,3 +333,25 @@ def test_output_limit_caps_the_terminals_output() -> None:
                    stdin=subprocess.DEVNULL, timeout=20)
     assert r.verdict == "output-limit", r
     assert len(r.stdout) == 10240 and r.stdout_truncated, len(r.stdout)
+
+
+def test_a_background_job_is_stopped_until_fg(term: Any) -> None:
+    """`isol8r run -t ... &` from an interactive shell: the job stops (as a program reading its
+    terminal from the background does) instead of taking the terminal from the shell; `fg` gives
+    it the terminal. Through the CLI server the worker is not in the terminal's session, so the
+    kernel would not stop it: isol8r does."""
+    caller = term.shell()
+    caller.send(b"set -b; PS1='host$ '\r")  # -b: job changes are reported at once
+    caller.expect(rb"host\$ ")
+    caller.send(b"%s -m isol8r run -t -- /bin/sh -c 'read x; echo got-$x' &\r"
+                % sys.executable.encode())
+    caller.expect(rb"Stopped", timeout=15)
+    caller.send(b"echo shell-$((20+1))\r")  # the shell still has its terminal
+    caller.expect(rb"shell-21")
+    caller.send(b"fg\r")
+    time.sleep(1.0)
+    caller.send(b"hello\r")
+    caller.expect(rb"got-hello")
+    caller.expect(rb"host\$ ")  # typed ahead of it, a line would still go to the jail
+    caller.send(b"echo status=$?\r")
+    caller.expect(rb"status=0")

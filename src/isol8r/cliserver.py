@@ -628,6 +628,8 @@ def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), "utf-8", "backslashreplace",
                                   line_buffering=True)
     code = SETUP_FAILED
+    from . import terminal
+    terminal.CALLER = client or 0  # --tty: whose terminal, to tell a job in the background
     try:
         code = cli.main(argv, served=True)
     except SystemExit as e:
@@ -643,6 +645,7 @@ def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],
             except (OSError, ValueError):
                 pass
         sys.stdout, sys.stderr = out, err
+        terminal.CALLER = 0
         os.environ.clear()
         os.umask(umask)
         for n, lim in limits.items():

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 _CHUNK = 65536
+CALLER = 0  # the process whose terminal this is, when not this one's (a CLI server's client)
 
 
 def save(fd: int) -> list[Any] | None:
@@ -71,6 +72,20 @@ def _set(fd: int, when: int, attrs: list[Any]) -> None:
                 raise
 
 
+def background(pid: int, fd: int) -> int:
+    """pid's process group when terminal fd is pid's controlling terminal and another group is
+    in its foreground (pid is a background job); else 0."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        pgrp, tty_nr, tpgid = int(fields[2]), int(fields[4]), int(fields[5])
+        if tty_nr == 0 or tty_nr != os.fstat(fd).st_rdev:
+            return 0
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pgrp if tpgid not in (-1, pgrp) else 0
+
+
 def copy_size(src: int, dst: int) -> None:
     """The window size of terminal src onto terminal dst (the kernel sends the jail SIGWINCH)."""
     import fcntl
@@ -105,6 +120,8 @@ class Relay:
         self.raw_fd = -1
         self.size_fd = next((fd for fd in (in_fd, out_fd) if fd >= 0 and os.isatty(fd)), -1)
         self.old_winch: Any = None
+        self.old_cont: Any = None
+        self.taken = False  # the caller's input is being read (and its terminal is raw)
         self.chunks: list[bytes] = []
         self.size = 0
         self.truncated = False
@@ -124,7 +141,40 @@ class Relay:
         self.sel, self.master = sel, master
         os.set_blocking(master, False)
         self.writer = os.dup(master)  # its own number: selectors watch one event kind per fd
-        if self.in_fd >= 0 and os.isatty(self.in_fd):
+        main = threading.current_thread() is threading.main_thread()
+        if self.size_fd >= 0:
+            copy_size(self.size_fd, master)
+            if main:
+                self.old_winch = signal.signal(signal.SIGWINCH,
+                                               lambda _s, _f: copy_size(self.size_fd, self.master))
+        if main and self.in_fd >= 0 and os.isatty(self.in_fd):
+            old = signal.getsignal(signal.SIGCONT)
+
+            def on_cont(sig: int, frame: Any) -> None:
+                if callable(old):
+                    old(sig, frame)  # the Forwarder's: the jail is continued too
+                self._take_input()
+            self.old_cont = signal.signal(signal.SIGCONT, on_cont)
+        sel.register(master, selectors.EVENT_READ, (self, "out"))
+        self._take_input()
+        self._want_write()
+
+    def _take_input(self) -> None:
+        """Raw mode and reading the caller's input, once the caller is in the foreground of its
+        terminal: a job in the background is stopped (SIGTTIN), as the kernel stops one that
+        reads its terminal, and takes it when `fg` continues it (SIGCONT). A CLI server's
+        worker is not in the terminal's session, so the kernel would not stop it."""
+        import selectors
+        if self.in_fd < 0 or self.taken or self.master < 0:
+            return
+        if os.isatty(self.in_fd):
+            pgrp = background(CALLER or os.getpid(), self.in_fd)
+            if pgrp:
+                try:
+                    os.killpg(pgrp, _signal.SIGTTIN)
+                except OSError:
+                    pass
+                return
             self.saved = save(self.in_fd)
             if self.saved is not None:
                 self.raw_fd = self.in_fd
@@ -132,19 +182,12 @@ class Relay:
                     make_raw(self.in_fd, self.saved)
                 except termios.error:
                     pass  # it stays as it was: the relay works, only the keys stay the caller's
-        if self.size_fd >= 0:
-            copy_size(self.size_fd, master)
-            if threading.current_thread() is threading.main_thread():
-                self.old_winch = signal.signal(signal.SIGWINCH,
-                                               lambda _s, _f: copy_size(self.size_fd, self.master))
-        sel.register(master, selectors.EVENT_READ, (self, "out"))
-        if self.in_fd >= 0:
-            try:
-                sel.register(self.in_fd, selectors.EVENT_READ, (self, "in"))
-                self.reading = True
-            except PermissionError:  # a regular file: epoll cannot watch it, and it is always ready
-                self._read_input()
-        self._want_write()
+        self.taken = True
+        try:
+            self.sel.register(self.in_fd, selectors.EVENT_READ, (self, "in"))
+            self.reading = True
+        except PermissionError:  # a regular file: epoll cannot watch it, and it is always ready
+            self._read_input()
 
     def handle(self, sel: Any, key: Any) -> None:
         if self.master < 0:
@@ -243,7 +286,7 @@ class Relay:
         if not self.pending:
             self.sel.unregister(self.writer)
             self.writing = False
-            if not self.in_eof and not self.reading:
+            if self.taken and not self.in_eof and not self.reading:
                 self._read_input()  # the next chunk of a regular file
             self._want_write()
 
@@ -265,10 +308,12 @@ class Relay:
         if self.raw_fd >= 0:
             restore(self.raw_fd, self.saved)
             self.raw_fd = -1
-        if self.old_winch is not None:
+        if self.old_winch is not None or self.old_cont is not None:
             import signal
-            signal.signal(signal.SIGWINCH, self.old_winch)
-            self.old_winch = None
+            for sig, old in ((signal.SIGWINCH, self.old_winch), (signal.SIGCONT, self.old_cont)):
+                if old is not None:
+                    signal.signal(sig, old)
+            self.old_winch = self.old_cont = None
         for fd in (self.master, self.writer):
             if fd >= 0:
                 os.close(fd)
