@@ -44,8 +44,8 @@ class Term:
         def become_controlling() -> None:  # the caller's terminal is its controlling terminal
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         self.proc = subprocess.Popen(
-            command or [sys.executable, "-m", "isol8r", "run", *args], stdin=self.slave, stdout=self.slave,
-            stderr=self.slave, start_new_session=True, preexec_fn=become_controlling,
+            command or [sys.executable, "-m", "isol8r", "run", *args], stdin=self.slave,
+            stdout=self.slave, stderr=self.slave, start_new_session=True, preexec_fn=become_controlling,
             env=dict(os.environ, PYTHONPATH=str(ROOT / "src"), **(env or {})))
 
     def resize(self, rows: int, cols: int) -> None:
@@ -311,8 +311,8 @@ def test_a_regular_file_as_input(tmp_path: Any) -> None:
 def test_tty_is_a_flag() -> None:
     with pytest.raises(isol8r.SpecError, match="tty"):
         isol8r.run(["/bin/true"], tty="yes")
-    p = subprocess.run([sys.executable, "-m", "isol8r", "run", "--dry-run", "-t", "--", "/bin/true"],
-                       capture_output=True, text=True, timeout=30,
+    p = subprocess.run([sys.executable, "-m", "isol8r", "run", "--dry-run", "-t", "--",
+                        "/bin/true"], capture_output=True, text=True, timeout=30,
                        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     assert p.returncode == 0 and '"tty": true' in p.stdout, p
 

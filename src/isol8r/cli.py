@@ -53,7 +53,8 @@ def _run_parser(sub: Any) -> argparse.ArgumentParser:
         dest = "opt_" + name.replace("-", "_")
         names = ["-" + opt.short] if opt.short else []
         if opt.kind == "flag":
-            p.add_argument(*names, "--" + name, dest=dest, action="store_true", default=None, help=opt.help)
+            p.add_argument(*names, "--" + name, dest=dest, action="store_true", default=None,
+                           help=opt.help)
         elif opt.kind == "list":
             p.add_argument("--" + name, dest=dest, action="append", metavar=opt.metavar, help=opt.help)
         else:

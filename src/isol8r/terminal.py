@@ -254,7 +254,8 @@ class Relay:
             lflag, cc = (termios.tcgetattr(self.master)[i] for i in (3, 6))
             if not lflag & termios.ISIG:
                 return
-            for key, sig in ((cc[termios.VINTR], _signal.SIGINT), (cc[termios.VQUIT], _signal.SIGQUIT)):
+            for key, sig in ((cc[termios.VINTR], _signal.SIGINT),
+                             (cc[termios.VQUIT], _signal.SIGQUIT)):
                 if key != b"\0" and key in data:
                     pgrp = fcntl.ioctl(self.master, termios.TIOCGPGRP, b"\0" * 4)
                     if struct.unpack("i", pgrp)[0] == self.pid1[0]:
