@@ -76,8 +76,10 @@ def _run_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--profile", metavar="FILE|NAME", help="a TOML jail profile; flags override it")
     for name, opt in OPTIONS.items():
         dest = "opt_" + name.replace("-", "_")
+        names = ["-" + opt.short] if opt.short else []
         if opt.kind == "flag":
-            p.add_argument("--" + name, dest=dest, action="store_true", default=None, help=opt.help)
+            p.add_argument(*names, "--" + name, dest=dest, action="store_true", default=None,
+                           help=opt.help)
         elif opt.kind == "list":
             p.add_argument("--" + name, dest=dest, action="append", metavar=opt.metavar, help=opt.help)
         else:
@@ -203,7 +205,14 @@ def main(argv: Sequence[str] | None = None, served: bool = False) -> int:
         return 0
     if args[0] in _SUBCOMMANDS:
         return _delegate(args[0], args[1:])
-    return _run(build_parser().parse_args(args), served)
+    if served or not os.isatty(0):  # a served run's client puts its terminal back itself
+        return _run(build_parser().parse_args(args), served)
+    from . import terminal
+    saved = terminal.save(0)
+    try:  # the caller's terminal as it was, whatever the jail (or --tty's raw mode) did to it
+        return _run(build_parser().parse_args(args), served)
+    finally:
+        terminal.restore(0, saved)
 
 
 def _run(ns: argparse.Namespace, served: bool) -> int:

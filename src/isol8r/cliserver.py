@@ -93,6 +93,7 @@ def call(argv: list[str]) -> int | None:
     except OSError:
         return None
     request = marshal.dumps(("run", [os.fsencode(a) for a in argv], list(os.environb.items()), fds))
+    saved = _terminal(0)
     blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED)
     try:
         for _attempt in (1, 2):
@@ -123,7 +124,18 @@ def call(argv: list[str]) -> int | None:
         return _wait(s, blocked)
     finally:
         os.close(cwd)
+        if saved is not None:  # the worker puts it back after --tty; this is for a worker that died
+            from . import terminal
+            terminal.restore(0, saved)
         _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
+
+
+def _terminal(fd: int) -> list[Any] | None:
+    """fd's terminal settings when it is a terminal (termios is imported only then)."""
+    if not os.isatty(fd):
+        return None
+    from . import terminal
+    return terminal.save(fd)
 
 
 def _wait(s: Any, blocked: Any) -> int:
@@ -682,6 +694,8 @@ def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), "utf-8", "backslashreplace",
                                   line_buffering=True)
     code = SETUP_FAILED
+    from . import terminal
+    terminal.CALLER = client or 0  # --tty: whose terminal, to tell a job in the background
     try:
         code = cli.main(argv, served=True)
     except SystemExit as e:
@@ -697,6 +711,7 @@ def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],
             except (OSError, ValueError):
                 pass
         sys.stdout, sys.stderr = out, err
+        terminal.CALLER = 0
         os.environ.clear()
         os.umask(umask)
         for n, lim in limits.items():

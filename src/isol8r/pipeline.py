@@ -71,10 +71,11 @@ class Request:
     bpf: bytes | None
     seccomp_flags: int
     targets: list[int]  # the jail's numbers for the descriptors sent with the request
+    tty: bool = False  # 0, 1 and 2 are a terminal the jail opens; its master goes to the caller
 
     def encode(self) -> bytes:
         return marshal.dumps((self.argv, self.env, self.search_path, self.cwd, self.rlimits,
-                              self.bpf, self.seccomp_flags, self.targets))
+                              self.bpf, self.seccomp_flags, self.targets, self.tty))
 
 
 def environment(spec: Spec) -> dict[str, str]:
@@ -161,6 +162,7 @@ def request(spec: Spec, targets: list[int], derived_rlimits: dict[str, tuple[int
         bpf=bpf,
         seccomp_flags=linux.SECCOMP_FILTER_FLAG_LOG if spec.seccomp_log else 0,
         targets=targets,
+        tty=spec.tty,
     )
 
 
@@ -285,9 +287,12 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
         data, fds = _receive(chan, 1 << 20, 64)
         if not data:
             os._exit(125)  # the supervisor went away before it sent work: a pre-warmed jail
-        argv, env, search, cwd, limits, bpf, sc_flags, targets = marshal.loads(data)
+        argv, env, search, cwd, limits, bpf, sc_flags, targets, tty = marshal.loads(data)
         ch.step(f"chdir {cwd}", os.chdir, cwd)
         path = _resolve(argv[0], search)
+        if tty:
+            slave = _open_terminal(ch, chan)
+            fds, targets = [slave, slave, slave, *fds], [0, 1, 2, *targets]
         ch.fd = _install_fds(tuple(zip(fds, targets)), ch.fd)
         ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *targets))
         # after the descriptors are in place: a low --nofile must not starve the steps above
@@ -315,7 +320,7 @@ def _rehearse(fd: int) -> None:
     cost off the path between a caller's request and the program's execve.
     """
     sample = Request([b"/x"], [(b"A", b"B")], [b"/"], "/", ((resource.RLIMIT_CORE, 0, 0),),
-                     b"\0" * 8, 0, [0])
+                     b"\0" * 8, 0, [0], False)
     marshal.loads(sample.encode())
     resource.getrlimit(resource.RLIMIT_CORE)
     linux.SeccompProgram(b"\0" * 8)
@@ -326,6 +331,38 @@ def _rehearse(fd: int) -> None:
     spare = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     os.close(spare)
     signal.pthread_sigmask(signal.SIG_BLOCK, ())
+
+
+def _open_terminal(ch: _Channel, chan: int) -> int:
+    """A pseudo-terminal of the jail's own /dev/pts: the slave becomes this session's controlling
+    terminal (the program leads the session, so a shell does job control); the master goes to
+    the supervisor over the handshake socket, which relays it to the caller's terminal. The
+    caller's own terminal never enters the jail, so TIOCSTI has nothing of the caller's to reach."""
+    master = -1
+
+    def open_master() -> None:
+        nonlocal master
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        fcntl.ioctl(master, linux.TIOCSPTLCK, b"\0\0\0\0")  # unlockpt
+    ch.step("open the terminal /dev/ptmx", open_master)
+    slave = -1
+
+    def open_slave() -> None:
+        nonlocal slave
+        slave = fcntl.ioctl(master, linux.TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        fcntl.ioctl(slave, linux.TIOCSCTTY, 0)
+    ch.step("open the terminal's slave", open_slave)
+
+    def send() -> None:
+        sock = socket.socket(fileno=chan)
+        try:
+            sock.sendmsg([b"P"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                   master.to_bytes(4, sys.byteorder))])
+        finally:
+            sock.detach()
+    ch.step("hand the terminal to the supervisor", send)
+    os.close(master)
+    return slave
 
 
 def _receive(fd: int, size: int, max_fds: int = 1) -> tuple[bytes, list[int]]:

@@ -559,7 +559,7 @@ class Client:
                 sel = selectors.DefaultSelector()
                 session.register(sel)
                 assert session.watch is not None
-                fwd.attach(session.watch.jail.signal)
+                fwd.attach(session.watch.jail.forward)
                 try:
                     supervisor.drive(sel, [session], session.next_tick, session.finished)
                 finally:
@@ -636,6 +636,7 @@ class _Session:
                 from .cgroups import Cgroup
                 jail.program_group = Cgroup.reader(info["program_group"])
             self.watch = supervisor.JailWatch(jail, self.log, reaper=False)
+            self.watch.terminal = self.stdio.io.terminal
             self.stdio.io.on_limit = self.watch.limit_hit
             req = pipeline.request(self.spec, [t for _, t in self.stdio.child], info["derived"],
                                    supervisor._bpf(self.spec))

@@ -94,6 +94,7 @@ class Spec:
     kill_grace: float = 1.0
     output_limit: int | None = None
     cgroup_parent: str | None = None
+    tty: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -248,6 +249,7 @@ class Option:
     help: str
     apply: Callable[..., None]
     metavar: str | None = None
+    short: str | None = None  # a one-letter CLI alias, e.g. "t" for -t
 
 
 def _set(attr: str, parse: Callable[[str, Any], Any] = lambda k, v: v) -> Callable[..., None]:
@@ -461,6 +463,8 @@ OPTIONS: dict[str, Option] = {
     "cwd": Option("value", "working directory inside (default /)", _set("cwd", _abs_path), "DIR"),
     "pass-fd": Option("list", "keep this file descriptor open in the jail",
                       _append("pass_fds", lambda k, v: _parse_int(k, v, 3, 1 << 20)), "FD"),
+    "tty": Option("flag", "give the program a terminal of the jail's own /dev/pts (job control, "
+                  "window size), relayed to the caller's", _flag("tty"), short="t"),
     "no-init": Option("flag", "run the program as PID 1 directly, without isol8r's init",
                       _flag("init", False)),
     "rlimit": Option("list", "set a resource limit (AS, CORE, CPU, DATA, FSIZE, MEMLOCK, NOFILE, "

@@ -50,6 +50,23 @@ class Jail:
     notes: list[str] = field(default_factory=list)
     cgroup: Any = None
     program_group: Any = None  # where the program alone is counted from its exec (memory peak)
+    stood_in: int = 0  # a caller's signal that --no-init's PID 1 would have dropped: see forward
+
+    def forward(self, sig: int) -> None:
+        """Pass a caller's signal on (the Forwarder's target)."""
+        if not self.stand_in(sig):
+            self.signal(sig)
+
+    def stand_in(self, sig: int) -> bool:
+        """With --no-init the program is its PID namespace's init, which the kernel shields
+        from every signal it has no handler for: Ctrl-C would be lost. A signal that would end
+        it by default ends the jail instead (SIGKILL; the Result reports sig). True if so."""
+        if sig in _FATAL and not self.spec.init and "pid" in self.spec.namespaces \
+                and self.pidfd >= 0 and not _handles(self.pid, sig):
+            self.stood_in = sig
+            self.signal(signal.SIGKILL)
+            return True
+        return False
 
     def signal(self, sig: int) -> None:
         """Send sig to the jail: its init forwards it to the program's process group."""
@@ -71,6 +88,22 @@ class Jail:
         if self.program_group is not None and remove_cgroup:
             self.program_group.remove()
         self.cgroup = self.program_group = None
+
+
+_FATAL = frozenset((signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                    signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE))
+
+
+def _handles(pid: int, sig: int) -> bool:
+    """The process catches or ignores sig (either way the kernel delivers it as it would to
+    any process), from /proc/PID/status; True when that cannot be read (it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            fields = dict(line.split(b":", 1) for line in f if b":" in line)
+        mask = int(fields[b"SigCgt"], 16) | int(fields[b"SigIgn"], 16)
+    except (OSError, KeyError, ValueError):
+        return True
+    return bool(mask >> (sig - 1) & 1)
 
 
 # ---- starting ---------------------------------------------------------------------------------
@@ -416,6 +449,7 @@ class JailWatch:
         self.kill_at: float | None = None
         self.exited_at: float | None = None
         self.program_peak: int | None = None  # bytes: the program's own, from its exec on
+        self.terminal: Any = None  # with --tty: the terminal.Relay the jail's master goes to
 
     @property
     def done(self) -> bool:
@@ -446,10 +480,13 @@ class JailWatch:
             sel.unregister(self.jail.pidfd)
             return
         try:
-            rec = self.jail.chan.recv(65536)
+            rec, anc, _, _ = self.jail.chan.recvmsg(65536, socket.CMSG_SPACE(4))
         except ConnectionResetError:
             # the child closed with our Request unread (it failed before reading it): the error
             # is reported once, and the records it sent are still queued behind it
+            return
+        if anc:
+            self.on_terminal(sel, rec, anc)
             return
         if rec:
             self.on_record(rec)
@@ -458,6 +495,18 @@ class JailWatch:
         sel.unregister(self.jail.chan)
         if self.exec_at is None and self.error is None:
             self.exec_at = time.monotonic()  # --no-init: EOF on the channel means exec
+
+    def on_terminal(self, sel: selectors.BaseSelector, rec: bytes, anc: list[Any]) -> None:
+        """--tty: the master of the jail's terminal, to relay (pipeline._open_terminal)."""
+        fds = [int.from_bytes(data[i:i + 4], sys.byteorder) for level, kind, data in anc
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for i in range(0, len(data) - len(data) % 4, 4)]
+        if rec == b"P" and fds and self.terminal is not None:
+            if not self.jail.spec.init:  # the terminal's Ctrl-C to a PID 1 that would lose it
+                self.terminal.pid1 = (self.jail.pid, self.jail.stand_in)
+            self.terminal.attach(sel, fds.pop(0))
+        for fd in fds:
+            os.close(fd)
 
     def on_record(self, rec: bytes) -> None:
         kind, body = rec[:1], rec[1:]
@@ -568,6 +617,9 @@ class JailWatch:
         else:
             out.status, out.cpu_user, out.cpu_system = status, ru.ru_utime, ru.ru_stime
             out.memory_peak = ru.ru_maxrss * 1024
+        if jail.stood_in and out.status is not None and os.WIFSIGNALED(out.status) \
+                and os.WTERMSIG(out.status) == signal.SIGKILL:
+            out.status = jail.stood_in  # the wait status of a death by that signal
         if usage is not None:
             out.cpu_user = usage.cpu_user if usage.cpu_user is not None else out.cpu_user
             out.cpu_system = usage.cpu_system if usage.cpu_system is not None else out.cpu_system
@@ -611,10 +663,11 @@ class IOWatch:
         self.done_pipes: list[_Pipe] = []
         self.input: memoryview | None = None
         self.input_fd = -1
+        self.terminal: Any = None  # with --tty: the terminal.Relay, which takes the place of stdio
 
     @property
     def done(self) -> bool:
-        return not self.pipes
+        return not self.pipes and (self.terminal is None or self.terminal.done)
 
     def register(self, sel: selectors.BaseSelector) -> None:
         for fd in self.pipes:
@@ -678,8 +731,12 @@ class IOWatch:
             if p.relay is not None:
                 os.close(p.relay)
                 p.relay = None
+        if self.terminal is not None:
+            self.terminal.close()
 
     def fill(self, res: Result) -> None:
+        if self.terminal is not None:
+            self.terminal.fill(res)
         for p in self.done_pipes:
             if p.relay is None and not p.name.startswith("relay"):
                 setattr(res, p.name, p.kept.getvalue())
@@ -705,6 +762,8 @@ def open_stdio(spec: Spec, stdin: Any, stdout: Any, stderr: Any, input: bytes | 
     io = IOWatch(spec.output_limit, on_limit)
     child: list[tuple[int, int]] = []
     close: list[int] = []
+    if spec.tty:
+        return _open_terminal(spec, io, stdin, stdout, input, capture_output)
     try:
         if input is not None or stdin == subprocess.PIPE:
             r, w = os.pipe2(os.O_CLOEXEC)
@@ -757,6 +816,23 @@ def check_stdio(stdin: Any, stdout: Any, stderr: Any) -> None:
         elif not callable(getattr(value, "fileno", None)):
             raise ValueError(f"{name}={value!r}: give PIPE, DEVNULL, STDOUT (stderr only), "
                              "a file object or a descriptor")
+
+
+def _open_terminal(spec: Spec, io: IOWatch, stdin: Any, stdout: Any, input: bytes | None,
+                   capture_output: bool) -> Stdio:
+    """--tty: the jail opens its own terminal for 0, 1 and 2 (stderr joins stdout there, as on
+    any terminal); the caller's stdin and stdout are relayed to it, never passed in."""
+    from . import terminal
+
+    def fd(value: Any, default: int) -> int:
+        if value == subprocess.DEVNULL:
+            return -1
+        return default if value is None else value if isinstance(value, int) else value.fileno()
+    in_fd = -1 if input is not None else fd(stdin, 0)
+    capture = capture_output or stdout == subprocess.PIPE
+    io.terminal = terminal.Relay(in_fd, -1 if capture else fd(stdout, 1), input, capture,
+                                 spec.output_limit, lambda v: io.on_limit(v))
+    return Stdio([(f, f) for f in spec.pass_fds], [], io)
 
 
 def _fd_for(value: Any, default: int, mode: int, close: list[int]) -> int:
@@ -851,11 +927,12 @@ def run(spec: Spec, *, stdin: Any = None, stdout: Any = None, stderr: Any = None
             for fd in stdio.close_after_start:
                 os.close(fd)
         jw = JailWatch(jail, log if verbose else None)
+        jw.terminal = stdio.io.terminal
         watch.append(jw)
         sel = selectors.DefaultSelector()
         jw.register(sel)
         stdio.io.register(sel)
-        fwd.attach(jail.signal)
+        fwd.attach(jail.forward)
         try:
             drive(sel, [jw, stdio.io], lambda now: _next_tick(jw, spec, now),
                   lambda: jw.done and (stdio.io.done or _drained(jw, spec)))

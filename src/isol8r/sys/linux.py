@@ -69,6 +69,10 @@ SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED = 1 << 7
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_LOG = 2
 
+TIOCSCTTY = 0x540E  # make this terminal the session's controlling terminal
+TIOCSPTLCK = 0x40045431  # (un)lock a pseudo-terminal's slave: unlockpt()
+TIOCGPTPEER = 0x5441  # open a master's slave without a path lookup (Linux 4.13)
+
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _NR = {
