@@ -40,6 +40,9 @@ SKIP: dict[tuple[str, str], str] = {
     ("docs/rootfs.md", "isol8r check-root [--quick] DIR"): "a synopsis: DIR is a placeholder",
     ("docs/profiles.md", "isol8r run --profile grader.toml -- /tests/run.sh"):
         "needs the grader of the page's TOML example: /srv/tests/run.sh and grader.json",
+    ("README.md", "isol8r run -t -- bash                               # an interactive shell on "
+     "a terminal of its own"):
+        "interactive: it waits for a person at a terminal; tests/test_tty.py drives it in a pty",
 }
 EXPECT: dict[tuple[str, str], int] = {}
 

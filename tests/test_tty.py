@@ -214,7 +214,7 @@ def test_the_callers_terminal_is_put_back_when_the_cli_servers_worker_dies() -> 
                 continue
         assert len(holders) == 1, holders
         os.kill(holders[0], signal.SIGKILL)
-        assert t.wait() == 128 + signal.SIGKILL
+        assert t.wait() == 125  # isol8r's own part died: never blamed on the program (issue 12)
         assert t.settings_kept()
     finally:
         t.close()

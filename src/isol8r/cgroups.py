@@ -272,9 +272,26 @@ def _sweep(top: str) -> None:
         path = os.path.join(top, name)
         try:
             if time.time() - os.stat(path).st_mtime > _STALE_AGE:
-                os.rmdir(path)  # EBUSY while processes are still in it: those we leave alone
+                _rmtree(path)  # EBUSY while processes are still in it: those we leave alone
         except OSError:
             pass
+
+
+def _rmtree(path: str) -> None:
+    """rmdir a group and the groups nested in it (a jail's program group), deepest first."""
+    for d, _, _ in os.walk(path, topdown=False):
+        os.rmdir(d)
+
+
+def _procs_below(path: str) -> list[int]:
+    """Every pid in a group and in the groups nested in it."""
+    out = []
+    for d, _, _ in os.walk(path):
+        try:
+            out += [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
+        except OSError:
+            pass
+    return out
 
 
 def sweep_owner(pid: int) -> list[str]:
@@ -304,12 +321,12 @@ def sweep_owner(pid: int) -> list[str]:
             deadline = time.monotonic() + 1.0
             while True:
                 try:
-                    for p in _read(os.path.join(path, "cgroup.procs")).split():
+                    for p in _procs_below(path):
                         try:
-                            os.kill(int(p), signal.SIGKILL)
+                            os.kill(p, signal.SIGKILL)
                         except ProcessLookupError:
                             pass
-                    os.rmdir(path)
+                    _rmtree(path)
                     removed.append(path)
                     break
                 except OSError as e:

@@ -77,6 +77,17 @@ def _identity(pid: int) -> str | None:
         return None
 
 
+def bury(pid: int) -> None:
+    """What server pid, known to be gone, left: its jails' cgroups and its record. Called by
+    whoever knows first: the Client that reaped it, or the next server to start (claim)."""
+    from . import cgroups
+    cgroups.sweep_owner(pid)
+    try:
+        os.unlink(os.path.join(RECORDS, f"server-{pid}.rec"))
+    except OSError:
+        pass
+
+
 def claim() -> str | None:
     """Sweep what dead servers left (each record whose process is gone: its jails' cgroups, at
     once rather than after cgroups' 60 s), then record this server; returns its record's path."""
@@ -101,12 +112,7 @@ def claim() -> str | None:
             continue
         if int(rec_ns) != ns or _identity(pid) == f"{start} {rec_ns}":
             continue  # alive, or in another pid namespace: not ours to judge
-        from . import cgroups
-        cgroups.sweep_owner(pid)
-        try:
-            os.unlink(rec)
-        except OSError:
-            pass
+        bury(pid)
     mine = os.path.join(RECORDS, f"server-{os.getpid()}.rec")
     try:
         with open(mine, "x") as f:
@@ -488,6 +494,7 @@ class Client:
             if self._proc.poll() is None:
                 self._proc.kill()
             self._proc.wait()
+            bury(self._proc.pid)
         mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
         pkg_parent = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
@@ -512,6 +519,8 @@ class Client:
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
                     self._proc.wait()
+                if self._proc.returncode != 0:  # killed: nothing of it removed its jails' groups
+                    bury(self._proc.pid)
             self._proc = None
 
     def lease(self, spec: Spec, verbose: bool, fresh: bool = False) -> socket.socket:
@@ -542,6 +551,7 @@ class Client:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+            bury(proc.pid)
         return SetupError("fork server", errno.ETIMEDOUT, f"{why} within {WAIT_MARGIN:g} s "
                           "(ISOL8R_WAIT_MARGIN); it was replaced")
 
