@@ -93,16 +93,22 @@ def gone_within_a_second(pid: int, kids: list[int]) -> tuple[list[str], list[int
         time.sleep(0.02)
 
 
-def test_a_killed_fork_server_leaves_nothing_once_the_next_starts(client) -> None:
-    """Issue 12 item 4: its warm jails' cgroups stayed until a sweep 60 s later."""
-    assert client_run(client, "/bin/true", memory="64M").exit_code == 0  # warm jails, with groups
-    pid = client.pid()
+def kill_with_warm_groups(pid: int) -> list[int]:
+    """SIGKILL server pid (the test's own) once its warm jails have their groups; its children."""
     deadline = time.monotonic() + 5
     while len(groups_of(pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert groups_of(pid), "no warm jail with a cgroup to leave behind"
     kids = children(pid)
     os.kill(pid, signal.SIGKILL)
+    return kids
+
+
+def test_a_killed_fork_server_leaves_nothing_once_the_next_starts(client) -> None:
+    """Issue 12 item 4: its warm jails' cgroups stayed until a sweep 60 s later."""
+    assert client_run(client, "/bin/true", memory="64M").exit_code == 0  # warm jails, with groups
+    pid = client.pid()
+    kids = kill_with_warm_groups(pid)
     assert client_run(client, "/bin/true").exit_code == 0  # whoever starts next
     assert gone_within_a_second(pid, kids) == ([], [])
 
@@ -111,12 +117,7 @@ def test_a_killed_cli_server_leaves_nothing_once_the_next_starts() -> None:
     assert cli("run", "--memory", "64M", "--", "/bin/true").returncode == 0
     pid = server_pid()
     assert pid is not None
-    deadline = time.monotonic() + 5
-    while len(groups_of(pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert groups_of(pid), "no warm jail with a cgroup to leave behind"
-    kids = children(pid)
-    os.kill(pid, signal.SIGKILL)
+    kids = kill_with_warm_groups(pid)
     assert cli("run", "--", "/bin/true").returncode == 0
     assert gone_within_a_second(pid, kids) == ([], [])
     assert not os.path.exists(f"{server.RECORDS}/server-{pid}.rec")

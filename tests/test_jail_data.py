@@ -4,7 +4,6 @@ a real jail; none of them writes to the host's tree unless it is bound writable.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

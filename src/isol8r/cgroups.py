@@ -283,15 +283,13 @@ def _rmtree(path: str) -> None:
         os.rmdir(d)
 
 
-def _procs_below(path: str) -> list[int]:
-    """Every pid in a group and in the groups nested in it."""
-    out = []
+def _procs_below(path: str) -> set[int]:
+    """Every pid in a group and in the groups nested in it (a jail's, or one the jail made)."""
+    pids: set[int] = set()
     for d, _, _ in os.walk(path):
-        try:
-            out += [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
-        except OSError:
-            pass
-    return out
+        text = _read_opt(os.path.join(d, "cgroup.procs")) or ""
+        pids.update(int(p) for p in text.split())
+    return pids
 
 
 def sweep_owner(pid: int) -> list[str]:
@@ -590,12 +588,7 @@ class Cgroup:
 
     def _procs(self) -> set[int]:
         """Every process in the jail's groups and in any group the jail made beneath them."""
-        pids: set[int] = set()
-        for path in self.paths:
-            for d, _, _ in os.walk(path):
-                text = _read_opt(os.path.join(d, "cgroup.procs")) or ""
-                pids.update(int(p) for p in text.split())
-        return pids
+        return set().union(*(_procs_below(path) for path in self.paths))
 
     def _freeze(self, frozen: bool) -> bool:
         """v1: freeze or thaw through the freezer group, so nothing forks or exits while we kill."""
@@ -650,8 +643,7 @@ class Cgroup:
                 try:
                     if self._procs():
                         self.kill()
-                    for d, _, _ in os.walk(path, topdown=False):
-                        os.rmdir(d)
+                    _rmtree(path)
                     break
                 except FileNotFoundError:
                     break

@@ -21,7 +21,6 @@ import select
 import signal
 import socket
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
@@ -356,8 +355,7 @@ def _open_terminal(ch: _Channel, chan: int) -> int:
     def send() -> None:
         sock = socket.socket(fileno=chan)
         try:
-            sock.sendmsg([b"P"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                   master.to_bytes(4, sys.byteorder))])
+            sock.sendmsg([b"P"], wire.rights([master]))
         finally:
             sock.detach()
     ch.step("hand the terminal to the supervisor", send)

@@ -33,7 +33,6 @@ from . import pipeline, supervisor, wire
 from .errors import Isol8rError, SetupError, from_wire, to_wire
 from .result import Result
 from .spec import Spec
-from .sys import linux
 
 if TYPE_CHECKING:
     import asyncio

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import SpecError

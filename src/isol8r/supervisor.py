@@ -17,7 +17,6 @@ import selectors
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -269,9 +268,7 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         try:
             parent.sendmsg([b"G" + (b"R" if tree >= 0 else b"") +
                             (b"P" if jail.program_group is not None else b"")],
-                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                             b"".join(fd.to_bytes(4, sys.byteorder) for fd in trees))]
-                           if trees else [])
+                           wire.rights(trees))
         finally:
             for fd in trees:
                 os.close(fd)
@@ -498,9 +495,7 @@ class JailWatch:
 
     def on_terminal(self, sel: selectors.BaseSelector, rec: bytes, anc: list[Any]) -> None:
         """--tty: the master of the jail's terminal, to relay (pipeline._open_terminal)."""
-        fds = [int.from_bytes(data[i:i + 4], sys.byteorder) for level, kind, data in anc
-               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-               for i in range(0, len(data) - len(data) % 4, 4)]
+        fds = wire.fds_of(anc)
         if rec == b"P" and fds and self.terminal is not None:
             if not self.jail.spec.init:  # the terminal's Ctrl-C to a PID 1 that would lose it
                 self.terminal.pid1 = (self.jail.pid, self.jail.stand_in)
