@@ -36,7 +36,8 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 import isol8r
 from conftest import ROOT, mounts, needs_root
-from isol8r import bpfcache, cli, profiles, seccomp
+from isol8r import cli, profiles, seccomp
+from isol8r.seccomp import cache
 from isol8r.errors import Isol8rError
 from isol8r.spec import OPTIONS, Spec
 
@@ -82,15 +83,15 @@ def outcome(fn: Callable[[], Any]) -> Any:
 @pytest.fixture(scope="module", autouse=True)
 def host_untouched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The filter cache goes to a scratch directory, and the mount table stays as it was."""
-    cache = tmp_path_factory.mktemp("bpfcache")
-    cache.chmod(0o700)
-    real = bpfcache._dir
-    bpfcache._dir = lambda: str(cache)  # type: ignore[assignment]
+    store = tmp_path_factory.mktemp("filter-cache")
+    store.chmod(0o700)
+    real = cache.cache_dir
+    cache.cache_dir = lambda: str(store)  # type: ignore[assignment]
     before = mounts()
     try:
         yield
     finally:
-        bpfcache._dir = real  # type: ignore[assignment]
+        cache.cache_dir = real  # type: ignore[assignment]
     assert mounts() == before
 
 

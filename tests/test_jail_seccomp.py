@@ -16,7 +16,7 @@ from conftest import ROOT, cli, needs_root, py, sh
 
 pytestmark = [
     needs_root,
-    pytest.mark.skipif(not (ROOT / "src" / "isol8r" / "seccomp.py").exists(),
+    pytest.mark.skipif(not (ROOT / "src" / "isol8r" / "seccomp").is_dir(),
                        reason="the seccomp module is not written yet"),
 ]
 

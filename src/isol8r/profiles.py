@@ -91,10 +91,10 @@ def _check_seccomp(path: Path, spec: Spec) -> None:
     stat and a small read, and the run that follows finds its filter ready."""
     if not (spec.seccomp_profile or spec.seccomp_allow or spec.seccomp_deny):
         return
-    from . import bpfcache
+    from .seccomp import cache
     try:
-        bpfcache.compile_policy(spec.seccomp, spec.seccomp_profile, spec.seccomp_allow,
-                                spec.seccomp_deny, spec.seccomp_log)
+        cache.jail_filter(spec.seccomp, spec.seccomp_profile, spec.seccomp_allow,
+                          spec.seccomp_deny, spec.seccomp_log)
     except SpecError as e:
         if e.field.startswith("--"):
             raise SpecError(f"{path}: {e.field[2:]}", e.value, e.reason) from None

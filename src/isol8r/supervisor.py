@@ -400,9 +400,9 @@ def _limits_applied(spec: Spec, derived: dict[str, tuple[int, int]], cg: Any) ->
 def _bpf(spec: Spec) -> bytes | None:
     if spec.seccomp == "none" and not (spec.seccomp_profile or spec.seccomp_allow or spec.seccomp_deny):
         return None
-    from . import bpfcache
-    return bpfcache.compile_policy(spec.seccomp, spec.seccomp_profile, spec.seccomp_allow,
-                                   spec.seccomp_deny, spec.seccomp_log)
+    from .seccomp import cache
+    return cache.jail_filter(spec.seccomp, spec.seccomp_profile, spec.seccomp_allow,
+                             spec.seccomp_deny, spec.seccomp_log)
 
 
 # ---- the jail side ----------------------------------------------------------------------------

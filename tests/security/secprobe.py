@@ -134,7 +134,7 @@ def parse(result: isol8r.Result) -> Report:
 
 # ---- the compiled-filter cache ----------------------------------------------------------------
 #
-# isol8r caches every compiled seccomp filter on disk (bpfcache: /run/isol8r/bpf as root), one
+# isol8r caches every compiled seccomp filter on disk (seccomp.cache: /run/isol8r/bpf as root), one
 # file per policy and profile file, never evicted. The suite must leave no file behind, so the
 # policies it compiles are recorded and the entries it created are removed when it ends.
 
@@ -145,10 +145,10 @@ _NAMES: set[str] = set()  # cache file names, computed when the policy was used
 
 def _cache_dir() -> Path | None:
     try:
-        from isol8r import bpfcache
+        from isol8r.seccomp import cache
     except ImportError:
         return None
-    return Path(bpfcache._dir())
+    return Path(cache.cache_dir())
 
 
 def _cache_listing() -> set[str]:
@@ -172,8 +172,8 @@ def note_policy(options: dict[str, Any]) -> None:
     args = (spec.seccomp, spec.seccomp_profile, spec.seccomp_allow, spec.seccomp_deny,
             spec.seccomp_log)
     if args != _DEFAULT_POLICY and _cache_dir() is not None:
-        from isol8r import bpfcache
-        _NAMES.add(bpfcache._key(args, args[1]))  # a profile's key holds its inode and mtime
+        from isol8r.seccomp import cache
+        _NAMES.add(cache.cache_key(*args))  # a profile's key holds its inode and mtime
 
 
 @atexit.register
@@ -181,8 +181,8 @@ def _forget_cached_filters() -> None:
     d = _cache_dir()
     if d is None:
         return
-    from isol8r import bpfcache
-    for name in _NAMES | {bpfcache._key(_DEFAULT_POLICY, None)}:
+    from isol8r.seccomp import cache
+    for name in _NAMES | {cache.cache_key(*_DEFAULT_POLICY)}:
         if name not in _CACHE_BEFORE:
             try:
                 (d / name).unlink()
