@@ -27,7 +27,6 @@ _ALWAYS = (*_EXEC, "exit", "exit_group")
 NEWER_FORMS = {"clone": "clone3", "openat": "openat2"}
 
 
-
 def resolve_policy(seccomp: str = "default", profile: str | None = None,
                    allow: tuple[str, ...] = (), deny: tuple[str, ...] = (),
                    log: bool = False) -> Policy:
