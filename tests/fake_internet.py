@@ -2,7 +2,8 @@
 
 Serves, on ADDR: HTTP on 8080 and 8081 (GET answers "hello <path> host=<Host header>", POST
 echoes its body), bulk TCP on 9000 (a client sends b"B" and gets N MiB, default 50), and DNS on
-UDP 53 (any A question answered with ADDR, the name "nx.test" with NXDOMAIN). Prints "ready" on
+UDP 53 (any A question answered with ADDR, the name "nx.test" with NXDOMAIN); with N = 0,
+only the DNS server. Prints "ready" on
 stdout once every socket listens. Started and killed by pid by the test that made the namespace.
 """
 
@@ -49,27 +50,39 @@ def bulk(s: socket.socket, mib: int) -> None:
 def dns(s: socket.socket, addr: str) -> None:
     while True:
         q, peer = s.recvfrom(512)
-        if len(q) < 12:
-            continue
-        qid = q[:2]
-        end = 12
-        labels = []
-        while q[end]:
-            labels.append(q[end + 1:end + 1 + q[end]].decode("ascii", "replace"))
-            end += q[end] + 1
-        question = q[12:end + 5]
-        name = ".".join(labels)
-        if name == "nx.test":
-            s.sendto(qid + b"\x81\x83" + b"\x00\x01\x00\x00\x00\x00\x00\x00" + question, peer)
-            continue
-        answer = b"\xc0\x0c\x00\x01\x00\x01" + struct.pack(">IH", 60, 4) + socket.inet_aton(addr)
-        s.sendto(qid + b"\x81\x80" + b"\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer,
-                 peer)
+        try:
+            answer_one(s, q, peer, addr)
+        except (IndexError, OSError):  # a malformed query gets no answer, the server stays
+            pass
+
+
+def answer_one(s: socket.socket, q: bytes, peer: tuple[str, int], addr: str) -> None:
+    if len(q) < 12:
+        return
+    qid = q[:2]
+    end = 12
+    labels = []
+    while q[end]:
+        labels.append(q[end + 1:end + 1 + q[end]].decode("ascii", "replace"))
+        end += q[end] + 1
+    question = q[12:end + 5]
+    name = ".".join(labels)
+    if name == "nx.test":
+        s.sendto(qid + b"\x81\x83" + b"\x00\x01\x00\x00\x00\x00\x00\x00" + question, peer)
+        return
+    answer = b"\xc0\x0c\x00\x01\x00\x01" + struct.pack(">IH", 60, 4) + socket.inet_aton(addr)
+    s.sendto(qid + b"\x81\x80" + b"\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer,
+             peer)
 
 
 def main() -> None:
     addr = sys.argv[1]
     mib = int(sys.argv[2]) if len(sys.argv) > 2 else 50
+    if mib == 0:  # DNS only (a resolver on a host's loopback)
+        d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        d.bind((addr, 53))
+        print("ready", flush=True)
+        dns(d, addr)
     servers = [ThreadingHTTPServer((addr, port), Handler) for port in (8080, 8081)]
     for srv in servers:
         threading.Thread(target=srv.serve_forever, daemon=True).start()

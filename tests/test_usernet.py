@@ -11,13 +11,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import needs_root
 from isol8r.usernet import (UsernetError, check_ports_free, parse_publish, resolv_conf, start)
-from nethelp import Island, in_netns, island, jail_netns, stop
+from nethelp import Island, in_netns, island, jail_netns, serve_fake_internet, stop
 
 pytestmark = needs_root
 
@@ -74,6 +76,24 @@ def test_outbound_tcp_and_dns_from_the_jail(isle: Island, backend: str) -> None:
     assert net.proc.poll() is not None
     with pytest.raises(ProcessLookupError):
         __import__("os").kill(pid, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dns_works_when_the_hosts_resolver_is_on_its_loopback(isle: Island, backend: str) -> None:
+    """systemd-resolved's 127.0.0.53: the forwarder reaches it though the jail cannot reach
+    the host's loopback otherwise."""
+    conf = Path("/etc/netns") / isle.host / "resolv.conf"
+    saved = conf.read_text()
+    conf.write_text("nameserver 127.0.0.53\n")
+    resolver = serve_fake_internet(isle.host, "127.0.0.53", mib=0)
+    try:
+        with jail_netns() as jail, start(jail, backend=backend,
+                                         prefix=("ip", "netns", "exec", isle.host)) as net:
+            out = in_netns(jail, DNS_QUERY.format(name="pypi.test", dns=net.dns))
+            assert out.stdout == "0 127.0.0.53\n", out.stderr
+    finally:
+        stop(resolver)
+        conf.write_text(saved)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -156,6 +176,25 @@ def test_the_hosts_loopback_is_not_reachable(isle: Island, backend: str) -> None
                 assert out.stdout == "no\n", (gw, out.stdout, out.stderr)
     finally:
         stop(holder)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_stack_keeps_little_privilege(isle: Island, backend: str) -> None:
+    with jail_netns() as jail, start(jail, backend=backend,
+                                     prefix=("ip", "netns", "exec", isle.host)) as net:
+        deadline = time.monotonic() + 5  # pasta seals itself just after it reports ready
+        while True:
+            with open(f"/proc/{net.pid}/status") as f:
+                st = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+            if st["Seccomp"] == "2" or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        with open(f"/proc/{net.pid}/mountinfo") as f:
+            assert len(f.readlines()) < 10  # its own near-empty mount namespace
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+    nbs, sys_admin = 1 << 10, 1 << 21  # CAP_NET_BIND_SERVICE, CAP_SYS_ADMIN
+    allowed = nbs if backend == "slirp4netns" else nbs | sys_admin
+    assert int(st["CapEff"], 16) & ~allowed == 0, st["CapEff"]
 
 
 def test_a_missing_backend_is_a_one_line_error() -> None:

@@ -2,10 +2,16 @@
 through a packaged user-space stack, DNS through a forwarder address inside the jail, and
 published ports, without a bridge, a veth or any change to the host's routes or firewall.
 
-Two implementations, both Debian packages: pasta (package `passt`, preferred, as podman does
-since 5.0) and slirp4netns. pasta is preferred by measurement (see docs/network.md; on this
-machine it was ready sooner and moved a 50 MB transfer faster), and because it maps published
-ports on its command line, where slirp4netns needs a JSON call on an API socket after start.
+Two implementations, both Debian packages: slirp4netns and pasta (package `passt`, podman's
+default since 5.0). Measured here (bench/net_stacks.py, a fake internet in namespaces, p50 of
+15 rounds on a busy 2-core VM): slirp4netns is ready to connect in 12-18 ms and holds 3.8 MiB
+resident, pasta needs 26-38 ms and 22 MiB (it pre-opens socket pools and large packet buffers);
+pasta moves a 50 MiB transfer about twice as fast (415-590 MiB/s against 235-305). A jail runner
+starts many short jails, so slirp4netns is the default and pasta the choice for bulk transfer.
+slirp4netns also keeps less privilege when root runs it (`--enable-sandbox`: only
+CAP_NET_BIND_SERVICE, in a mount namespace of its own, under seccomp), where pasta keeps
+CAP_SYS_ADMIN. slirp4netns maps published ports through a JSON call on its API socket; pasta on
+its command line.
 
 The jail's namespace is handed to the program as an inherited descriptor (`/proc/self/fd/N`),
 not as `/proc/PID/ns/net`: pasta drops capabilities before it opens the path, and a process with
@@ -118,8 +124,8 @@ def resolv_conf(dns: str, search: Sequence[str] = ()) -> str:
 
 
 def available() -> list[str]:
-    """The user-mode stacks installed here, preferred first."""
-    return [name for name in ("pasta", "slirp4netns") if shutil.which(name)]
+    """The user-mode stacks installed here, preferred first (see the module's docstring)."""
+    return [name for name in ("slirp4netns", "pasta") if shutil.which(name)]
 
 
 @dataclass
@@ -171,13 +177,13 @@ def start(netns: int | str, *, backend: str | None = None, publish: Sequence[Pub
           prefix: Sequence[str] = (), timeout: float = 5.0) -> UserNet:
     """Start a user-mode stack for the network namespace of pid `netns` (or a path to it).
 
-    backend: "pasta" or "slirp4netns" (default: the first installed, pasta preferred).
+    backend: "slirp4netns" or "pasta" (default: the first installed, slirp4netns preferred).
     userns: the namespace owning netns, which an unprivileged caller's stack must join.
     prefix: a command to run the stack under (tests: `ip netns exec HOST`); the host port check
     then is the program's own, as this process is in another namespace.
     Returns once the jail's interface is configured; raises UsernetError (one line) otherwise.
     """
-    backend = backend or (available() or ["pasta"])[0]
+    backend = backend or (available() or ["slirp4netns"])[0]
     if backend not in ("pasta", "slirp4netns"):
         raise UsernetError(f"unknown user-mode network backend {backend!r}")
     if not shutil.which(backend):
