@@ -16,7 +16,8 @@ from typing import Iterator
 import pytest
 
 from conftest import needs_root
-from isol8r.daemon.egress import EgressProxy, Limits, proxy_env, serve_in_thread
+from isol8r.daemon.egress import (EgressProxy, Limits, host_addresses, proxy_env,
+                                  serve_in_thread)
 from isol8r.egress_rules import Policy
 from nethelp import Upstream, internet_from_host
 
@@ -126,6 +127,12 @@ def socks(addr: tuple[str, int], atyp: int, host: bytes, port: int,
 
 def reasons(r: Running) -> list[tuple[str, int, str]]:
     return [(d.host, d.port, d.reason) for d in r.proxy.denials]
+
+
+def test_the_hosts_own_addresses_are_known(up: Upstream) -> None:
+    own = {str(a) for a in host_addresses()}
+    assert {"127.0.0.1", up.addr.rsplit(".", 1)[0] + ".1"} <= own  # lo and our veth's end
+    assert up.addr not in own
 
 
 def test_connect_admits_an_allowed_name(start, up: Upstream) -> None:

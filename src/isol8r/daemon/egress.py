@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import os
 import selectors
 import socket
 import threading
@@ -640,19 +639,32 @@ def serve_in_thread(proxy: EgressProxy) -> threading.Thread:
     return t
 
 
-if __name__ == "__main__":  # pragma: no cover - a manual tool: python -m isol8r.daemon.egress
+def main(argv: list[str]) -> int:
+    """`python -m isol8r.daemon.egress HOST:PORT PATTERN...`: a proxy by hand (PORT 0: any)."""
     import sys
-    args = sys.argv[1:]
-    if not args:
+    if len(argv) < 1:
         print("usage: python -m isol8r.daemon.egress HOST:PORT PATTERN[:PORT]...", file=sys.stderr)
-        sys.exit(2)
-    h, p = split_host_port(args[0])
-    proxy = EgressProxy(Policy.parse(args[1:], host_addresses()))
-    print("listening on %s:%d" % proxy.listen(h, p or 0), file=sys.stderr)
+        return 2
+    host, _, port = argv[0].rpartition(":")
+    try:
+        policy = Policy.parse(argv[1:], host_addresses())
+        if not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"bad listening address {argv[0]!r}: expected HOST:PORT")
+        proxy = EgressProxy(policy)
+        bound = proxy.listen(host.strip("[]") or "127.0.0.1", int(port))
+    except (ValueError, OSError) as e:
+        print(f"isol8r egress: {e}", file=sys.stderr)
+        return 2
+    print("listening on %s:%d" % bound, file=sys.stderr, flush=True)
     try:
         proxy.serve()
     except KeyboardInterrupt:
         pass
     finally:
         proxy.close()
-        os._exit(0)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - a manual tool
+    import sys
+    sys.exit(main(sys.argv[1:]))
