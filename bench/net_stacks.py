@@ -113,8 +113,8 @@ def proxy_latency(rounds: int) -> None:
             srv.accept()[0].close()
             c.close()
             via.append(time.perf_counter() - t)
-        print(f"egress proxy  CONNECT p50 {statistics.median(via) * 1e6:6.0f} us, direct "
-              f"{statistics.median(direct) * 1e6:4.0f} us (+{(statistics.median(via) - statistics.median(direct)) * 1e6:.0f} us), "
+        v, d = statistics.median(via) * 1e6, statistics.median(direct) * 1e6
+        print(f"egress proxy  CONNECT p50 {v:6.0f} us, direct {d:4.0f} us (+{v - d:.0f} us), "
               f"proxy RSS {rss_kib(os.getpid())} KiB (this benchmark's process)")
     finally:
         proxy.stop()

@@ -122,13 +122,23 @@ def island(mib: int = 50) -> Iterator[Island]:
         ip("-n", inet, "link", "set", "i0", "up")
         ip("-n", inet, "addr", "add", f"10.202.{n}.1/32", "dev", "lo")
         etc = Path("/etc/netns") / host
+        made_parent = not etc.parent.exists()
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "resolv.conf").write_text(f"nameserver 10.202.{n}.1\n")
-        proc = serve_fake_internet(inet, f"10.202.{n}.1", mib)
         try:
-            yield Island(host, inet, f"10.202.{n}.1", proc)
+            (etc / "resolv.conf").write_text(f"nameserver 10.202.{n}.1\n")
+            proc = serve_fake_internet(inet, f"10.202.{n}.1", mib)
+            try:
+                yield Island(host, inet, f"10.202.{n}.1", proc)
+            finally:
+                stop(proc)
         finally:
-            stop(proc)
+            with contextlib.suppress(OSError):
+                (etc / "resolv.conf").unlink()
+            with contextlib.suppress(OSError):
+                etc.rmdir()
+            if made_parent:
+                with contextlib.suppress(OSError):
+                    etc.parent.rmdir()
 
 
 @contextlib.contextmanager

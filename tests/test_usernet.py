@@ -8,6 +8,7 @@ host namespace (`ip netns exec`), the jail is an `unshare --net` process the tes
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,8 @@ print(out.decode().splitlines()[-1])
 DNS_QUERY = """
 import socket, struct
 q = b"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00"
-q += b"".join(bytes([len(p)]) + p.encode() for p in {name!r}.split(".")) + b"\\x00\\x00\\x01\\x00\\x01"
+q += b"".join(bytes([len(p)]) + p.encode() for p in {name!r}.split("."))
+q += b"\\x00\\x00\\x01\\x00\\x01"
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(5)
 s.sendto(q, ({dns!r}, 53))
@@ -75,7 +77,7 @@ def test_outbound_tcp_and_dns_from_the_jail(isle: Island, backend: str) -> None:
         pid = net.pid
     assert net.proc.poll() is not None
     with pytest.raises(ProcessLookupError):
-        __import__("os").kill(pid, 0)
+        os.kill(pid, 0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
