@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
 from . import caps, mounts, net, pid1, rlimits, userns, wire
-from .spec import Spec, capability_number
+from .spec import Shape, Spec
+from .spec import shape as spec_shape
 from .sys import linux
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
@@ -87,69 +88,55 @@ def environment(spec: Spec) -> dict[str, str]:
     return env
 
 
-def default_policy(spec: Spec) -> bool:
-    """The default filter exactly: a deny-list that lets the request half run under it, so a
-    jail loads it while it waits rather than after the caller asked."""
-    return (spec.seccomp == "default" and spec.seccomp_profile is None and not spec.seccomp_allow
-            and not spec.seccomp_deny and not spec.seccomp_log)
-
-
-def prepare(spec: Spec, verbose: bool = False, bpf: bytes | None = None) -> Plan:
+def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Plan:
     """Parent side: call each concern's planning function; nothing here touches the system.
-    bpf, when given, is the default filter (default_policy(spec)) to load ahead."""
-    ns = spec.namespaces
+    The Shape is the jail's only description here (a Spec field not in it cannot reach a warm
+    jail); bpf, when given, is the default filter, loaded ahead if the shape says so."""
+    ns = shape.namespaces
     flags = 0
     for name, bit in (("user", linux.CLONE_NEWUSER), ("pid", linux.CLONE_NEWPID),
                       ("mount", linux.CLONE_NEWNS), ("net", linux.CLONE_NEWNET),
                       ("ipc", linux.CLONE_NEWIPC), ("uts", linux.CLONE_NEWUTS)):
         if name in ns:
             flags |= bit
-    ids = userns.plan(spec.uid, spec.gid, spec.uid_map) if "user" in ns else None
+    ids = userns.plan(shape.uid, shape.gid, shape.id_map) if "user" in ns else None
     mplan = None
     if "mount" in ns:
         mplan = mounts.plan(
-            rootfs=spec.rootfs, rw_root=spec.rw_root, overlay=spec.overlay,
-            overlay_dir=spec.overlay_dir,
-            user_mounts=tuple((m.kind, m.dst, m.src, m.size) for m in spec.mounts),
-            uid=spec.uid, gid=spec.gid, hostname=spec.hostname, new_net="net" in ns,
-            tmp_size=tmp_size(spec), new_pid="pid" in ns,
-            data=tuple((d.kind, d.dst, d.src, d.mode) for d in spec.data))
+            rootfs=shape.rootfs, rw_root=shape.rw_root, overlay=shape.overlay,
+            overlay_dir=shape.overlay_dir,
+            user_mounts=tuple((m.kind, m.dst, m.src, m.size) for m in shape.mounts),
+            uid=shape.uid, gid=shape.gid, hostname=shape.hostname, new_net="net" in ns,
+            tmp_size=shape.tmp_size, new_pid="pid" in ns,
+            data=tuple((d.kind, d.dst, d.src, d.mode) for d in shape.data))
     return Plan(
         clone_flags=flags,
         unshare_cgroup="cgroup" in ns,
         ids=ids,
         mounts=mplan,
-        hostname=spec.hostname if "uts" in ns else None,
+        hostname=shape.hostname if "uts" in ns else None,
         loopback="net" in ns,
-        init=spec.init,
-        uid=spec.uid,
-        gid=spec.gid,
+        init=shape.init,
+        uid=shape.uid,
+        gid=shape.gid,
         keep_groups=ids is not None and not ids.can_become_root,
-        caps=caps.plan(tuple(capability_number(c) for c in spec.caps)),
+        caps=caps.plan(shape.caps),
         verbose=verbose,
         signals=linux.handled_signals(),
         parent_pidfd=linux.own_pidfd(),
-        bpf=bpf if default_policy(spec) else None,
+        bpf=bpf if shape.default_filter else None,
     )
 
 
-def tmp_size(spec: Spec) -> int:
-    """--tmp-size, else the default that follows RAM and --memory (part of a jail's shape)."""
-    return spec.tmp_size if spec.tmp_size is not None else mounts.tmp_size_default(spec.memory)
-
-
-def shape(spec: Spec) -> tuple[object, ...]:
-    """The Spec fields prepare() reads: jails of one shape are interchangeable until activated."""
-    return (tuple(sorted(spec.namespaces)), spec.rootfs, spec.rw_root, spec.overlay,
-            spec.overlay_dir, spec.mounts, spec.hostname, spec.uid, spec.gid, spec.id_base,
-            spec.unsafe_map_host_root, spec.caps, spec.init, tmp_size(spec), default_policy(spec),
-            spec.data)
+def shape(spec: Spec) -> Shape:
+    """The Spec's Shape (spec.shape): jails of one shape are interchangeable until activated."""
+    return spec_shape(spec)
 
 
 def request(spec: Spec, targets: list[int], derived_rlimits: dict[str, tuple[int, int]] | None,
             bpf: bytes | None) -> Request:
     """Parent side: the per-run half of a jail (no filter when the shape loaded it already)."""
-    if default_policy(spec):
+    if spec.default_filter:
         bpf = None
     env = environment(spec)
     return Request(

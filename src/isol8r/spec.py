@@ -150,6 +150,80 @@ class Spec:
             return ((0, 0, ID_RANGE),)
         return ((0, self.id_base, ID_RANGE),)
 
+    @property
+    def default_filter(self) -> bool:
+        """The default seccomp filter exactly: a deny-list that lets the request half run under
+        it, so a jail loads it while it waits rather than after the caller asked."""
+        return (self.seccomp == "default" and self.seccomp_profile is None
+                and not self.seccomp_allow and not self.seccomp_deny and not self.seccomp_log)
+
+    @property
+    def wants_cgroup(self) -> bool:
+        """A cgroup limit is asked for, or --share-pid: then no PID namespace's end takes the
+        jail's leftovers (a setsid'd daemon) with it, and the cgroup is what ends them."""
+        return not (self.memory is None and self.pids is None and self.cpus is None
+                    and self.cpu_limit is None) or "pid" not in self.namespaces
+
+    @property
+    def drain_grace(self) -> float:
+        """How long output is still read after the jail ended (a leftover may hold a pipe): the
+        kill grace, and never under half a second, so --kill-grace 0 still drains what is there."""
+        return max(self.kill_grace, 0.5)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The part of a jail made before it knows what it will run: the only input of
+    pipeline.prepare() and the fork server's key for warm jails. Built from a Spec by shape()
+    alone, with derived values resolved (tmp_size, id_map, caps as numbers), so two Specs that
+    would build the same jail have equal Shapes, and a field not here cannot reach a warm jail."""
+
+    namespaces: frozenset[str]
+    rootfs: str | None
+    rw_root: bool
+    overlay: bool
+    overlay_dir: str | None
+    mounts: tuple[Mount, ...]
+    data: tuple[Data, ...]
+    hostname: str
+    uid: int
+    gid: int
+    id_map: tuple[tuple[int, int, int], ...]  # Spec.uid_map: --id-base, --unsafe-map-host-root
+    caps: tuple[int, ...]  # capability numbers, sorted, once each
+    init: bool
+    tmp_size: int  # --tmp-size, else the default that follows RAM and --memory
+    default_filter: bool  # the default seccomp filter, loaded while the jail waits
+    # The jail is born in a cgroup of its own (Spec.wants_cgroup): which limits that group has
+    # (the values are the lease's) and where it is made; None when it has no group.
+    cgroup: frozenset[str] | None
+    cgroup_parent: str | None  # None unless cgroup is set
+
+
+def shape(spec: Spec) -> Shape:
+    """The Shape of a Spec: the one place that says which Spec fields make a jail's shape."""
+    from .mounts import tmp_size_default  # lazily: spec is imported where mounts is not needed
+    limited = spec.wants_cgroup
+    return Shape(
+        namespaces=spec.namespaces,
+        rootfs=spec.rootfs,
+        rw_root=spec.rw_root,
+        overlay=spec.overlay,
+        overlay_dir=spec.overlay_dir,
+        mounts=spec.mounts,
+        data=spec.data,
+        hostname=spec.hostname,
+        uid=spec.uid,
+        gid=spec.gid,
+        id_map=spec.uid_map,
+        caps=tuple(sorted({capability_number(c) for c in spec.caps})),
+        init=spec.init,
+        tmp_size=spec.tmp_size if spec.tmp_size is not None else tmp_size_default(spec.memory),
+        default_filter=spec.default_filter,
+        cgroup=frozenset(k for k in ("memory", "pids", "cpus") if getattr(spec, k) is not None)
+        if limited else None,
+        cgroup_parent=spec.cgroup_parent if limited else None,
+    )
+
 
 # ---- option table -----------------------------------------------------------------------------
 
