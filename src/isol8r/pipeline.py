@@ -1,11 +1,22 @@
-"""The child side: prepare() in the parent computes everything, child_main() runs the ordered steps.
+"""The child side: prepare() in the parent turns a Shape into a Plan, child_main() runs the steps.
 
-    user/ids -> mounts + pivot_root -> hostname -> network -> [init forks the program] ->
-    session -> uid switch -> capabilities + no_new_privs -> cwd -> close fds -> rlimits ->
-    seccomp -> execve
+In the order of the code (the order is the documentation):
+
+    shape half, child_main(): close what is not the channel -> reset signals -> die with the
+        supervisor -> wait for "go" (the id maps are written) -> become root of the user
+        namespace (and die with the supervisor again: an id change clears that) -> cgroup
+        namespace -> mounts + pivot_root -> hostname -> loopback up -> [the init forks the
+        program and serves as PID 1, with CAP_KILL only]
+    the program, _program(): session -> uid switch (and die with the parent again) ->
+        capabilities + no_new_privs -> rehearse the request half -> [the default filter, when
+        the Shape preloads it] -> its memory cgroup -> wait for the Request (a warm jail waits
+        here)
+    request half: chdir -> find the program on PATH -> [the terminal] -> descriptors -> close
+        the rest -> rlimits -> seccomp -> execve
 
 Every step either succeeds or reports one record "E step\\0errno\\0detail" over the handshake
-channel and exits 125, so a failure inside the jail reads as "mount /proc: EPERM (...)".
+channel and exits (125; 127 or 126 when the program cannot be found or executed), so a failure
+inside the jail reads as "mount /proc: EPERM (...)".
 The child was made by a bare clone of the supervisor: it imports nothing and allocates little.
 """
 
@@ -26,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
 from . import caps, mounts, net, pid1, rlimits, userns, wire
+from .errors import exec_status
 from .spec import Shape, Spec
 from .spec import shape as spec_shape
 from .sys import linux
@@ -35,11 +47,12 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
 @dataclass
 class Plan:
-    """The jail's shape: everything the child sets up before it knows what it will run.
+    """A Shape, planned: everything the child sets up before it knows what it will run.
 
-    A child made from a Plan builds its namespaces, root, identity and capabilities, then waits
-    for a Request (what to run, and how) on its channel: right away on the normal path, or when
-    the fork server hands a pre-warmed jail to a caller.
+    prepare() makes it from a Shape alone. A child made from a Plan builds its namespaces, root,
+    identity and capabilities (and loads the default filter, when bpf is set), then waits for a
+    Request on its channel: right away on the normal path, or when the fork server hands a
+    pre-warmed jail to a caller.
     """
 
     clone_flags: int
@@ -61,7 +74,10 @@ class Plan:
 
 @dataclass
 class Request:
-    """What to run in a jail and the per-run settings; sent to the child with marshal."""
+    """What to run in a jail and the per-run settings; sent to the child with marshal. The
+    child applies it in this order: cwd, argv[0] found on search_path, the terminal (tty), the
+    descriptors at their targets, rlimits, then bpf (None when the Shape preloaded the default
+    filter), then execve with env."""
 
     argv: list[bytes]
     env: list[tuple[bytes, bytes]]
@@ -292,7 +308,7 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
             detail = _too_big(argv, env) if e.errno == errno.E2BIG else os.fsdecode(path)
             raise _Failed("execve", e.errno or errno.EIO, detail) from None
     except _Failed as f:
-        ch.fail(f, _exec_code(f.err) if f.step in ("execve", "find program") else 125)
+        ch.fail(f, exec_status(f.err) if f.step in ("execve", "find program") else 125)
     except BaseException as e:
         ch.fail(_Failed("internal error", errno.EIO, f"{type(e).__name__}: {e}"))
     os._exit(125)
@@ -380,10 +396,6 @@ def _too_big(argv: list[bytes], env: list[tuple[bytes, bytes]]) -> str:
     what = f"argv is {a} bytes (the environment {e})" if a >= e else \
         f"the environment is {e} bytes (argv {a})"
     return f"{what}: over the kernel's limit of {limit} for both, a quarter of RLIMIT_STACK"
-
-
-def _exec_code(err: int) -> int:
-    return 127 if err in (errno.ENOENT, errno.ENOTDIR) else 126
 
 
 def _resolve(name: bytes, search_path: list[bytes]) -> bytes:

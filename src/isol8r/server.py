@@ -567,7 +567,7 @@ class Client:
                 assert session.watch is not None
                 fwd.attach(session.watch.jail.forward)
                 try:
-                    supervisor.drive(sel, [session], session.next_tick, session.finished)
+                    supervisor.drive(sel, session.next_tick, session.finished)
                 finally:
                     sel.close()
             finally:

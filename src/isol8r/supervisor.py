@@ -883,9 +883,10 @@ def _verdict(spec: Spec, res: Result, oom: bool) -> str:
     return "ok" if res.exit_code == 0 else "nonzero-exit"
 
 
-def drive(sel: selectors.BaseSelector, watches: list[Any], ticks: Callable[[float], float | None],
+def drive(sel: selectors.BaseSelector, ticks: Callable[[float], float | None],
           finished: Callable[[], bool]) -> None:
-    """One event loop: dispatch ready descriptors to their watcher, tick the limits."""
+    """One event loop: dispatch ready descriptors to their watcher (each registered its own, with
+    itself first in the key's data), tick the limits."""
     while not finished():
         now = time.monotonic()
         nxt = ticks(now)
@@ -921,7 +922,7 @@ def run(spec: Spec, *, stdin: Any = None, stdout: Any = None, stderr: Any = None
         stdio.io.register(sel)
         fwd.attach(jail.forward)
         try:
-            drive(sel, [jw, stdio.io], lambda now: _next_tick(jw, spec, now),
+            drive(sel, lambda now: _next_tick(jw, spec, now),
                   lambda: jw.done and (stdio.io.done or _drained(jw, spec)))
             outcome = jw.finish()
         finally:
