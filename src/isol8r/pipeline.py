@@ -76,8 +76,8 @@ class Plan:
 class Request:
     """What to run in a jail and the per-run settings; sent to the child with marshal. The
     child applies it in this order: cwd, argv[0] found on search_path, the terminal (tty), the
-    descriptors at their targets, rlimits, then bpf (None when the Shape preloaded the default
-    filter), then execve with env."""
+    descriptors at their targets (every other one closed), rlimits, then bpf (None when the
+    Shape preloaded the default filter), then execve with env."""
 
     argv: list[bytes]
     env: list[tuple[bytes, bytes]]
