@@ -38,12 +38,18 @@ class SetupError(Isol8rError):
         super().__init__(f"{text}{': ' + detail if detail else ''}")
 
 
+def exec_status(err: int) -> int:
+    """The shell's status for a program that could not be started: 127 when it was not found,
+    126 when it was found but could not be executed. The one place that maps an execve errno."""
+    return 127 if err in (_errno.ENOENT, _errno.ENOTDIR) else 126
+
+
 class ExecError(SetupError):
     """The program itself could not be started: 127 when not found, 126 when not executable."""
 
     @property
     def exit_code(self) -> int:  # type: ignore[override]
-        return 127 if self.errno in (_errno.ENOENT, _errno.ENOTDIR) else 126
+        return exec_status(self.errno)
 
 
 class JailFailed(Isol8rError):

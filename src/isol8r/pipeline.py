@@ -1,11 +1,22 @@
-"""The child side: prepare() in the parent computes everything, child_main() runs the ordered steps.
+"""The child side: prepare() in the parent turns a Shape into a Plan, child_main() runs the steps.
 
-    user/ids -> mounts + pivot_root -> hostname -> network -> [init forks the program] ->
-    session -> uid switch -> capabilities + no_new_privs -> cwd -> close fds -> rlimits ->
-    seccomp -> execve
+In the order of the code (the order is the documentation):
+
+    shape half, child_main(): close what is not the channel -> reset signals -> die with the
+        supervisor -> wait for "go" (the id maps are written) -> become root of the user
+        namespace (and die with the supervisor again: an id change clears that) -> cgroup
+        namespace -> mounts + pivot_root -> hostname -> loopback up -> [the init forks the
+        program and serves as PID 1, with CAP_KILL only]
+    the program, _program(): session -> uid switch (and die with the parent again) ->
+        capabilities + no_new_privs -> rehearse the request half -> [the default filter, when
+        the Shape preloads it] -> its memory cgroup -> wait for the Request (a warm jail waits
+        here)
+    request half: chdir -> find the program on PATH -> [the terminal] -> descriptors -> close
+        the rest -> rlimits -> seccomp -> execve
 
 Every step either succeeds or reports one record "E step\\0errno\\0detail" over the handshake
-channel and exits 125, so a failure inside the jail reads as "mount /proc: EPERM (...)".
+channel and exits (125; 127 or 126 when the program cannot be found or executed), so a failure
+inside the jail reads as "mount /proc: EPERM (...)".
 The child was made by a bare clone of the supervisor: it imports nothing and allocates little.
 """
 
@@ -26,7 +37,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
 from . import caps, mounts, net, pid1, rlimits, userns, wire
-from .spec import Spec, capability_number
+from .errors import exec_status
+from .spec import Shape, Spec
+from .spec import shape as spec_shape
 from .sys import linux
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
@@ -34,11 +47,12 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
 @dataclass
 class Plan:
-    """The jail's shape: everything the child sets up before it knows what it will run.
+    """A Shape, planned: everything the child sets up before it knows what it will run.
 
-    A child made from a Plan builds its namespaces, root, identity and capabilities, then waits
-    for a Request (what to run, and how) on its channel: right away on the normal path, or when
-    the fork server hands a pre-warmed jail to a caller.
+    prepare() makes it from a Shape alone. A child made from a Plan builds its namespaces, root,
+    identity and capabilities (and loads the default filter, when bpf is set), then waits for a
+    Request on its channel: right away on the normal path, or when the fork server hands a
+    pre-warmed jail to a caller.
     """
 
     clone_flags: int
@@ -60,7 +74,10 @@ class Plan:
 
 @dataclass
 class Request:
-    """What to run in a jail and the per-run settings; sent to the child with marshal."""
+    """What to run in a jail and the per-run settings; sent to the child with marshal. The
+    child applies it in this order: cwd, argv[0] found on search_path, the terminal (tty), the
+    descriptors at their targets (every other one closed), rlimits, then bpf (None when the
+    Shape preloaded the default filter), then execve with env."""
 
     argv: list[bytes]
     env: list[tuple[bytes, bytes]]
@@ -87,69 +104,55 @@ def environment(spec: Spec) -> dict[str, str]:
     return env
 
 
-def default_policy(spec: Spec) -> bool:
-    """The default filter exactly: a deny-list that lets the request half run under it, so a
-    jail loads it while it waits rather than after the caller asked."""
-    return (spec.seccomp == "default" and spec.seccomp_profile is None and not spec.seccomp_allow
-            and not spec.seccomp_deny and not spec.seccomp_log)
-
-
-def prepare(spec: Spec, verbose: bool = False, bpf: bytes | None = None) -> Plan:
+def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Plan:
     """Parent side: call each concern's planning function; nothing here touches the system.
-    bpf, when given, is the default filter (default_policy(spec)) to load ahead."""
-    ns = spec.namespaces
+    The Shape is the jail's only description here (a Spec field not in it cannot reach a warm
+    jail); bpf, when given, is the default filter, loaded ahead if the shape says so."""
+    ns = shape.namespaces
     flags = 0
     for name, bit in (("user", linux.CLONE_NEWUSER), ("pid", linux.CLONE_NEWPID),
                       ("mount", linux.CLONE_NEWNS), ("net", linux.CLONE_NEWNET),
                       ("ipc", linux.CLONE_NEWIPC), ("uts", linux.CLONE_NEWUTS)):
         if name in ns:
             flags |= bit
-    ids = userns.plan(spec.uid, spec.gid, spec.uid_map) if "user" in ns else None
+    ids = userns.plan(shape.uid, shape.gid, shape.id_map) if "user" in ns else None
     mplan = None
     if "mount" in ns:
         mplan = mounts.plan(
-            rootfs=spec.rootfs, rw_root=spec.rw_root, overlay=spec.overlay,
-            overlay_dir=spec.overlay_dir,
-            user_mounts=tuple((m.kind, m.dst, m.src, m.size) for m in spec.mounts),
-            uid=spec.uid, gid=spec.gid, hostname=spec.hostname, new_net="net" in ns,
-            tmp_size=tmp_size(spec), new_pid="pid" in ns,
-            data=tuple((d.kind, d.dst, d.src, d.mode) for d in spec.data))
+            rootfs=shape.rootfs, rw_root=shape.rw_root, overlay=shape.overlay,
+            overlay_dir=shape.overlay_dir,
+            user_mounts=tuple((m.kind, m.dst, m.src, m.size) for m in shape.mounts),
+            uid=shape.uid, gid=shape.gid, hostname=shape.hostname, new_net="net" in ns,
+            tmp_size=shape.tmp_size, new_pid="pid" in ns,
+            data=tuple((d.kind, d.dst, d.src, d.mode) for d in shape.data))
     return Plan(
         clone_flags=flags,
         unshare_cgroup="cgroup" in ns,
         ids=ids,
         mounts=mplan,
-        hostname=spec.hostname if "uts" in ns else None,
+        hostname=shape.hostname if "uts" in ns else None,
         loopback="net" in ns,
-        init=spec.init,
-        uid=spec.uid,
-        gid=spec.gid,
+        init=shape.init,
+        uid=shape.uid,
+        gid=shape.gid,
         keep_groups=ids is not None and not ids.can_become_root,
-        caps=caps.plan(tuple(capability_number(c) for c in spec.caps)),
+        caps=caps.plan(shape.caps),
         verbose=verbose,
         signals=linux.handled_signals(),
         parent_pidfd=linux.own_pidfd(),
-        bpf=bpf if default_policy(spec) else None,
+        bpf=bpf if shape.default_filter else None,
     )
 
 
-def tmp_size(spec: Spec) -> int:
-    """--tmp-size, else the default that follows RAM and --memory (part of a jail's shape)."""
-    return spec.tmp_size if spec.tmp_size is not None else mounts.tmp_size_default(spec.memory)
-
-
-def shape(spec: Spec) -> tuple[object, ...]:
-    """The Spec fields prepare() reads: jails of one shape are interchangeable until activated."""
-    return (tuple(sorted(spec.namespaces)), spec.rootfs, spec.rw_root, spec.overlay,
-            spec.overlay_dir, spec.mounts, spec.hostname, spec.uid, spec.gid, spec.id_base,
-            spec.unsafe_map_host_root, spec.caps, spec.init, tmp_size(spec), default_policy(spec),
-            spec.data)
+def shape(spec: Spec) -> Shape:
+    """The Spec's Shape (spec.shape): jails of one shape are interchangeable until activated."""
+    return spec_shape(spec)
 
 
 def request(spec: Spec, targets: list[int], derived_rlimits: dict[str, tuple[int, int]] | None,
             bpf: bytes | None) -> Request:
     """Parent side: the per-run half of a jail (no filter when the shape loaded it already)."""
-    if default_policy(spec):
+    if spec.default_filter:
         bpf = None
     env = environment(spec)
     return Request(
@@ -305,7 +308,7 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
             detail = _too_big(argv, env) if e.errno == errno.E2BIG else os.fsdecode(path)
             raise _Failed("execve", e.errno or errno.EIO, detail) from None
     except _Failed as f:
-        ch.fail(f, _exec_code(f.err) if f.step in ("execve", "find program") else 125)
+        ch.fail(f, exec_status(f.err) if f.step in ("execve", "find program") else 125)
     except BaseException as e:
         ch.fail(_Failed("internal error", errno.EIO, f"{type(e).__name__}: {e}"))
     os._exit(125)
@@ -393,10 +396,6 @@ def _too_big(argv: list[bytes], env: list[tuple[bytes, bytes]]) -> str:
     what = f"argv is {a} bytes (the environment {e})" if a >= e else \
         f"the environment is {e} bytes (argv {a})"
     return f"{what}: over the kernel's limit of {limit} for both, a quarter of RLIMIT_STACK"
-
-
-def _exec_code(err: int) -> int:
-    return 127 if err in (errno.ENOENT, errno.ENOTDIR) else 126
 
 
 def _resolve(name: bytes, search_path: list[bytes]) -> bytes:

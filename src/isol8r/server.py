@@ -203,14 +203,11 @@ class _Pool:
                 and not any(d.kind == "file" for d in spec.data))
 
     @staticmethod
-    def key(spec: Spec) -> tuple[object, ...]:
-        """Jails of one key are interchangeable: the shape, and which kinds of cgroup limit (a
-        jail is born in its group, so that its cgroup namespace is rooted there and no process of
-        it can be outside; the values are the lease's)."""
-        limited = supervisor.wants_cgroup(spec)
-        kinds = (spec.cgroup_parent, spec.memory is not None, spec.pids is not None,
-                 spec.cpus is not None) if limited else None
-        return pipeline.shape(spec), kinds
+    def key(spec: Spec) -> pipeline.Shape:
+        """Jails of one key are interchangeable: the Shape, which also says which kinds of cgroup
+        limit (a jail is born in its group, so that its cgroup namespace is rooted there and no
+        process of it can be outside; the values are the lease's)."""
+        return pipeline.shape(spec)
 
     @staticmethod
     def sources(spec: Spec) -> dict[str, tuple[int, int] | None]:
@@ -256,11 +253,11 @@ class _Pool:
             sources = self.sources(spec)
             group = None
             try:
-                if key[1] is not None:
+                if key.cgroup is not None:
                     from . import cgroups
                     group = cgroups.Cgroup.create(cgroups.Limits(spec.memory, spec.pids, spec.cpus),
                                                   parent=spec.cgroup_parent)
-                jail = supervisor.spawn(spec, pipeline.prepare(spec, False, supervisor._bpf(spec)),
+                jail = supervisor.spawn(spec, pipeline.prepare(key, False, supervisor._bpf(spec)),
                                         group)
             except Isol8rError:  # no group here (the lease falls back and says so), or no jail
                 if group is not None:
@@ -570,7 +567,7 @@ class Client:
                 assert session.watch is not None
                 fwd.attach(session.watch.jail.forward)
                 try:
-                    supervisor.drive(sel, [session], session.next_tick, session.finished)
+                    supervisor.drive(sel, session.next_tick, session.finished)
                 finally:
                     sel.close()
             finally:

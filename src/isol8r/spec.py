@@ -104,10 +104,10 @@ class Spec:
     @classmethod
     def from_options(cls, argv: Iterable[str], options: Mapping[str, Any] | None = None) -> "Spec":
         """Parse options keyed by long option name ('ro-bind' or 'ro_bind') into a Spec."""
-        kwargs: dict[str, Any] = {"argv": tuple(argv)}
-        ns = set(NAMESPACES)
-        rlimits: dict[str, tuple[int, int]] = {}
-        mounts: list[Mount] = []
+        # the appliers' one accumulator: Spec keywords, with namespaces, rlimits and mounts kept
+        # in forms that are easy to add to, made final below
+        kwargs: dict[str, Any] = {"argv": tuple(argv), "namespaces": set(NAMESPACES),
+                                  "rlimits": {}, "mounts": []}
         for raw_key, value in (options or {}).items():
             key = raw_key.replace("_", "-")
             key = _ALIASES.get(key, key)
@@ -126,10 +126,10 @@ class Spec:
             else:
                 values = [value]
             for v in values:
-                opt.apply(key, v, kwargs, ns, rlimits, mounts)
-        kwargs["namespaces"] = frozenset(ns)
-        kwargs["rlimits"] = tuple((k, s, h) for k, (s, h) in rlimits.items())
-        kwargs["mounts"] = tuple(mounts)
+                opt.apply(key, v, kwargs)
+        kwargs["namespaces"] = frozenset(kwargs["namespaces"])
+        kwargs["rlimits"] = tuple((k, s, h) for k, (s, h) in kwargs["rlimits"].items())
+        kwargs["mounts"] = tuple(kwargs["mounts"])
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +149,80 @@ class Spec:
         if self.unsafe_map_host_root:
             return ((0, 0, ID_RANGE),)
         return ((0, self.id_base, ID_RANGE),)
+
+    @property
+    def default_filter(self) -> bool:
+        """The default seccomp filter exactly: a deny-list that lets the request half run under
+        it, so a jail loads it while it waits rather than after the caller asked."""
+        return (self.seccomp == "default" and self.seccomp_profile is None
+                and not self.seccomp_allow and not self.seccomp_deny and not self.seccomp_log)
+
+    @property
+    def wants_cgroup(self) -> bool:
+        """A cgroup limit is asked for, or --share-pid: then no PID namespace's end takes the
+        jail's leftovers (a setsid'd daemon) with it, and the cgroup is what ends them."""
+        return not (self.memory is None and self.pids is None and self.cpus is None
+                    and self.cpu_limit is None) or "pid" not in self.namespaces
+
+    @property
+    def drain_grace(self) -> float:
+        """How long output is still read after the jail ended (a leftover may hold a pipe): the
+        kill grace, and never under half a second, so --kill-grace 0 still drains what is there."""
+        return max(self.kill_grace, 0.5)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The part of a jail made before it knows what it will run: the only input of
+    pipeline.prepare() and the fork server's key for warm jails. Built from a Spec by shape()
+    alone, with derived values resolved (tmp_size, id_map, caps as numbers), so two Specs that
+    would build the same jail have equal Shapes, and a field not here cannot reach a warm jail."""
+
+    namespaces: frozenset[str]
+    rootfs: str | None
+    rw_root: bool
+    overlay: bool
+    overlay_dir: str | None
+    mounts: tuple[Mount, ...]
+    data: tuple[Data, ...]
+    hostname: str
+    uid: int
+    gid: int
+    id_map: tuple[tuple[int, int, int], ...]  # Spec.uid_map: --id-base, --unsafe-map-host-root
+    caps: tuple[int, ...]  # capability numbers, sorted, once each
+    init: bool
+    tmp_size: int  # --tmp-size, else the default that follows RAM and --memory
+    default_filter: bool  # the default seccomp filter, loaded while the jail waits
+    # The jail is born in a cgroup of its own (Spec.wants_cgroup): which limits that group has
+    # (the values are the lease's) and where it is made; None when it has no group.
+    cgroup: frozenset[str] | None
+    cgroup_parent: str | None  # None unless cgroup is set
+
+
+def shape(spec: Spec) -> Shape:
+    """The Shape of a Spec: the one place that says which Spec fields make a jail's shape."""
+    from .mounts import tmp_size_default  # lazily: spec is imported where mounts is not needed
+    limited = spec.wants_cgroup
+    return Shape(
+        namespaces=spec.namespaces,
+        rootfs=spec.rootfs,
+        rw_root=spec.rw_root,
+        overlay=spec.overlay,
+        overlay_dir=spec.overlay_dir,
+        mounts=spec.mounts,
+        data=spec.data,
+        hostname=spec.hostname,
+        uid=spec.uid,
+        gid=spec.gid,
+        id_map=spec.uid_map,
+        caps=tuple(sorted({capability_number(c) for c in spec.caps})),
+        init=spec.init,
+        tmp_size=spec.tmp_size if spec.tmp_size is not None else tmp_size_default(spec.memory),
+        default_filter=spec.default_filter,
+        cgroup=frozenset(k for k in ("memory", "pids", "cpus") if getattr(spec, k) is not None)
+        if limited else None,
+        cgroup_parent=spec.cgroup_parent if limited else None,
+    )
 
 
 # ---- option table -----------------------------------------------------------------------------
@@ -241,56 +315,62 @@ def _split_pair(key: str, value: Any) -> tuple[str, str | None]:
     return src, (dst if sep else None)
 
 
+# How an option's value lands in a Spec: apply(option name, value, keywords) adds it to the
+# keywords the Spec is built from (Spec.from_options: namespaces a set, rlimits a dict by name,
+# mounts a list; the rest as the Spec's own fields), raising SpecError for a bad value.
+Applier = Callable[[str, Any, dict[str, Any]], None]
+
+
 @dataclass(frozen=True)
 class Option:
     """One option: its CLI shape (flag, value or list), the help text and how it lands in a Spec."""
 
     kind: str
     help: str
-    apply: Callable[..., None]
+    apply: Applier
     metavar: str | None = None
     short: str | None = None  # a one-letter CLI alias, e.g. "t" for -t
 
 
-def _set(attr: str, parse: Callable[[str, Any], Any] = lambda k, v: v) -> Callable[..., None]:
-    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+def _set(attr: str, parse: Callable[[str, Any], Any] = lambda k, v: v) -> Applier:
+    def apply(key: str, v: Any, kw: dict[str, Any]) -> None:
         kw[attr] = parse(key, v)
     return apply
 
 
-def _flag(attr: str, value: bool = True) -> Callable[..., None]:
-    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+def _flag(attr: str, value: bool = True) -> Applier:
+    def apply(key: str, v: Any, kw: dict[str, Any]) -> None:
         if v is not True:
             raise SpecError(key, v, "is a flag: true or absent")
         kw[attr] = value
     return apply
 
 
-def _append(attr: str, parse: Callable[[str, Any], Any]) -> Callable[..., None]:
-    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+def _append(attr: str, parse: Callable[[str, Any], Any]) -> Applier:
+    def apply(key: str, v: Any, kw: dict[str, Any]) -> None:
         kw[attr] = tuple(kw.get(attr, ())) + (parse(key, v),)
     return apply
 
 
-def _share(name: str) -> Callable[..., None]:
-    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+def _share(name: str) -> Applier:
+    def apply(key: str, v: Any, kw: dict[str, Any]) -> None:
         if v is not True:
             raise SpecError(key, v, "is a flag: true or absent")
-        ns.discard(name)
+        kw["namespaces"].discard(name)
     return apply
 
 
-def _bind(kind: str) -> Callable[..., None]:
-    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+def _bind(kind: str) -> Applier:
+    def apply(key: str, v: Any, kw: dict[str, Any]) -> None:
         src, dst = _split_pair(key, v)
         src_abs = host_path(key, src)
-        mounts.append(Mount(kind, _abs_path(key, dst if dst is not None else src_abs), src_abs))
+        kw["mounts"].append(Mount(kind, _abs_path(key, dst if dst is not None else src_abs), src_abs))
     return apply
 
 
-def _tmpfs(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+def _tmpfs(key: str, v: Any, kw: dict[str, Any]) -> None:
     dst, size = _split_pair(key, v)
-    mounts.append(Mount("tmpfs", _abs_path(key, dst),
+    kw["mounts"].append(Mount("tmpfs", _abs_path(key, dst),
                         size=parse_size(key, size) if size else 64 << 20))
 
 
@@ -301,7 +381,7 @@ def _parse_rlimit_value(key: str, text: str, whole: Any) -> int:
         raise SpecError(key, whole, "expected NAME=SOFT[:HARD] with numbers, sizes or 'inf'") from None
 
 
-def _rlimit(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+def _rlimit(key: str, v: Any, kw: dict[str, Any]) -> None:
     if not isinstance(v, str) or "=" not in v:
         raise SpecError(key, v, "expected NAME=SOFT[:HARD]")
     name, _, vals = v.partition("=")
@@ -313,13 +393,13 @@ def _rlimit(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None
     hard = _parse_rlimit_value(key, hard_s, v) if hard_s else soft
     if soft > hard:
         raise SpecError(key, v, "the soft limit exceeds the hard limit")
-    rl[name] = (soft, hard)
+    kw["rlimits"][name] = (soft, hard)
 
 
-def _rlimit_short(name: str, parse: Callable[[str, Any], int]) -> Callable[..., None]:
-    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+def _rlimit_short(name: str, parse: Callable[[str, Any], int]) -> Applier:
+    def apply(key: str, v: Any, kw: dict[str, Any]) -> None:
         n = parse(key, v)
-        rl[name] = (n, n)
+        kw["rlimits"][name] = (n, n)
     return apply
 
 
@@ -331,7 +411,7 @@ def _user(key: str, v: Any) -> tuple[int, int]:
     return uid, gid
 
 
-def _user_apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+def _user_apply(key: str, v: Any, kw: dict[str, Any]) -> None:
     kw["uid"], kw["gid"] = _user(key, v)
 
 
@@ -359,7 +439,7 @@ def _syscalls(key: str, v: Any) -> str:
     return text
 
 
-def _memory(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+def _memory(key: str, v: Any, kw: dict[str, Any]) -> None:
     kw["memory"] = parse_size(key, v)
     if kw["memory"] < 1 << 20:
         raise SpecError(key, v, "below 1M no program can start")
@@ -378,9 +458,9 @@ def _mode(key: str, text: str, whole: Any) -> int:
     return mode
 
 
-def _data(kind: str) -> Callable[..., None]:
+def _data(kind: str) -> Applier:
     """--symlink TARGET:DST, --dir DST[:MODE], --file SRC:DST, --chmod MODE:DST."""
-    def apply(key: str, v: Any, kw: dict, ns: set, rl: dict, mounts: list) -> None:
+    def apply(key: str, v: Any, kw: dict[str, Any]) -> None:
         if not isinstance(v, str) or not v or "\0" in v:
             raise SpecError(key, v, f"expected {OPTIONS[key].metavar}")
         if kind == "dir":

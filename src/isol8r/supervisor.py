@@ -131,7 +131,7 @@ def lease(spec: Spec, verbose: bool = False,
         try:
             if spec.rootfs is not None and not spec.allow_unsafe_root:
                 _check_root(spec.rootfs)
-            if (jail.cgroup is not None) != wants_cgroup(spec):
+            if (jail.cgroup is not None) != spec.wants_cgroup:
                 raise ValueError("the warm jail's cgroup does not fit this spec")
             cg, derived, notes = _limits(spec, jail.cgroup)
             jail.spec, jail.started = spec, time.monotonic()
@@ -146,7 +146,7 @@ def lease(spec: Spec, verbose: bool = False,
             _check_root(spec.rootfs)
         cg, derived, notes = _limits(spec)
         try:
-            plan = pipeline.prepare(spec, verbose, _bpf(spec))
+            plan = pipeline.prepare(pipeline.shape(spec), verbose, _bpf(spec))
             if spec.overlay_dir is not None:
                 try:
                     mounts.prepare_overlay_dir(spec.overlay_dir,
@@ -167,8 +167,7 @@ def lease(spec: Spec, verbose: bool = False,
 def _setid_wall_notes(spec: Spec) -> list[str]:
     """A note when a writable bind or root meets a seccomp policy that lets set-id modes through
     (--seccomp none, a profile, chmod named in an allow-list): that wall is off, and says so."""
-    if not (spec.rw_root or any(m.kind == "bind" for m in spec.mounts)) or \
-            pipeline.default_policy(spec):
+    if not (spec.rw_root or any(m.kind == "bind" for m in spec.mounts)) or spec.default_filter:
         return []
     from . import seccomp
     gaps = seccomp.setid_gaps(seccomp.resolve_policy(
@@ -334,13 +333,6 @@ def _clone_hint(err: int | None) -> str:
     return ""
 
 
-def wants_cgroup(spec: Spec) -> bool:
-    """A cgroup limit is asked for, or --share-pid: then no PID namespace's end takes the jail's
-    leftovers (a setsid'd daemon) with it, and the cgroup is what ends them."""
-    return not (spec.memory is None and spec.pids is None and spec.cpus is None
-                and spec.cpu_limit is None) or "pid" not in spec.namespaces
-
-
 def _limits(spec: Spec, group: Any = None) -> tuple[Any, dict[str, tuple[int, int]], list[str]]:
     """The jail's cgroup when a cgroup limit is asked for, else None; the rlimits that stand in
     for what no cgroup can hold, and notes saying so (never a silent fallback). group is a warm
@@ -349,7 +341,7 @@ def _limits(spec: Spec, group: Any = None) -> tuple[Any, dict[str, tuple[int, in
     notes: list[str] = []
     if spec.output_limit is not None:
         derived["FSIZE"] = (spec.output_limit, spec.output_limit)
-    if not wants_cgroup(spec):
+    if not spec.wants_cgroup:
         return None, derived, notes
     from . import cgroups
     limits = cgroups.Limits(spec.memory, spec.pids, spec.cpus)
@@ -891,9 +883,10 @@ def _verdict(spec: Spec, res: Result, oom: bool) -> str:
     return "ok" if res.exit_code == 0 else "nonzero-exit"
 
 
-def drive(sel: selectors.BaseSelector, watches: list[Any], ticks: Callable[[float], float | None],
+def drive(sel: selectors.BaseSelector, ticks: Callable[[float], float | None],
           finished: Callable[[], bool]) -> None:
-    """One event loop: dispatch ready descriptors to their watcher, tick the limits."""
+    """One event loop: dispatch ready descriptors to their watcher (each registered its own, with
+    itself first in the key's data), tick the limits."""
     while not finished():
         now = time.monotonic()
         nxt = ticks(now)
@@ -929,7 +922,7 @@ def run(spec: Spec, *, stdin: Any = None, stdout: Any = None, stderr: Any = None
         stdio.io.register(sel)
         fwd.attach(jail.forward)
         try:
-            drive(sel, [jw, stdio.io], lambda now: _next_tick(jw, spec, now),
+            drive(sel, lambda now: _next_tick(jw, spec, now),
                   lambda: jw.done and (stdio.io.done or _drained(jw, spec)))
             outcome = jw.finish()
         finally:
@@ -940,13 +933,13 @@ def run(spec: Spec, *, stdin: Any = None, stdout: Any = None, stderr: Any = None
 
 def _next_tick(jw: JailWatch, spec: Spec, now: float) -> float | None:
     if jw.exited_at is not None:
-        return jw.exited_at + max(spec.kill_grace, 0.5)
+        return jw.exited_at + spec.drain_grace
     return jw.tick(now)
 
 
 def _drained(jw: JailWatch, spec: Spec) -> bool:
     """Stop reading output a grace period after the jail ended (a leftover may hold a pipe)."""
-    return jw.exited_at is not None and time.monotonic() > jw.exited_at + max(spec.kill_grace, 0.5)
+    return jw.exited_at is not None and time.monotonic() > jw.exited_at + spec.drain_grace
 
 
 class Forwarder:
