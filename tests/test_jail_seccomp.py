@@ -81,7 +81,7 @@ def filtered() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def unfiltered() -> dict[str, Any]:
-    return probe(seccomp="none")
+    return probe(seccomp="none")  # off: the twin that shows each check can fail
 
 
 def test_default_filter_is_on(filtered: dict[str, Any]) -> None:
@@ -107,6 +107,7 @@ def test_cli_default_and_none() -> None:
     p = cli("run", "--", "/bin/grep", "^Seccomp:", "/proc/self/status")
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["Seccomp:", "2"]
+    # off: the CLI's `--seccomp none` option itself
     p = cli("run", "--seccomp", "none", "--", "/bin/grep", "^Seccomp:", "/proc/self/status")
     assert p.stdout.split() == ["Seccomp:", "0"]
 
