@@ -12,13 +12,9 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, cli, needs_root, py, sh
+from conftest import cli, needs_root, py, sh
 
-pytestmark = [
-    needs_root,
-    pytest.mark.skipif(not (ROOT / "src" / "isol8r" / "seccomp.py").exists(),
-                       reason="the seccomp module is not written yet"),
-]
+pytestmark = needs_root
 
 # (name, x86_64 number, aarch64 number, arguments): arguments chosen so that without a filter
 # the call fails some other way or succeeds harmlessly, never with EPERM where avoidable.

@@ -10,7 +10,6 @@ something else, so the test can fail.
 from __future__ import annotations
 
 import errno
-import inspect
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ import pytest
 
 import isol8r
 from conftest import cli, jail, needs_root
-from isol8r import seccomp, supervisor
+from isol8r import seccomp
 from isol8r.sys import linux
 
 DOCKER = "/work/shared/profiles/docker-default.json"
@@ -76,11 +75,6 @@ def write_profile(tmp_path: Path, syscalls: list[dict[str, Any]], default: str =
     path = tmp_path / "profile.json"
     path.write_text(json.dumps({"defaultAction": default, "syscalls": syscalls, **extra}))
     return str(path)
-
-
-def hook_wired() -> bool:
-    """Whether the supervisor fills Result.syscall (seccomp.blocked_syscall, wired by the lead)."""
-    return "blocked_syscall" in inspect.getsource(supervisor)
 
 
 # ---- a Docker-format profile: every action kind ------------------------------------------------
@@ -154,9 +148,6 @@ def test_result_names_the_blocked_syscall(actions_profile: str) -> None:
     seccomp.watch_kills()  # so printk's rate limit (other tests' kills) cannot thin the records
     r = probe([["x", "ptrace", PTRACE_ATTACH, NO_SUCH_PID]], seccomp_profile=actions_profile)
     assert r.verdict == "seccomp"
-    if not hook_wired():
-        pytest.skip("pending: supervisor does not call seccomp.blocked_syscall yet "
-                    "(the lead wires Result.syscall)")
     assert r.syscall == "ptrace"
     assert json.loads(r.to_json())["syscall"] == "ptrace"
     ok = probe([["x", "getpid"]], seccomp_profile=actions_profile)
