@@ -40,14 +40,6 @@ def dry_run(*args: str, cwd: Any = None) -> dict[str, Any]:
 # ---- loading ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_profile_loads(name: str) -> None:
-    data = profiles.load(name)
-    assert data
-    Spec.from_options(["/bin/true"], data)
-    assert profiles.describe(profiles.locate(name))  # every one says what it is for
-
-
 def test_every_kind_of_key(tmp_path: Path) -> None:
     path = toml(tmp_path, """
 # a comment
@@ -177,15 +169,6 @@ def test_library_keyword_overrides_file_value(tmp_path: Path) -> None:
     r = isol8r.run(["/bin/cat", "/proc/sys/kernel/hostname"], profile=Path(path),
                    capture_output=True)
     assert r.stdout == b"fromfile\n"
-
-
-def test_merge_lists_add_values_replace() -> None:
-    base = {"hostname": "a", "tmpfs": ["/build:2G"], "seccomp-deny": ["@debug"], "env": "A=1"}
-    got = profiles.merge(base, {"hostname": "b", "tmpfs": ["/cache"], "seccomp_deny": "socket",
-                                "env": None, "pids": 3})
-    assert got == {"hostname": "b", "tmpfs": ["/build:2G", "/cache"],
-                   "seccomp-deny": ["@debug", "socket"], "env": "A=1", "pids": 3}
-    assert base["tmpfs"] == ["/build:2G"]  # the profile's own data is left alone
 
 
 def test_cli_list_flag_adds_to_the_file(tmp_path: Path) -> None:
