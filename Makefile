@@ -1,10 +1,11 @@
-# isol8r: `make demo` sets up and shows a jail; `make test` sets up and runs the tests (as root).
+# isol8r: `make demo` sets up and shows a jail; `make test` sets up and runs the tests (as root);
+# `make unit` runs the fast subset that needs no root.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install link deps test demo strace rootfs bench clean
+.PHONY: all install link deps test unit demo strace rootfs bench clean
 
 all: install
 
@@ -31,6 +32,10 @@ deps:
 
 test: install deps
 	$(BIN)/python -m pytest -q
+
+# the root-free subset: plans, shapes, protocols and the house rules, in seconds, as any user
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
 
 demo: install deps
 	$(BIN)/python scripts/demo.py

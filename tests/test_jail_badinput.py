@@ -16,11 +16,6 @@ from conftest import cli, jail, needs_root
 
 pytestmark = needs_root
 
-# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
-# every test below under the default filter.
-NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
-CLI_NOSECCOMP = [f"--{k}={v}" for k, v in NOSECCOMP.items()]
-
 # (id, library options, CLI arguments, text the error must name); {tmp} is a scratch directory
 # that exists, {file} a regular file in it.
 CASES = [
@@ -76,7 +71,7 @@ def open_fds() -> set[int]:
 def fds_unchanged() -> Any:
     """The caller's descriptors after a refused run are those before it (after a warm-up run,
     so a fork server started on first use does not count)."""
-    jail("/bin/true", **NOSECCOMP)
+    jail("/bin/true")
     before = open_fds()
     yield
     leaked = open_fds() - before
@@ -91,7 +86,7 @@ def test_library_raises_spec_error(options: dict[str, Any], named: str,
                                    scratch: dict[str, str], fds_unchanged: None) -> None:
     options, named = _fill(options, scratch), _fill(named, scratch)
     with pytest.raises(isol8r.SpecError) as info:
-        jail("/bin/true", **{**NOSECCOMP, **options})
+        jail("/bin/true", **options)
     assert named in str(info.value), f"the error does not name {named!r}: {info.value}"
     assert "\n" not in str(info.value)
     assert info.value.exit_code == 125
@@ -102,7 +97,7 @@ def test_cli_exits_125_with_one_line(args: list[str], named: str, scratch: dict[
                                      tmp_path: Path) -> None:
     args, named = _fill(args, scratch), _fill(named, scratch)
     marker = tmp_path / "ran"
-    p = cli("run", *CLI_NOSECCOMP, *args, "--", "/bin/sh", "-c", f"echo ran > {marker}")
+    p = cli("run", *args, "--", "/bin/sh", "-c", f"echo ran > {marker}")
     assert p.returncode == 125, (p.returncode, p.stderr)
     lines = p.stderr.splitlines()
     assert len(lines) == 1, p.stderr
@@ -113,35 +108,35 @@ def test_cli_exits_125_with_one_line(args: list[str], named: str, scratch: dict[
 
 def test_unknown_option_library() -> None:
     with pytest.raises(isol8r.SpecError, match="bogus"):
-        jail("/bin/true", bogus=1, **NOSECCOMP)
+        jail("/bin/true", bogus=1)
 
 
 def test_unknown_option_cli() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--bogus", "--", "/bin/true")
+    p = cli("run", "--bogus", "--", "/bin/true")
     assert p.returncode == 125
     assert len(p.stderr.splitlines()) == 1 and "--bogus" in p.stderr and "Traceback" not in p.stderr
     assert "usage" not in p.stderr.lower()
 
 
 def test_missing_value_cli() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--", )
+    p = cli("run", "--", )
     assert p.returncode == 125
     assert len(p.stderr.splitlines()) == 1 and "Traceback" not in p.stderr
 
 
 def test_nul_in_an_argument_is_refused() -> None:
     with pytest.raises(isol8r.SpecError):
-        jail("/bin/echo", "a\0b", **NOSECCOMP)
+        jail("/bin/echo", "a\0b")
 
 
 def test_a_flag_given_a_value_is_refused() -> None:
     with pytest.raises(isol8r.SpecError, match="share"):
-        jail("/bin/true", share_net="yes", **NOSECCOMP)
+        jail("/bin/true", share_net="yes")
 
 
 def test_share_mount_with_mounts_is_refused(tmp_path: Path) -> None:
     with pytest.raises(isol8r.SpecError):
-        jail("/bin/true", share_mount=True, ro_bind=[str(tmp_path)], **NOSECCOMP)
+        jail("/bin/true", share_mount=True, ro_bind=[str(tmp_path)])
 
 
 # ---- failures found only while setting the jail up leave the caller as it was -------------------
@@ -150,11 +145,11 @@ def test_share_mount_with_mounts_is_refused(tmp_path: Path) -> None:
 def test_setup_failure_leaves_the_caller_as_it_was(fds_unchanged: None) -> None:
     with pytest.raises(isol8r.SetupError, match="/tmp"):
         # a file cannot be mounted on /tmp, which the jail already has as a directory
-        jail("/bin/true", ro_bind=["/etc/hostname:/tmp"], **NOSECCOMP)
+        jail("/bin/true", ro_bind=["/etc/hostname:/tmp"])
     with pytest.raises(isol8r.SetupError):
-        jail("/bin/true", cwd="/nonexistent", **NOSECCOMP)
+        jail("/bin/true", cwd="/nonexistent")
     with pytest.raises(isol8r.ExecError):
-        jail("/nonexistent", **NOSECCOMP)
+        jail("/nonexistent")
 
 
 # A failure in the jail's own setup, at the mount step (/etc/hostname: a host file anyone can

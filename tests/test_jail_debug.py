@@ -7,18 +7,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conftest import cli, needs_root
 
 pytestmark = needs_root
-
-# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
-# every test below under the default filter.
-NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
-CLI_NOSECCOMP = [f"--{k}={v}" for k, v in NOSECCOMP.items()]
 
 STEP = re.compile(r"^isol8r: (?P<step>\S.*?): (?P<ms>\d+(?:\.\d+)?) ms\b")
 
@@ -33,7 +27,7 @@ def steps(stderr: str) -> dict[str, float]:
 
 
 def test_verbose_logs_each_step_with_a_duration() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "-v", "--", "/bin/sh", "-c", "echo program-output")
+    p = cli("run", "-v", "--", "/bin/sh", "-c", "echo program-output")
     assert p.returncode == 0, p.stderr
     assert p.stdout == "program-output\n", "the log must not go to the program's stdout"
     logged = steps(p.stderr)
@@ -45,19 +39,19 @@ def test_verbose_logs_each_step_with_a_duration() -> None:
 
 
 def test_verbose_logs_the_mount_operations() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "-v", "--tmpfs", "/scratch:1M", "--", "/bin/true")
+    p = cli("run", "-v", "--tmpfs", "/scratch:1M", "--", "/bin/true")
     assert p.returncode == 0, p.stderr
     assert re.search(r"^isol8r: +tmpfs /scratch: \d+(\.\d+)? ms", p.stderr, re.M), p.stderr
     assert re.search(r"^isol8r: +special /proc: \d+(\.\d+)? ms", p.stderr, re.M), p.stderr
 
 
 def test_quiet_without_verbose() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--", "/bin/true")
+    p = cli("run", "--", "/bin/true")
     assert p.returncode == 0 and p.stderr == ""
 
 
 def test_verbose_setup_failure_still_ends_in_one_error_line() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "-v", "--cwd", "/nonexistent", "--", "/bin/true")
+    p = cli("run", "-v", "--cwd", "/nonexistent", "--", "/bin/true")
     assert p.returncode == 125
     errors = [line for line in p.stderr.splitlines() if not STEP.match(line)
               and "ok:" not in line]
@@ -67,7 +61,7 @@ def test_verbose_setup_failure_still_ends_in_one_error_line() -> None:
 
 def test_dry_run_prints_the_spec_and_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    p = cli("run", *CLI_NOSECCOMP, "--dry-run", "--hostname", "dry", "--rlimit", "NOFILE=10:20",
+    p = cli("run", "--dry-run", "--hostname", "dry", "--rlimit", "NOFILE=10:20",
             "--tmpfs", "/scratch:1M", "--", "/bin/sh", "-c", f"touch {marker}")
     assert p.returncode == 0, p.stderr
     spec = json.loads(p.stdout)
@@ -80,14 +74,14 @@ def test_dry_run_prints_the_spec_and_runs_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args", [["--bogus"], ["--user", "70000"]])
 def test_dry_run_still_validates(args: list[str]) -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--dry-run", *args, "--", "/bin/true")
+    p = cli("run", "--dry-run", *args, "--", "/bin/true")
     assert p.returncode == 125
     assert len(p.stderr.splitlines()) == 1 and p.stdout == ""
 
 
 def test_json_result(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
-    p = cli("run", *CLI_NOSECCOMP, "--json", str(out), "--", "/bin/sh", "-c", "exit 3")
+    p = cli("run", "--json", str(out), "--", "/bin/sh", "-c", "exit 3")
     assert p.returncode == 3
     result = json.loads(out.read_text())
     assert result["exit_code"] == 3 and result["status"] == 3 and result["verdict"] == "nonzero-exit"

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 import pytest
 
@@ -20,11 +19,6 @@ import isol8r
 from conftest import ROOT, alive, cli, isol8r_cgroups, jail, needs_root, py, sh
 
 pytestmark = needs_root
-
-# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
-# every test below under the default filter.
-NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
-CLI_NOSECCOMP = [f"--{k}={v}" for k, v in NOSECCOMP.items()]
 
 SEGV_CODE = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
 
@@ -41,38 +35,38 @@ def one_line(stderr: str) -> str:
 
 @pytest.mark.parametrize("code", [0, 1, 3, 42, 255])
 def test_exit_code_library(code: int) -> None:
-    r = sh(f"exit {code}", **NOSECCOMP)
+    r = sh(f"exit {code}")
     assert (r.exit_code, r.signal, r.returncode, r.status) == (code, None, code, code)
     assert r.verdict == ("ok" if code == 0 else "nonzero-exit")
 
 
 def test_exit_code_cli() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--", "/bin/sh", "-c", "exit 3")
+    p = cli("run", "--", "/bin/sh", "-c", "exit 3")
     assert p.returncode == 3, p.stderr
     assert p.stderr == ""
 
 
 def test_sigkill_library() -> None:
-    r = sh("kill -KILL $$", **NOSECCOMP)
+    r = sh("kill -KILL $$")
     assert (r.exit_code, r.signal, r.returncode, r.status) == (None, 9, -9, 137)
     assert r.verdict == "signaled"
 
 
 def test_sigkill_cli() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--", "/bin/sh", "-c", "kill -KILL $$")
+    p = cli("run", "--", "/bin/sh", "-c", "kill -KILL $$")
     assert p.returncode == 137, p.stderr
 
 
 def test_sigsegv_library_and_cli() -> None:
-    r = py(SEGV_CODE, **NOSECCOMP)
+    r = py(SEGV_CODE)
     assert (r.signal, r.returncode) == (signal.SIGSEGV, -signal.SIGSEGV)
-    p = cli("run", *CLI_NOSECCOMP, "--", "/usr/bin/python3", "-c", SEGV_CODE)
+    p = cli("run", "--", "/usr/bin/python3", "-c", SEGV_CODE)
     assert p.returncode == 139, p.stderr
 
 
 def test_status_of_a_program_without_init() -> None:
-    assert sh("exit 5", no_init=True, **NOSECCOMP).exit_code == 5
-    p = cli("run", *CLI_NOSECCOMP, "--no-init", "--", "/bin/sh", "-c", "exit 5")
+    assert sh("exit 5", no_init=True).exit_code == 5
+    p = cli("run", "--no-init", "--", "/bin/sh", "-c", "exit 5")
     assert p.returncode == 5, p.stderr
 
 
@@ -81,7 +75,7 @@ def test_status_of_a_program_without_init() -> None:
 
 def test_setup_failure_library_names_step_path_errno() -> None:
     with pytest.raises(isol8r.SetupError) as info:
-        jail("/bin/true", cwd="/nonexistent", **NOSECCOMP)
+        jail("/bin/true", cwd="/nonexistent")
     e = info.value
     assert not isinstance(e, isol8r.ExecError)
     assert e.errno == errno.ENOENT
@@ -90,7 +84,7 @@ def test_setup_failure_library_names_step_path_errno() -> None:
 
 
 def test_setup_failure_cli_is_125_and_one_line() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--cwd", "/nonexistent", "--", "/bin/true")
+    p = cli("run", "--cwd", "/nonexistent", "--", "/bin/true")
     assert p.returncode == 125
     line = one_line(p.stderr)
     assert "chdir" in line and "/nonexistent" in line and "ENOENT" in line, line
@@ -102,17 +96,17 @@ def test_setup_failure_cli_is_125_and_one_line() -> None:
 
 def test_not_executable_is_126() -> None:
     with pytest.raises(isol8r.ExecError) as info:
-        jail("/etc/passwd", **NOSECCOMP)
+        jail("/etc/passwd")
     assert info.value.exit_code == 126
     assert info.value.errno == errno.EACCES
-    p = cli("run", *CLI_NOSECCOMP, "--", "/etc/passwd")
+    p = cli("run", "--", "/etc/passwd")
     assert p.returncode == 126
     line = one_line(p.stderr)
     assert "/etc/passwd" in line and "EACCES" in line
 
 
 def test_directory_is_126() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--", "/usr")
+    p = cli("run", "--", "/usr")
     assert p.returncode == 126
     assert "/usr" in one_line(p.stderr)
 
@@ -120,24 +114,24 @@ def test_directory_is_126() -> None:
 @pytest.mark.parametrize("prog", ["/nonexistent/prog", "no-such-program-isol8r"])
 def test_not_found_is_127(prog: str) -> None:
     with pytest.raises(isol8r.ExecError) as info:
-        jail(prog, **NOSECCOMP)
+        jail(prog)
     assert info.value.exit_code == 127
     assert info.value.errno == errno.ENOENT
-    p = cli("run", *CLI_NOSECCOMP, "--", prog)
+    p = cli("run", "--", prog)
     assert p.returncode == 127
     line = one_line(p.stderr)
     assert prog in line and "ENOENT" in line
 
 
 def test_program_exiting_126_or_127_itself_is_not_an_exec_error() -> None:
-    r = sh("exit 127", **NOSECCOMP)
+    r = sh("exit 127")
     assert r.exit_code == 127 and r.error is None
 
 
 # ---- a supervisor killed by SIGKILL takes the jail with it -------------------------------------
 
 
-LIBRARY_CALLER = ("import isol8r; isol8r.run(['/bin/sleep', '{secs}'], **{nosec!r})")
+LIBRARY_CALLER = "import isol8r; isol8r.run(['/bin/sleep', '{secs}'])"
 
 
 def _jail_of(secs: str) -> dict[int, str]:
@@ -169,11 +163,11 @@ def test_supervisor_killed_takes_the_jail_with_it(caller: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     secs = f"{60 + os.getpid() % 1000 / 1000 + random.randrange(1000) / 1e6:.6f}"
     if caller.startswith("cli"):
-        argv = [sys.executable, "-m", "isol8r", "run", *CLI_NOSECCOMP, "--", "sleep", secs]
+        argv = [sys.executable, "-m", "isol8r", "run", "--", "sleep", secs]
         if caller == "cli-in-process":
             env["ISOL8R_CLI_SERVER"] = "0"
     else:
-        argv = [sys.executable, "-c", LIBRARY_CALLER.format(secs=secs, nosec=NOSECCOMP)]
+        argv = [sys.executable, "-c", LIBRARY_CALLER.format(secs=secs)]
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     jailed: dict[int, str] = {}

@@ -15,11 +15,6 @@ from conftest import cli, jail, needs_root, py, sh
 
 pytestmark = needs_root
 
-# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
-# every test below under the default filter.
-NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
-CLI_NOSECCOMP = [f"--{k}={v}" for k, v in NOSECCOMP.items()]
-
 STRAY_FD = 77
 FDS_CODE = """
 import json, os
@@ -47,7 +42,7 @@ def stray_fd(tmp_path: Path) -> Iterator[int]:
 
 
 def test_only_stdio_reaches_the_program(stray_fd: int) -> None:
-    r = py(FDS_CODE, **NOSECCOMP)
+    r = py(FDS_CODE)
     assert r.exit_code == 0, r.stderr
     fds = json.loads(r.stdout)["fds"]
     assert stray_fd not in fds
@@ -56,14 +51,14 @@ def test_only_stdio_reaches_the_program(stray_fd: int) -> None:
 
 
 def test_only_stdio_reaches_the_program_cli(stray_fd: int) -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--", "/usr/bin/python3", "-c", FDS_CODE, pass_fds=(stray_fd,))
+    p = cli("run", "--", "/usr/bin/python3", "-c", FDS_CODE, pass_fds=(stray_fd,))
     assert p.returncode == 0, p.stderr
     fds = json.loads(p.stdout)["fds"]
     assert stray_fd not in fds and fds[:3] == [0, 1, 2] and len(fds) <= 4, fds
 
 
 def test_pass_fds_keeps_it(stray_fd: int) -> None:
-    r = py(FDS_CODE, pass_fds=[stray_fd], **NOSECCOMP)
+    r = py(FDS_CODE, pass_fds=[stray_fd])
     assert r.exit_code == 0, r.stderr
     info = json.loads(r.stdout)
     assert stray_fd in info["fds"]
@@ -71,7 +66,7 @@ def test_pass_fds_keeps_it(stray_fd: int) -> None:
 
 
 def test_pass_fd_on_the_cli_keeps_it(stray_fd: int) -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--pass-fd", str(stray_fd), "--", "/usr/bin/python3", "-c",
+    p = cli("run", "--pass-fd", str(stray_fd), "--", "/usr/bin/python3", "-c",
             FDS_CODE, pass_fds=(stray_fd,))
     assert p.returncode == 0, p.stderr
     info = json.loads(p.stdout)
@@ -85,7 +80,7 @@ ALLOWED_NAMES = {"PATH", "HOME", "TERM", "LANG", "LC_ALL", "USER", "LOGNAME", "S
 
 def env_inside(**options: Any) -> dict[str, str]:
     """The environment execve gave the program (env(1): python would add LC_CTYPE itself)."""
-    r = jail("/usr/bin/env", "-0", **NOSECCOMP, **options)
+    r = jail("/usr/bin/env", "-0", **options)
     assert r.exit_code == 0, r.stderr
     return dict(item.split("=", 1) for item in r.stdout.decode().split("\0") if item)
 
@@ -101,7 +96,7 @@ def test_environment_is_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_environment_is_cleared_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ISOL8R_SECRET", "hunter2")
-    p = cli("run", *CLI_NOSECCOMP, "--", "/usr/bin/env")
+    p = cli("run", "--", "/usr/bin/env")
     assert p.returncode == 0, p.stderr
     names = {line.split("=", 1)[0] for line in p.stdout.splitlines()}
     assert "ISOL8R_SECRET" not in names and names <= ALLOWED_NAMES, names
@@ -122,7 +117,7 @@ def test_keep_env_passes_only_the_named(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_env_and_keep_env_on_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ISOL8R_KEEP_ME", "kept")
-    p = cli("run", *CLI_NOSECCOMP, "--env", "A=B", "--keep-env", "ISOL8R_KEEP_ME", "--",
+    p = cli("run", "--env", "A=B", "--keep-env", "ISOL8R_KEEP_ME", "--",
             "/bin/sh", "-c", 'echo "$A $ISOL8R_KEEP_ME"')
     assert p.stdout == "B kept\n", p.stderr
 
@@ -136,7 +131,7 @@ SESSION_CODE = ("import json, os; print(json.dumps({'sid': os.getsid(0), 'pgid':
 
 @pytest.mark.parametrize("opts", [{}, {"no_init": True}])
 def test_program_is_a_session_leader(opts: dict[str, Any]) -> None:
-    r = py(SESSION_CODE, **opts, **NOSECCOMP)
+    r = py(SESSION_CODE, **opts)
     assert r.exit_code == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["sid"] == info["pid"] == info["pgid"], info
@@ -144,17 +139,17 @@ def test_program_is_a_session_leader(opts: dict[str, Any]) -> None:
 
 def test_program_has_no_controlling_terminal() -> None:
     code = "import os\ntry:\n    os.open('/dev/tty', os.O_RDWR)\n    print('tty')\nexcept OSError as e:\n    print(e.errno)"
-    assert py(code, **NOSECCOMP).stdout == b"6\n"  # ENXIO
+    assert py(code).stdout == b"6\n"  # ENXIO
 
 
 def test_cwd_default_and_option() -> None:
-    assert sh("pwd", **NOSECCOMP).stdout == b"/\n"
-    assert sh("pwd", cwd="/tmp", **NOSECCOMP).stdout == b"/tmp\n"
-    p = cli("run", *CLI_NOSECCOMP, "--cwd", "/usr/bin", "--", "/bin/sh", "-c", "pwd")
+    assert sh("pwd").stdout == b"/\n"
+    assert sh("pwd", cwd="/tmp").stdout == b"/tmp\n"
+    p = cli("run", "--cwd", "/usr/bin", "--", "/bin/sh", "-c", "pwd")
     assert p.stdout == "/usr/bin\n", p.stderr
 
 
 def test_fresh_signal_mask() -> None:
     code = ("import json, signal; print(json.dumps(sorted(int(s) for s in "
             "signal.pthread_sigmask(signal.SIG_BLOCK, []))))")
-    assert py(code, **NOSECCOMP).stdout == b"[]\n", "the program starts with signals blocked"
+    assert py(code).stdout == b"[]\n", "the program starts with signals blocked"

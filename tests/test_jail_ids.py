@@ -14,11 +14,6 @@ from conftest import cli, needs_root, py
 
 pytestmark = needs_root
 
-# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
-# every test below under the default filter.
-NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
-CLI_NOSECCOMP = [f"--{k}={v}" for k, v in NOSECCOMP.items()]
-
 IDS_CODE = """
 import json, os
 def lines(path):
@@ -34,7 +29,7 @@ print(json.dumps({
 
 
 def ids(**options: Any) -> dict[str, Any]:
-    r = py(IDS_CODE, **NOSECCOMP, **options)
+    r = py(IDS_CODE, **options)
     assert r.exit_code == 0, (r, r.stderr)
     return json.loads(r.stdout)
 
@@ -66,7 +61,7 @@ def test_user_option(user: str, uid: int, gid: int) -> None:
 
 
 def test_user_flag_on_the_cli() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--user", "1000:2000", "--", "/bin/sh", "-c", "id -u; id -g")
+    p = cli("run", "--user", "1000:2000", "--", "/bin/sh", "-c", "id -u; id -g")
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["1000", "2000"]
 
@@ -102,7 +97,7 @@ print(json.dumps(out))
 
 @pytest.mark.parametrize("user", [None, "0:0"])
 def test_program_cannot_call_setgroups(user: str | None) -> None:
-    r = py(SETGROUPS_CODE, user=user, **NOSECCOMP)
+    r = py(SETGROUPS_CODE, user=user)
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out.values()) == {1}, f"setgroups results (1 is EPERM): {out}"
@@ -111,7 +106,7 @@ def test_program_cannot_call_setgroups(user: str | None) -> None:
 def test_program_cannot_become_another_user() -> None:
     code = ("import os\ntry:\n    os.setresuid(0, 0, 0)\n    print('became root')\n"
             "except PermissionError:\n    print('EPERM')")
-    assert py(code, **NOSECCOMP).stdout == b"EPERM\n"
+    assert py(code).stdout == b"EPERM\n"
 
 
 def test_id_maps_do_not_touch_the_caller() -> None:

@@ -16,11 +16,6 @@ from isol8r.spec import RLIMITS
 
 pytestmark = needs_root
 
-# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
-# every test below under the default filter.
-NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
-CLI_NOSECCOMP = [f"--{k}={v}" for k, v in NOSECCOMP.items()]
-
 INF = resource.RLIM_INFINITY
 M, G = 1 << 20, 1 << 30
 # For a resource whose hard limit is unlimited on the host: a finite pair python starts under.
@@ -48,7 +43,7 @@ print(json.dumps({name[7:]: resource.getrlimit(getattr(resource, name))
 
 
 def limits_inside(**options: Any) -> dict[str, list[int]]:
-    r = py(LIMITS_CODE, **NOSECCOMP, **options)
+    r = py(LIMITS_CODE, **options)
     assert r.exit_code == 0, (r, r.stderr)
     return json.loads(r.stdout)
 
@@ -71,7 +66,7 @@ def test_several_rlimits_and_names_in_any_case() -> None:
 
 
 def test_rlimit_on_the_cli() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--rlimit", "NOFILE=100:200", "--rlimit", "FSIZE=1M", "--",
+    p = cli("run", "--rlimit", "NOFILE=100:200", "--rlimit", "FSIZE=1M", "--",
             "/bin/sh", "-c", "ulimit -Sn; ulimit -Hn; ulimit -f")
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["100", "200", "2048"]  # ulimit -f counts 512-byte blocks
@@ -81,13 +76,13 @@ def test_short_forms() -> None:
     got = limits_inside(nproc=50, nofile=64)
     assert got["NPROC"] == [50, 50]
     assert got["NOFILE"] == [64, 64]
-    p = cli("run", *CLI_NOSECCOMP, "--nofile", "64", "--nproc", "50", "--", "/bin/sh", "-c",
+    p = cli("run", "--nofile", "64", "--nproc", "50", "--", "/bin/sh", "-c",
             "ulimit -n; ulimit -p")
     assert p.stdout.split() == ["64", "50"], p.stderr
 
 
 def test_memory_is_held_by_rlimit_as_or_a_cgroup() -> None:
-    r = py(LIMITS_CODE, memory="256M", **NOSECCOMP)
+    r = py(LIMITS_CODE, memory="256M")
     assert r.exit_code == 0, r.stderr
     by_rlimit = json.loads(r.stdout)["AS"] == [256 * M, 256 * M]
     by_cgroup = r.limits.get("cgroup") is not None and r.limits.get("memory") == 256 * M
@@ -96,7 +91,7 @@ def test_memory_is_held_by_rlimit_as_or_a_cgroup() -> None:
 
 def test_memory_limit_stops_a_big_allocation() -> None:
     code = "b = b'x' * (300 << 20)\nprint('allocated', len(b))"
-    r = py(code, memory="64M", **NOSECCOMP)
+    r = py(code, memory="64M")
     assert b"allocated" not in r.stdout
     assert r.returncode != 0
 
@@ -104,7 +99,7 @@ def test_memory_limit_stops_a_big_allocation() -> None:
 def test_nofile_is_enforced() -> None:
     code = ("import os\nfds = []\ntry:\n    while True:\n        fds.append(os.open('/dev/null', os.O_RDONLY))\n"
             "except OSError as e:\n    print(e.errno, max(fds))")
-    r = py(code, nofile=32, **NOSECCOMP)
+    r = py(code, nofile=32)
     err, highest = r.stdout.split()
     assert int(err) == 24 and int(highest) == 31  # EMFILE at the 32nd descriptor
 
@@ -128,8 +123,8 @@ def test_user_rlimit_overrides_a_default() -> None:
 ])
 def test_bad_rlimit_is_a_spec_error(value: str, named: str) -> None:
     with pytest.raises(isol8r.SpecError, match=named):
-        isol8r.run(["/bin/true"], rlimit=[value], **NOSECCOMP)
-    p = cli("run", *CLI_NOSECCOMP, "--rlimit", value, "--", "/bin/true")
+        isol8r.run(["/bin/true"], rlimit=[value])
+    p = cli("run", "--rlimit", value, "--", "/bin/true")
     assert p.returncode == 125
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in p.stderr
@@ -145,7 +140,7 @@ def test_pooled_jails_are_born_in_their_group_with_each_callers_values() -> None
         code = ("import sys\nprint(open('/proc/self/cgroup').read(), flush=True)\n"
                 "b = bytearray(100 << 20)\nb[::4096] = b'x' * len(b[::4096])\n"
                 "print('allocated', flush=True)\nwhile True: pass")
-        r = py(code, memory=memory, cpu_limit=0.5, time_limit=8, **NOSECCOMP)
+        r = py(code, memory=memory, cpu_limit=0.5, time_limit=8)
         lines = r.stdout.decode().split("\n\n")[0].split()
         # the program itself sits in memory:/program, a child of the jail's group that counts
         # its own memory peak from its exec on (cgroups.Cgroup.program_group)

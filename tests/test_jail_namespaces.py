@@ -17,11 +17,6 @@ from conftest import cli, needs_root, py, sh
 
 pytestmark = needs_root
 
-# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
-# every test below under the default filter.
-NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
-CLI_NOSECCOMP = [f"--{k}={v}" for k, v in NOSECCOMP.items()]
-
 NS_FILES = {"user": "user", "pid": "pid", "mount": "mnt", "net": "net", "ipc": "ipc", "uts": "uts",
             "cgroup": "cgroup"}
 SHARE_OPTION = {"net": "share_net", "pid": "share_pid", "ipc": "share_ipc", "uts": "share_uts",
@@ -30,7 +25,7 @@ SHARE_OPTION = {"net": "share_net", "pid": "share_pid", "ipc": "share_ipc", "uts
 
 def inside(code: str, **options: Any) -> Any:
     """Run python code in a jail; it prints one JSON value on its last line."""
-    r = py(code, **NOSECCOMP, **options)
+    r = py(code, **options)
     assert r.exit_code == 0, (r, r.stderr)
     return json.loads(r.stdout.decode().splitlines()[-1])
 
@@ -64,14 +59,14 @@ def test_share_option_keeps_exactly_that_namespace(ns: str) -> None:
 def test_share_flag_on_the_cli(ns: str) -> None:
     flag = "--" + SHARE_OPTION[ns].replace("_", "-")
     f = NS_FILES[ns]
-    p = cli("run", *CLI_NOSECCOMP, flag, "--", "/bin/sh", "-c", f"readlink /proc/self/ns/{f}")
+    p = cli("run", flag, "--", "/bin/sh", "-c", f"readlink /proc/self/ns/{f}")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == os.readlink(f"/proc/self/ns/{f}")
 
 
 def test_cli_default_namespaces_are_new() -> None:
     script = "; ".join(f"readlink /proc/self/ns/{f}" for f in NS_FILES.values())
-    p = cli("run", *CLI_NOSECCOMP, "--", "/bin/sh", "-c", script)
+    p = cli("run", "--", "/bin/sh", "-c", script)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.split()
     assert len(lines) == len(NS_FILES)
@@ -160,13 +155,13 @@ def test_share_net_shows_host_interfaces(host_listener: int) -> None:
 
 def test_hostname_is_the_jails_own() -> None:
     before = socket.gethostname()
-    assert sh("hostname", **NOSECCOMP).stdout == b"isol8r\n"
-    assert sh("hostname; cat /etc/hostname", hostname="box-7", **NOSECCOMP).stdout == b"box-7\nbox-7\n"
+    assert sh("hostname").stdout == b"isol8r\n"
+    assert sh("hostname; cat /etc/hostname", hostname="box-7").stdout == b"box-7\nbox-7\n"
     assert socket.gethostname() == before, "the jail changed the host's hostname"
 
 
 def test_share_uts_shows_host_hostname() -> None:
-    r = sh("hostname", share_uts=True, **NOSECCOMP)
+    r = sh("hostname", share_uts=True)
     assert r.stdout.decode().strip() == socket.gethostname()
 
 
@@ -195,13 +190,13 @@ def _lists_segment(text: str, shmid: int) -> bool:
 def test_sysv_ipc_is_separate(host_shm: int) -> None:
     with open("/proc/sysvipc/shm") as f:
         assert _lists_segment(f.read(), host_shm), "the fixture's segment is not on the host"
-    r = sh("cat /proc/sysvipc/shm", **NOSECCOMP)
+    r = sh("cat /proc/sysvipc/shm")
     assert r.exit_code == 0, r.stderr
     assert not _lists_segment(r.stdout.decode(), host_shm)
 
 
 def test_share_ipc_shows_host_segments(host_shm: int) -> None:
-    r = sh("cat /proc/sysvipc/shm", share_ipc=True, **NOSECCOMP)
+    r = sh("cat /proc/sysvipc/shm", share_ipc=True)
     assert _lists_segment(r.stdout.decode(), host_shm)
 
 
@@ -209,7 +204,7 @@ def test_share_ipc_shows_host_segments(host_shm: int) -> None:
 
 
 def test_cgroup_namespace_roots_every_hierarchy() -> None:
-    r = sh("cat /proc/self/cgroup", **NOSECCOMP)
+    r = sh("cat /proc/self/cgroup")
     lines = r.stdout.decode().split()
     # the program itself sits in memory:/program, the group that counts its own memory peak
     # (cgroups.Cgroup.program_group), inside the jail's group where the namespace is rooted
@@ -225,6 +220,6 @@ def test_mount_namespace_hides_host_tree() -> None:
 
 
 def test_user_namespace_maps_ids_unless_no_userns() -> None:
-    assert sh("cat /proc/self/uid_map", **NOSECCOMP).stdout.split() != [b"0", b"0", b"4294967295"]
-    r = sh("cat /proc/self/uid_map; id -u", no_userns=True, **NOSECCOMP)
+    assert sh("cat /proc/self/uid_map").stdout.split() != [b"0", b"0", b"4294967295"]
+    r = sh("cat /proc/self/uid_map; id -u", no_userns=True)
     assert r.stdout.split() == [b"0", b"0", b"4294967295", b"65534"]

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -16,11 +16,6 @@ import isol8r
 from conftest import cli, needs_root, py, sh
 
 pytestmark = needs_root
-
-# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
-# every test below under the default filter.
-NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
-CLI_NOSECCOMP = [f"--{k}={v}" for k, v in NOSECCOMP.items()]
 
 CAP_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
 CAP_NET_RAW = 13
@@ -45,7 +40,7 @@ print(json.dumps({
 
 
 def privs(**options: Any) -> dict[str, Any]:
-    r = py(PRIVS_CODE, **NOSECCOMP, **options)
+    r = py(PRIVS_CODE, **options)
     assert r.exit_code == 0, (r, r.stderr)
     return json.loads(r.stdout)
 
@@ -71,7 +66,7 @@ def test_cap_keeps_exactly_that_one(option: str) -> None:
 
 def test_cap_on_the_cli_survives_in_a_shell_child() -> None:
     # ambient: the capability survives the execve of a program started by the jailed shell
-    p = cli("run", *CLI_NOSECCOMP, "--cap", "net_raw", "--", "/bin/sh", "-c",
+    p = cli("run", "--cap", "net_raw", "--", "/bin/sh", "-c",
             "grep -E '^Cap(Eff|Amb)' /proc/self/status")
     assert p.returncode == 0, p.stderr
     assert [line.split()[1] for line in p.stdout.splitlines()] == ["0000000000002000"] * 2
@@ -80,11 +75,11 @@ def test_cap_on_the_cli_survives_in_a_shell_child() -> None:
 @pytest.mark.parametrize("option", ["caps", "cap"])
 def test_unknown_capability_is_a_spec_error(option: str) -> None:
     with pytest.raises(isol8r.SpecError, match="CAP_BOGUS"):
-        isol8r.run(["/bin/true"], **{option: ["CAP_BOGUS"]}, **NOSECCOMP)
+        isol8r.run(["/bin/true"], **{option: ["CAP_BOGUS"]})
 
 
 def test_unknown_capability_on_the_cli() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--cap", "CAP_BOGUS", "--", "/bin/true")
+    p = cli("run", "--cap", "CAP_BOGUS", "--", "/bin/true")
     assert p.returncode == 125
     assert len(p.stderr.splitlines()) == 1 and "CAP_BOGUS" in p.stderr
 
@@ -104,6 +99,6 @@ def test_setuid_binary_gains_nothing(open_dir: Path, owner: int, how: str) -> No
     os.chown(target, owner, owner)
     os.chmod(target, 0o4755 | 0o2000)
     assert os.stat(target).st_mode & 0o6000 == 0o6000
-    r = sh("/suid/id -u; /suid/id -g; /suid/id -G", **{how: [f"{suid}:/suid"]}, **NOSECCOMP)
+    r = sh("/suid/id -u; /suid/id -g; /suid/id -G", **{how: [f"{suid}:/suid"]})
     assert r.exit_code == 0, r.stderr
     assert r.stdout.split() == [b"65534", b"65534", b"65534"]

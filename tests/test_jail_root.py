@@ -20,10 +20,6 @@ from conftest import needs_root, py, sh
 
 pytestmark = needs_root
 
-# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
-# every test below under the default filter.
-NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
-
 DEV_NODES = {"null", "zero", "full", "random", "urandom", "tty"}
 DEV_EXPECTED = DEV_NODES | {"pts", "shm", "fd", "stdin", "stdout", "stderr", "ptmx"}
 BUSYBOX_APPLETS = ("sh", "ls", "cat", "echo", "find", "test", "touch", "id", "stat", "readlink")
@@ -57,13 +53,13 @@ def parse_mountinfo(text: str) -> list[dict[str, Any]]:
 
 def mountinfo(**options: Any) -> dict[str, dict[str, Any]]:
     """The jail's mount table by mount point (the last, i.e. top, mount of each)."""
-    r = sh("cat /proc/self/mountinfo", **NOSECCOMP, **options)
+    r = sh("cat /proc/self/mountinfo", **options)
     assert r.exit_code == 0, r.stderr
     return {m["mp"]: m for m in parse_mountinfo(r.stdout.decode())}
 
 
 def inside(code: str, **options: Any) -> Any:
-    r = py(code, **NOSECCOMP, **options)
+    r = py(code, **options)
     assert r.exit_code == 0, (r, r.stderr)
     return json.loads(r.stdout.decode().splitlines()[-1])
 
@@ -115,7 +111,7 @@ def test_default_root_holds_nothing_else_of_the_host() -> None:
 def test_etc_is_generated() -> None:
     host_users = {line.split(":")[0] for line in Path("/etc/passwd").read_text().splitlines() if line}
     assert host_users - {"root", "nobody"}, "the host has no users to leak; the test proves nothing"
-    r = sh("cat /etc/passwd; echo ==; cat /etc/group; echo ==; ls /etc", **NOSECCOMP)
+    r = sh("cat /etc/passwd; echo ==; cat /etc/group; echo ==; ls /etc")
     passwd, group, listing = r.stdout.decode().split("==\n")
     users = {line.split(":")[0] for line in passwd.splitlines()}
     assert users <= {"root", "nobody"}, f"host users inside: {users - {'root', 'nobody'}}"
@@ -139,7 +135,7 @@ def _expected_mount_root(path: Path) -> str:
 
 
 def test_rootfs_pivots_into_the_given_directory(busybox_root: Path) -> None:
-    r = sh("ls /; echo ==; cat /proc/self/mountinfo", rootfs=str(busybox_root), **NOSECCOMP)
+    r = sh("ls /; echo ==; cat /proc/self/mountinfo", rootfs=str(busybox_root))
     assert r.exit_code == 0, r.stderr
     listing, table = r.stdout.decode().split("==\n")
     assert set(listing.split()) == {"bin", "dev", "proc", "sys", "tmp"}
@@ -157,17 +153,17 @@ def test_rootfs_cannot_reach_outside(busybox_root: Path, open_dir: Path) -> None
     (outside / name).chmod(0o644)
     script = (f"find / -path /proc -prune -o -path /sys -prune -o -name {name} -print; "
               f"test -e {outside / name} && echo reachable; cat /proc/self/mountinfo")
-    r = sh(script, rootfs=str(busybox_root), **NOSECCOMP)
+    r = sh(script, rootfs=str(busybox_root))
     assert name not in r.stdout.decode()
     assert "reachable" not in r.stdout.decode()
 
 
 def test_rootfs_is_read_only_unless_rw_root(busybox_root: Path) -> None:
     busybox_root.chmod(0o1777)  # writable by the jail user: only the mount can refuse
-    r = sh("touch /newfile && echo written", rootfs=str(busybox_root), **NOSECCOMP)
+    r = sh("touch /newfile && echo written", rootfs=str(busybox_root))
     assert b"written" not in r.stdout and b"Read-only" in r.stderr, r
     assert not (busybox_root / "newfile").exists()
-    r = sh("touch /newfile && echo written", rootfs=str(busybox_root), rw_root=True, **NOSECCOMP)
+    r = sh("touch /newfile && echo written", rootfs=str(busybox_root), rw_root=True)
     assert r.stdout == b"written\n", r.stderr
     assert (busybox_root / "newfile").exists()
 
@@ -177,7 +173,7 @@ def test_rootfs_under_a_private_host_dir(tmp_path: Path, rw_root: bool) -> None:
     """A root directory root can read (pytest's tmp_path, under a 0700 root-owned directory)
     must work, read-only and read-write alike: isol8r runs as root."""
     root = make_busybox_root(tmp_path / "rootfs")
-    r = sh("echo inside", rootfs=str(root), rw_root=rw_root, **NOSECCOMP)
+    r = sh("echo inside", rootfs=str(root), rw_root=rw_root)
     assert r.stdout == b"inside\n", r
 
 
@@ -202,14 +198,14 @@ def test_sys_is_read_only() -> None:
     mi = mountinfo()
     assert mi["/sys"]["fstype"] == "sysfs"
     assert "ro" in mi["/sys"]["opts"]
-    r = sh("echo x > /sys/kernel/uevent_helper && echo written", user="0:0", **NOSECCOMP)
+    r = sh("echo x > /sys/kernel/uevent_helper && echo written", user="0:0")
     assert b"written" not in r.stdout
 
 
 def test_sys_is_absent_with_share_net() -> None:
     # /sys/class/net would show the host's interfaces; the jail gets no /sys at all then
     assert "/sys" not in mountinfo(share_net=True)
-    assert sh("test -e /sys && echo present", share_net=True, **NOSECCOMP).stdout == b""
+    assert sh("test -e /sys && echo present", share_net=True).stdout == b""
 
 
 # ---- /dev ---------------------------------------------------------------------------------------
@@ -260,8 +256,7 @@ def test_dev_nodes_work() -> None:
 
 
 def test_dev_is_read_only_and_no_device_can_be_made() -> None:
-    r = sh("touch /dev/newfile && echo written; mknod /dev/sda b 8 0 && echo made", user="0:0",
-           **NOSECCOMP)
+    r = sh("touch /dev/newfile && echo written; mknod /dev/sda b 8 0 && echo made", user="0:0")
     assert b"written" not in r.stdout and b"made" not in r.stdout
 
 
@@ -309,7 +304,7 @@ def test_tmp_default_is_capped_by_the_memory_limit() -> None:
 def test_tmp_holds_more_than_the_old_64_mib() -> None:
     code = ("f = open('/tmp/big', 'wb')\nfor _ in range(100):\n    f.write(b'x' * (1 << 20))\n"
             "f.close()\nprint('fit')")
-    r = py(code, **NOSECCOMP)
+    r = py(code)
     assert r.stdout == b"fit\n", r.stderr
 
 
@@ -320,7 +315,7 @@ def test_tmp_size_option() -> None:
 def test_tmp_size_cap_is_enforced() -> None:
     code = ("import errno\ntry:\n    open('/tmp/big', 'wb').write(b'x' * (2 << 20))\n    print('fit')\n"
             "except OSError as e:\n    print(errno.errorcode[e.errno])")
-    assert py(code, tmp_size="1M", **NOSECCOMP).stdout == b"ENOSPC\n"
+    assert py(code, tmp_size="1M").stdout == b"ENOSPC\n"
 
 
 # ---- user mounts --------------------------------------------------------------------------------
@@ -331,7 +326,7 @@ def test_bind_is_writable_nosuid_nodev(open_dir: Path) -> None:
     src.mkdir()
     src.chmod(0o777)
     (src / "hello").write_text("from the host\n")
-    r = sh("cat /data/hello && echo from-jail > /data/new", bind=[f"{src}:/data"], **NOSECCOMP)
+    r = sh("cat /data/hello && echo from-jail > /data/new", bind=[f"{src}:/data"])
     assert r.exit_code == 0, r.stderr
     assert r.stdout == b"from the host\n"
     assert (src / "new").read_text() == "from-jail\n"
@@ -341,7 +336,7 @@ def test_bind_is_writable_nosuid_nodev(open_dir: Path) -> None:
 
 def test_bind_without_dst_uses_the_same_path(open_dir: Path) -> None:
     (open_dir / "f").write_text("same\n")
-    r = sh(f"cat {open_dir}/f", ro_bind=[str(open_dir)], **NOSECCOMP)
+    r = sh(f"cat {open_dir}/f", ro_bind=[str(open_dir)])
     assert r.stdout == b"same\n", r.stderr
 
 
@@ -398,7 +393,7 @@ def test_bind_source_under_a_private_host_dir(tmp_path: Path) -> None:
     src.mkdir()
     (src / "f").write_text("private\n")
     (src / "f").chmod(0o644)
-    r = sh("cat /data/f", ro_bind=[f"{src}:/data"], **NOSECCOMP)
+    r = sh("cat /data/f", ro_bind=[f"{src}:/data"])
     assert r.stdout == b"private\n"
 
 
@@ -406,7 +401,7 @@ def test_bind_source_under_a_private_host_dir(tmp_path: Path) -> None:
 
 
 def test_no_mount_is_shared_with_the_host(open_dir: Path) -> None:
-    r = sh("cat /proc/self/mountinfo", bind=[f"{open_dir}:/data"], tmpfs=["/scratch"], **NOSECCOMP)
+    r = sh("cat /proc/self/mountinfo", bind=[f"{open_dir}:/data"], tmpfs=["/scratch"])
     for m in parse_mountinfo(r.stdout.decode()):
         assert not any(tag.startswith("shared:") for tag in m["optional"]), (m["mp"], m["optional"])
 
@@ -414,7 +409,7 @@ def test_no_mount_is_shared_with_the_host(open_dir: Path) -> None:
 def test_host_mount_table_unchanged_by_a_jail_with_mounts(open_dir: Path) -> None:
     with open("/proc/self/mountinfo") as f:
         before = f.read()
-    r = sh("true", bind=[f"{open_dir}:/data"], tmpfs=["/scratch"], **NOSECCOMP)
+    r = sh("true", bind=[f"{open_dir}:/data"], tmpfs=["/scratch"])
     assert r.exit_code == 0
     with open("/proc/self/mountinfo") as f:
         assert f.read() == before

@@ -12,13 +12,9 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, cli, needs_root, py, sh
+from conftest import cli, needs_root, py, sh
 
-pytestmark = [
-    needs_root,
-    pytest.mark.skipif(not (ROOT / "src" / "isol8r" / "seccomp").is_dir(),
-                       reason="the seccomp module is not written yet"),
-]
+pytestmark = needs_root
 
 # (name, x86_64 number, aarch64 number, arguments): arguments chosen so that without a filter
 # the call fails some other way or succeeds harmlessly, never with EPERM where avoidable.
@@ -81,7 +77,7 @@ def filtered() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def unfiltered() -> dict[str, Any]:
-    return probe(seccomp="none")
+    return probe(seccomp="none")  # off: the twin that shows each check can fail
 
 
 def test_default_filter_is_on(filtered: dict[str, Any]) -> None:
@@ -107,6 +103,7 @@ def test_cli_default_and_none() -> None:
     p = cli("run", "--", "/bin/grep", "^Seccomp:", "/proc/self/status")
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["Seccomp:", "2"]
+    # off: the CLI's `--seccomp none` option itself
     p = cli("run", "--seccomp", "none", "--", "/bin/grep", "^Seccomp:", "/proc/self/status")
     assert p.stdout.split() == ["Seccomp:", "0"]
 

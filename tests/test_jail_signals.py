@@ -12,18 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 import pytest
 
 from conftest import ROOT, cli, needs_root, py, sh
 
 pytestmark = needs_root
-
-# Seccomp is not written yet: until it is, jails here run without it. Empty this dict to run
-# every test below under the default filter.
-NOSECCOMP: dict[str, Any] = {"seccomp": "none"}
-CLI_NOSECCOMP = [f"--{k}={v}" for k, v in NOSECCOMP.items()]
 
 FORWARDED = ("SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCONT", "SIGTSTP",
              "SIGTERM")
@@ -79,7 +73,7 @@ def _finish(p: subprocess.Popen[bytes]) -> None:
 
 
 def test_signals_to_isol8r_reach_the_program() -> None:
-    p = popen_cli("run", *CLI_NOSECCOMP, "--", "/usr/bin/python3", "-c", HANDLER_CODE)
+    p = popen_cli("run", "--", "/usr/bin/python3", "-c", HANDLER_CODE)
     try:
         assert p.stdout is not None
         out = LineReader(p.stdout.fileno())
@@ -129,7 +123,7 @@ print(json.dumps({'reaped': not os.path.exists('/proc/%d' % grandchild), 'zombie
 
 
 def test_init_reaps_orphans() -> None:
-    r = py(ORPHAN_CODE, **NOSECCOMP)
+    r = py(ORPHAN_CODE)
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout) == {"reaped": True, "zombies": []}
 
@@ -137,7 +131,7 @@ def test_init_reaps_orphans() -> None:
 def test_without_init_orphans_stay_zombies() -> None:
     # the twin that shows the reaping test can fail: with the program as PID 1 and not reaping,
     # the orphan stays a zombie
-    r = py(ORPHAN_CODE, no_init=True, **NOSECCOMP)
+    r = py(ORPHAN_CODE, no_init=True)
     assert r.exit_code == 0, r.stderr
     info = json.loads(r.stdout)
     assert not info["reaped"] and info["zombies"]
@@ -165,7 +159,7 @@ print(json.dumps(out), flush=True)
 @pytest.mark.parametrize("user, signals", [(None, "signal.SIGKILL, signal.SIGSTOP, signal.SIGINT"),
                                            ("0:0", "signal.SIGKILL, signal.SIGSTOP")])
 def test_program_cannot_kill_or_stop_init(user: str | None, signals: str) -> None:
-    r = py(KILL_INIT_CODE.replace("SIGNALS", f"({signals},)"), user=user, **NOSECCOMP)
+    r = py(KILL_INIT_CODE.replace("SIGNALS", f"({signals},)"), user=user)
     assert r.exit_code == 0, (r, r.stderr)
     info = json.loads(r.stdout)
     assert info["init_state"] in ("S", "R"), info
@@ -178,19 +172,19 @@ def test_program_cannot_kill_or_stop_init(user: str | None, signals: str) -> Non
 
 
 def test_program_is_pid_2_behind_init() -> None:
-    assert sh("echo $$", **NOSECCOMP).stdout == b"2\n"
+    assert sh("echo $$").stdout == b"2\n"
 
 
 def test_no_init_on_the_cli_makes_the_program_pid_1() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--no-init", "--", "/bin/sh", "-c", "echo $$")
+    p = cli("run", "--no-init", "--", "/bin/sh", "-c", "echo $$")
     assert p.returncode == 0, p.stderr
     assert p.stdout == "1\n"
 
 
 def test_init_false_makes_the_program_pid_1() -> None:
-    assert sh("echo $$", init=False, **NOSECCOMP).stdout == b"1\n"
+    assert sh("echo $$", init=False).stdout == b"1\n"
 
 
 def test_no_init_exit_status_and_signal() -> None:
-    p = cli("run", *CLI_NOSECCOMP, "--no-init", "--", "/bin/sh", "-c", "exit 7")
+    p = cli("run", "--no-init", "--", "/bin/sh", "-c", "exit 7")
     assert p.returncode == 7, p.stderr

@@ -10,7 +10,6 @@ something else, so the test can fail.
 from __future__ import annotations
 
 import errno
-import inspect
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ import pytest
 
 import isol8r
 from conftest import cli, jail, needs_root
-from isol8r import seccomp, supervisor
+from isol8r import seccomp
 from isol8r.sys import linux
 
 DOCKER = "/work/shared/profiles/docker-default.json"
@@ -78,11 +77,6 @@ def write_profile(tmp_path: Path, syscalls: list[dict[str, Any]], default: str =
     return str(path)
 
 
-def hook_wired() -> bool:
-    """Whether the supervisor fills Result.syscall (seccomp.blocked_syscall, wired by the lead)."""
-    return "blocked_syscall" in inspect.getsource(supervisor)
-
-
 # ---- a Docker-format profile: every action kind ------------------------------------------------
 
 
@@ -110,7 +104,7 @@ def test_errno_trace_log_and_allow_actions(actions_profile: str) -> None:
     assert got["errno"] == -errno.EXDEV          # errnoRet is the errno
     assert got["trace"] == -errno.ENOSYS         # no tracer: the kernel fails it with ENOSYS
     assert got["log"] > 0 and got["allowed"] > 0  # logged calls run; the default allows
-    plain = answers(calls, seccomp="none")
+    plain = answers(calls, seccomp="none")  # off: the twin, so the answers above are the profile's
     assert plain["errno"] > 0 and plain["trace"] == 0  # the twin: without the profile they run
 
 
@@ -132,7 +126,7 @@ def test_kill_actions_give_verdict_seccomp(actions_profile: str, name: str,
                                            args: list[int]) -> None:
     r = probe([["x", name, *args]], seccomp_profile=actions_profile)
     assert (r.verdict, r.signal, r.stdout) == ("seccomp", signal.SIGSYS, b"")
-    twin = probe([["x", name, *args]], seccomp="none")
+    twin = probe([["x", name, *args]], seccomp="none")  # off: the twin, the call itself survives
     assert twin.verdict == "ok"
 
 
@@ -143,7 +137,7 @@ def test_argument_conditions_in_a_profile(actions_profile: str) -> None:
     got = answers(calls, seccomp_profile=actions_profile)
     assert got["linux32"] >= 0 and got["linux"] >= 0
     assert got["no_aslr"] == got["rie"] == -errno.EXDEV
-    plain = answers(calls, seccomp="none")
+    plain = answers(calls, seccomp="none")  # off: the twin, the conditions are the profile's
     assert plain["no_aslr"] >= 0 and plain["rie"] >= 0
 
 
@@ -154,9 +148,6 @@ def test_result_names_the_blocked_syscall(actions_profile: str) -> None:
     seccomp.watch_kills()  # so printk's rate limit (other tests' kills) cannot thin the records
     r = probe([["x", "ptrace", PTRACE_ATTACH, NO_SUCH_PID]], seccomp_profile=actions_profile)
     assert r.verdict == "seccomp"
-    if not hook_wired():
-        pytest.skip("pending: supervisor does not call seccomp.blocked_syscall yet "
-                    "(the lead wires Result.syscall)")
     assert r.syscall == "ptrace"
     assert json.loads(r.to_json())["syscall"] == "ptrace"
     ok = probe([["x", "getpid"]], seccomp_profile=actions_profile)
@@ -251,6 +242,7 @@ def cli_probe(calls: list[list[Any]], *flags: str) -> dict[str, Any]:
 def test_deny_group_from_the_cli() -> None:
     calls = [["ptrace", "ptrace", PTRACE_ATTACH, NO_SUCH_PID], ["madvise", "process_madvise",
                                                                 2**32 - 1, 0, 0, 0, 0]]
+    # off: the deny group alone on no base, then the twin with no filter at all
     denied = cli_probe(calls, "--seccomp", "none", "--seccomp-deny", "@debug")
     assert denied == {"ptrace": -errno.EPERM, "madvise": -errno.EPERM, "trapped": False}
     plain = cli_probe(calls, "--seccomp", "none")
@@ -276,6 +268,7 @@ def test_allow_list_guards_personality() -> None:
     calls = [["query", "personality", 0xFFFFFFFF], ["no_aslr", "personality", ADDR_NO_RANDOMIZE]]
     got = answers(calls, seccomp_allow=["@system-service"])
     assert got["query"] >= 0 and got["no_aslr"] == -errno.EPERM
+    # off: an allow list on no base has no personality guard (the twin)
     assert answers(calls, seccomp_allow=["@system-service"], seccomp="none")["no_aslr"] >= 0
 
 
@@ -284,7 +277,7 @@ def test_default_policy_argument_conditions() -> None:
              ["no_aslr", "personality", ADDR_NO_RANDOMIZE]]
     got = answers(calls)
     assert got["query"] >= 0 and got["linux"] >= 0 and got["no_aslr"] == -errno.EPERM
-    assert answers(calls, seccomp="none")["no_aslr"] >= 0
+    assert answers(calls, seccomp="none")["no_aslr"] >= 0  # off: the twin
 
 
 DENIED_BY_DEFAULT = [["ptrace", "ptrace", PTRACE_ATTACH, NO_SUCH_PID],   # unfiltered: ESRCH
@@ -295,7 +288,7 @@ DENIED_BY_DEFAULT = [["ptrace", "ptrace", PTRACE_ATTACH, NO_SUCH_PID],   # unfil
 def test_default_policy_denies_ptrace_mount_keyctl() -> None:
     got = answers(DENIED_BY_DEFAULT)
     assert (got["ptrace"], got["mount"], got["keyctl"]) == (-errno.EPERM,) * 3
-    plain = answers(DENIED_BY_DEFAULT, seccomp="none")
+    plain = answers(DENIED_BY_DEFAULT, seccomp="none")  # off: the twin, EPERM is the filter's
     assert -errno.EPERM not in (plain["ptrace"], plain["mount"], plain["keyctl"]), plain
 
 
@@ -327,6 +320,7 @@ def test_newer_forms_follow_a_refused_or_guarded_call(tmp_path: Path) -> None:
             "try:\n    os.fork() or os._exit(0)\nexcept PermissionError:\n    print('no fork')\n"
             "try:\n    threading.Thread(target=int).start()\nexcept RuntimeError:\n"
             "    print('no thread')\n")
+    # off: the deny list alone on no base, and its twin below with no filter at all
     r = jail("/usr/bin/python3", "-c", code, seccomp="none", seccomp_deny=["clone"])
     assert (r.verdict, r.stdout) == ("ok", b"no fork\nno thread\n"), r.stderr
     assert jail("/usr/bin/python3", "-c", code, seccomp="none").stdout == b""

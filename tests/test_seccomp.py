@@ -294,6 +294,7 @@ def test_x32_syscalls_are_killed() -> None:
 
 def test_the_bpf_checks_the_x32_bit_before_any_rule() -> None:
     """libseccomp's x86_64 section must send every nr with the x32 bit to the bad-arch action."""
+    # seccomp="none" + deny: a filter of deny rules alone must carry the x32 guard too
     for bpf in (seccomp.compile_policy(), seccomp.compile_policy(allow=("@system-service",)),
                 seccomp.compile_policy(seccomp="none", deny=("ptrace",))):
         insns = [struct.unpack_from("<HBBI", bpf, i) for i in range(0, len(bpf), 8)]
@@ -400,7 +401,7 @@ def test_deny_list_adds_eperm_rules_on_top_of_the_base() -> None:
     bpf = seccomp.compile_policy(deny=("@debug,@mount", "getppid"))
     assert in_child(bpf, lambda: raw(NR_GETPPID)) == ("ok", -errno.EPERM)
     assert in_child(bpf, lambda: raw(NR_UNSHARE, 0)) == ("ok", -errno.EPERM)  # base still there
-    bpf = seccomp.compile_policy(seccomp="none", deny=("getppid",))
+    bpf = seccomp.compile_policy(seccomp="none", deny=("getppid",))  # off: the deny list alone
     assert in_child(bpf, lambda: raw(NR_GETPPID)) == ("ok", -errno.EPERM)
     assert in_child(bpf, lambda: raw(NR_UNSHARE, 0)) == ("ok", 0)  # no base
 
@@ -429,6 +430,7 @@ def test_allow_list_keeps_the_default_guards_unless_named_directly() -> None:
         assert bpf_run(bpf, NR_IOCTL, args=(0, cmd)) == RET_ALLOW, hex(cmd)
     named = seccomp.compile_policy(allow=("@system-service,unshare",))
     assert in_child(named, lambda: raw(NR_UNSHARE, 0)) == ("ok", 0)
+    # off: the allow list on no base, so unshare is not caught by the default policy's guard
     unguarded = seccomp.compile_policy(seccomp="none", allow=("@system-service",))
     assert in_child(unguarded, lambda: raw(NR_UNSHARE, 0)) == ("ok", 0)
 
@@ -514,7 +516,7 @@ def test_docker_default_loads_and_checks() -> None:
     assert "riscv_hwprobe" in policy.skipped
 
 
-def test_none_compiles_to_nothing() -> None:
+def test_none_compiles_to_nothing() -> None:  # the `none` option itself
     assert seccomp.compile_policy(seccomp="none") is None
     assert seccomp.compile_policy(seccomp="none", log=True) is None
     assert "no seccomp filter" in seccomp.show("none")

@@ -143,6 +143,7 @@ def test_open_by_handle_at_twin_host_root_reads_the_secret(tools: Tools, world: 
     opens the secret through the /data bind by its handle: the shocker escape is real, and only
     the user namespace and seccomp stand in its way."""
     binds, htype, hexdata = shocker
+    # off: the twin, host root past the filter shows the escape is real
     r = probe(tools, "handle", "/data", htype, hexdata, ro_bind=binds, seccomp="none",
               no_userns=True, user="0", caps=["CAP_DAC_READ_SEARCH"], twin="host-root")
     assert r.ok("open_by_handle_at") and world.token in r.get("open_by_handle_at")[1], r
@@ -237,6 +238,7 @@ def test_chroot_twin_with_capabilities_and_no_seccomp_still_stays_in_the_jail(
     """Twin: jail root with CAP_SYS_CHROOT and CAP_SYS_ADMIN and no seccomp: chroot, pivot_root
     and the new mount API now work (the twin detects that), yet the classic chroot-climb escape
     only reaches the jail's own root: pivot_root plus the detached old root leave nothing above."""
+    # off: the twin, chroot and the mount API get past the filter; the pivot must still hold
     r = probe(tools, "chroot", world.marker, seccomp="none", user="0",
               caps=["CAP_SYS_CHROOT", "CAP_SYS_ADMIN"], twin="jail-root")
     assert r.ok("chroot") and r.ok("chroot_escape_chroot") and r.ok("fsopen"), r

@@ -75,6 +75,7 @@ def test_host_root_twin_needs_exactly_its_one_capability(tools: Tools) -> None:
     """sethostname is a host-root subcommand with CAP_SYS_ADMIN; given a second capability, or
     another one, the guard refuses before anything runs (the host's name is never touched)."""
     for caps in (["CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE"], ["CAP_DAC_OVERRIDE"], []):
+        # off: a host-root twin runs without the filter; the probe's guard is what is tested
         r = isol8r.run(["/probe", "--twin=host-root", "sethostname", "guard-failed"],
                        capture_output=True, ro_bind=[f"{tools.probe}:/probe"], no_userns=True,
                        user="0", caps=caps, share_uts=True, seccomp="none")

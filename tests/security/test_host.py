@@ -25,6 +25,7 @@ from secprobe import JAIL_NOBODY, LONE_UID, Tools, alive, libc, probe, tools, un
 
 pytestmark = needs_root
 
+# host-root twins: no user namespace and no seccomp, so only the wall under test stands
 HOST_ROOT = dict(seccomp="none", no_userns=True, user="0", twin="host-root")
 JAIL_ROOT_IDENTITY = dict(unsafe_map_host_root=True, user="0", twin="jail-root,identity-map")
 
@@ -54,6 +55,7 @@ def test_signal_twin_shared_pid_namespace_kills_the_host_process(tools: Tools,
     """Twin: --share-pid. kill needs only a matching uid, so the host process dies; ptrace still
     fails across the user namespace boundary."""
     v = victim(JAIL_NOBODY)
+    # off: the twin, only the shared PID namespace decides
     r = probe(tools, "signal", v.pid, "term", share_pid=True, seccomp="none")
     assert r.ok("kill_term") and r.ok("pidfd_open"), r
     assert r.errno("ptrace_seize") == "EPERM", r
@@ -64,6 +66,7 @@ def test_ptrace_twin_shared_pid_namespace_without_userns_attaches(tools: Tools,
                                                                    victim) -> None:  # noqa: F811
     """Twin: --share-pid --no-userns --user LONE_UID --seccomp none: ptrace attaches too."""
     v = victim(LONE_UID)
+    # off: the twin, neither a user namespace nor the filter is in ptrace's way
     r = probe(tools, "signal", v.pid, share_pid=True, no_userns=True, user=str(LONE_UID),
               seccomp="none", twin="no-userns")
     assert r.ok("ptrace_seize") and r.ok("kill_0"), r
@@ -176,6 +179,7 @@ def test_mknod_of_a_device_is_refused(tools: Tools) -> None:
     r = probe(tools, "mknod")
     assert r.errno("mknod_block") == "EPERM" and r.errno("mknod_char") == "EPERM", r
     # CAP_MKNOD in the jail's own user namespace does not count for device nodes
+    # off: the user namespace alone must refuse device nodes, the filter aside
     r = probe(tools, "mknod", user="0", caps=["CAP_MKNOD"], seccomp="none", twin="jail-root")
     assert r.errno("mknod_block") == "EPERM", r
 
@@ -216,6 +220,7 @@ def test_kernel_calls_twin_without_seccomp_get_past_the_filter(tools: Tools) -> 
     """Twin: --seccomp none (and jail root with CAP_SYS_BOOT). Not in the table: swapoff, syslog,
     acct, vhangup, iopl and ioperm, whose capability check in the initial namespace comes first
     and answers EPERM too (or ENOSYS where the kernel lacks them); see the host-root twins."""
+    # off: the twin, the kernel's own checks answer once the filter is out of the way
     r = probe(tools, "kernel", seccomp="none", user="0", caps=["CAP_SYS_BOOT"], twin="jail-root")
     for call, want in PAST_SECCOMP.items():
         if want is None:
@@ -291,6 +296,7 @@ def test_tiocsti_twin_without_seccomp_injects_keystrokes(tools: Tools, pty) -> N
     session) and pushes 'Z' into the caller's input. TIOCLINUX gets past the filter (ENOTTY on a
     pty). Where the kernel forbids TIOCSTI itself (dev.tty.legacy_tiocsti=0), nothing is pushed."""
     master, slave = pty
+    # off: the twin, TIOCSTI reaches the terminal without the filter
     r = probe(tools, "tty", stdin=slave, seccomp="none")
     assert r.errno("tioclinux") == "ENOTTY", r
     try:

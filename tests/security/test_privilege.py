@@ -56,6 +56,7 @@ def test_no_new_namespace_of_any_kind_and_no_setns(tools: Tools) -> None:
 def test_userns_twin_without_seccomp_gets_every_capability_back(tools: Tools) -> None:
     """Twin: --seccomp none. Now unshare(CLONE_NEWUSER), clone and clone3 succeed and the new
     namespace holds all capabilities (over nothing of the host's, but a large kernel surface)."""
+    # off: the twin, only the filter refuses a nested user namespace
     r = probe(tools, "userns", seccomp="none")
     assert r.ok("unshare_user") and r.ok("clone_newuser") and r.ok("clone3_newuser"), r
     assert int(r.info("userns_capeff"), 16) != 0 and r.ok("userns_then_mountns"), r
@@ -158,6 +159,7 @@ def test_prctl_tricks_are_refused(tools: Tools) -> None:
 def test_prctl_twin_host_root_with_cap_sys_resource_sets_mm(tools: Tools) -> None:
     """Twin: host root with CAP_SYS_RESOURCE sets its own arg_start again (harmless).
     The securebits lock and no_new_privs have no option to turn them off."""
+    # off: the twin, host root past the filter
     r = probe(tools, "prctl", seccomp="none", no_userns=True, user="0",
               caps=["CAP_SYS_RESOURCE"], twin="host-root")
     assert r.ok("pr_set_mm"), r
@@ -173,6 +175,7 @@ def test_personality_read_implies_exec_and_no_aslr_are_denied(tools: Tools) -> N
 
 
 def test_personality_twin_without_seccomp_maps_readable_memory_executable(tools: Tools) -> None:
+    # off: the twin, only the filter refuses these personality flags
     r = probe(tools, "personality", seccomp="none")
     assert r.ok("personality_read_implies_exec"), r
     assert r.get("read_only_mapping_is_executable") == ("leak", "1"), r

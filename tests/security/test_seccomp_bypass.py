@@ -43,6 +43,7 @@ def test_i386_abi_calls_kill_the_process(tools: Tools, options: dict) -> None:
 
 def test_i386_abi_twin_without_seccomp_unshares_through_int80(tools: Tools) -> None:
     """Twin: --seccomp none: unshare(CLONE_NEWUSER) through the i386 table succeeds."""
+    # off: the twin, the bypass works without the filter
     r = probe(tools, "int80", I386_UNSHARE, CLONE_NEWUSER, seccomp="none")
     assert r.result.exit_code == 0 and r.ok("int80"), r
 
@@ -54,6 +55,7 @@ def test_x32_abi_calls_kill_the_process(tools: Tools) -> None:
 
 def test_x32_twin_without_seccomp_reaches_the_kernel(tools: Tools) -> None:
     """Twin: --seccomp none: the kernel itself answers (ENOSYS where x32 is not built in)."""
+    # off: the twin, the kernel answers without the filter
     r = probe(tools, "x32", X86_64_GETPID, seccomp="none")
     assert r.result.exit_code == 0 and r.get("x32") is not None, r
 
@@ -69,6 +71,7 @@ def test_default_policy_closes_clone3_around_the_clone_guard(tools: Tools) -> No
 
 
 def test_clone3_twin_without_seccomp_creates_a_user_namespace(tools: Tools) -> None:
+    # off: the twin, clone3 creates a user namespace without the filter
     r = probe(tools, "newer", "/etc/hostname", seccomp="none")
     assert r.ok("clone3_newuser") and r.ok("clone_newuser"), r
 
@@ -85,6 +88,7 @@ def test_deny_list_naming_clone_also_stops_clone3(tools: Tools) -> None:
     Found by this suite: only `clone` got a rule, and clone3(CLONE_NEWUSER) created a process in
     a new user namespace. seccomp.NEWER_FORMS now gives clone3 ENOSYS whenever clone is refused
     or guarded and clone3 is not named. See docs/security.md."""
+    # off: the deny list alone on no base is the option under test
     r = probe(tools, "newer", "/etc/hostname", seccomp="none", seccomp_deny=["clone"])
     assert r.errno("clone_plain") == "EPERM", r
     assert r.denied("clone3_plain") and r.denied("clone3_newuser"), r

@@ -87,6 +87,7 @@ def test_no_setid_file_or_capability_reaches_the_host(tools: Tools, workdir: Pat
 
 def test_twin_without_seccomp_plants_host_root_setuid_files(tools: Tools, workdir: Path) -> None:
     """Twin: --seccomp none. The kernel lets the owner set the bits: host-root setuid files."""
+    # off: the twin, the filter is the set-id wall under test
     r = probe(tools, "setid", "/work", bind=[f"{workdir}:/work"], seccomp="none")
     assert r.ok("chmod_suid") and r.ok("openat_suid"), r
     got = exposed(workdir)

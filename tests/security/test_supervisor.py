@@ -124,8 +124,8 @@ def test_unprivileged_cli_binds_a_file(tools: Tools, lone_env: dict[str, str]) -
     """Without root, --ro-bind of a file the caller can read must work (README: "root, or
     unprivileged user namespaces").
 
-    FAILS on the code as of this suite: mounts.plan() marks every user bind by_supervisor, and
-    supervisor.spawn() opens it with open_tree(OPEN_TREE_CLONE), which needs CAP_SYS_ADMIN over
+    Found by this suite (fixed since): mounts.plan() marked every user bind by_supervisor, and
+    supervisor.spawn() opened it with open_tree(OPEN_TREE_CLONE), which needs CAP_SYS_ADMIN over
     the supervisor's mount namespace: EPERM, reported as "write id maps / cgroup: EPERM: SRC"."""
     p = unprivileged_cli(lone_env, "--ro-bind", f"{tools.probe}:/probe", "--", "/probe",
                          "exists", "/")
@@ -154,10 +154,10 @@ def test_no_jailed_process_is_left_when_run_returns(tools: Tools, world: World) 
     what the jail could write. Here a daemon appends to a file of a writable bind; twenty runs
     in a row, none may leave it running (or writing) after run() returned.
 
-    FAILS on the code as of this suite: supervisor.JailWatch.done() is true as soon as the jail's
-    init reports the program's status (when no cgroup is used), before init has exited and the
-    PID namespace's teardown has killed the rest; the daemon runs on for a moment after run()
-    returned, and keeps writing into the bind."""
+    Found by this suite (fixed since): supervisor.JailWatch.done() was true as soon as the jail's
+    init reported the program's status (when no cgroup was used), before init had exited and the
+    PID namespace's teardown had killed the rest; the daemon ran on for a moment after run()
+    returned, and kept writing into the bind."""
     out = world.dir / "out"
     out.mkdir()
     out.chmod(0o777)
