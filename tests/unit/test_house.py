@@ -38,7 +38,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "concerns": ("isol8r.userns", "isol8r.mounts", "isol8r.caps", "isol8r.seccomp",
                  "isol8r.seccomp.*", "isol8r.bpfcache", "isol8r.rlimits", "isol8r.cgroups",
                  "isol8r.net", "isol8r.pid1", "isol8r.rootfs", "isol8r.terminal", "isol8r.elf",
-                 "isol8r.paths"),
+                 "isol8r.paths", "isol8r.usernet", "isol8r.egress_rules"),
     # the words every layer speaks: the exception types and the Result. Below the concerns,
     # not in the jail layer, because concerns raise SpecError and Isol8rError today
     # (cgroups, mounts, rootfs, seccomp) and a failure must not need the jail layer to be told
