@@ -189,7 +189,7 @@ def test_limits_land_in_the_control_files(make):
 
 @real
 def test_set_limits_writes_new_values_up_and_down_and_never_lifts_one(make):
-    """A warm jail's group is re-used with the next caller's values (server._Pool)."""
+    """A warm jail's group is re-used with the next caller's values (daemon/pool.py)."""
     cg = make(FULL)
     for memory, pids, cpus in ((256 * MiB, 16, 1.5), (32 * MiB, 4, 0.25), (32 * MiB, 4, 0.25)):
         cg.set_limits(Limits(memory=memory, pids=pids, cpus=cpus))

@@ -192,13 +192,13 @@ def test_merge_lists_add_values_replace() -> None:
 
 def _callers_merge() -> bool:
     return "profiles.merge" in inspect.getsource(cli_module.spec_from_args) and \
-        "profiles.merge" in inspect.getsource(isol8r._spec)
+        "profiles.merge" in inspect.getsource(isol8r.spec_of)
 
 
 def test_cli_list_flag_adds_to_the_file(tmp_path: Path) -> None:
     """--profile build --tmpfs /cache must keep the profile's /build (its cwd)."""
     if not _callers_merge():
-        pytest.skip("pending: cli.spec_from_args and isol8r._spec do not use profiles.merge yet "
+        pytest.skip("pending: cli.spec_from_args and isol8r.spec_of do not use profiles.merge yet "
                     "(the lead wires it), so a list flag still replaces the profile's list")
     d = dry_run("--profile", "build", "--tmpfs", "/cache")
     assert [m["dst"] for m in d["mounts"]] == ["/build", "/cache"]

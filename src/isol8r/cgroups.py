@@ -294,8 +294,9 @@ def _procs_below(path: str) -> set[int]:
 
 def sweep_owner(pid: int) -> list[str]:
     """Remove now the groups named for pid under this process's isol8r/ dirs, killing what is
-    still in them: pid is an isol8r server known to be dead (its record says so: server.py), so
-    nothing will remove them otherwise; without that proof _sweep waits _STALE_AGE."""
+    still in them: pid is an isol8r server known to be dead (its record says so:
+    daemon/forkserver.py), so nothing will remove them otherwise; without that proof _sweep
+    waits _STALE_AGE."""
     try:
         layout = detect()
     except OSError:
@@ -491,7 +492,7 @@ class Cgroup:
     def set_limits(self, limits: Limits) -> None:
         """Write the limits that differ from what the group holds (a pre-warmed jail's group is
         re-used for the next caller's values): nothing for the same values again. A limit once
-        set stays set: a group is only re-used for limits of the same kinds (server._Pool)."""
+        set stays set: a group is only re-used for limits of the same kinds (daemon/pool.py)."""
         old = self.limits
         for kind in ("memory", "pids", "cpus"):
             if getattr(old, kind) is not None and getattr(limits, kind) is None:

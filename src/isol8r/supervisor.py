@@ -113,10 +113,10 @@ def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False) -
     numbers (0, 1, 2, ...)."""
     jail, derived = lease(spec, verbose)
     try:
-        activate(jail, pipeline.request(spec, [t for _, t in fds], derived, _bpf(spec)),
+        activate(jail, pipeline.request(spec, [t for _, t in fds], derived, bpf_for(spec)),
                  [src for src, _ in fds])
     except BaseException:
-        _discard(jail)
+        discard(jail)
         raise
     return jail
 
@@ -125,7 +125,7 @@ def lease(spec: Spec, verbose: bool = False,
           jail: "Jail | None" = None) -> tuple[Jail, dict[str, tuple[int, int]]]:
     """A jail of spec's shape, set up and waiting for its Request, in its cgroup: a new one, or
     the pre-warmed jail given (the fork server's pool), which was born in a group of its own when
-    its shape has cgroup limits (server._Pool) and gets this spec's values here. Returns it with
+    its shape has cgroup limits (daemon/pool.py) and gets this spec's values here. Returns it with
     the rlimits that stand in for cgroup limits no cgroup could hold."""
     if jail is not None:
         try:
@@ -136,17 +136,17 @@ def lease(spec: Spec, verbose: bool = False,
             cg, derived, notes = _limits(spec, jail.cgroup)
             jail.spec, jail.started = spec, time.monotonic()
         except (Isol8rError, ValueError):
-            _discard(jail)  # e.g. a memory limit below what the warm jail holds: start afresh
+            discard(jail)  # e.g. a memory limit below what the warm jail holds: start afresh
             jail = None
         except BaseException:
-            _discard(jail)
+            discard(jail)
             raise
     if jail is None:
         if spec.rootfs is not None and not spec.allow_unsafe_root:
             _check_root(spec.rootfs)
         cg, derived, notes = _limits(spec)
         try:
-            plan = pipeline.prepare(spec, verbose, _bpf(spec))
+            plan = pipeline.prepare(spec, verbose, bpf_for(spec))
             if spec.overlay_dir is not None:
                 try:
                     mounts.prepare_overlay_dir(spec.overlay_dir,
@@ -219,7 +219,7 @@ def _queued_error(jail: Jail) -> SetupError | None:
     return (ExecError if cls == "ExecError" else SetupError)(step, err, detail)
 
 
-def _discard(jail: Jail) -> None:
+def discard(jail: Jail) -> None:
     """Kill, reap and clean up a jail that will not run."""
     jail.signal(signal.SIGKILL)
     try:
@@ -273,7 +273,7 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             for fd in trees:
                 os.close(fd)
     except OSError as e:
-        _discard(jail)
+        discard(jail)
         step = getattr(e, "syscall", None) or "write id maps / cgroup / open the binds"
         raise SetupError(step, e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
@@ -397,7 +397,8 @@ def _limits_applied(spec: Spec, derived: dict[str, tuple[int, int]], cg: Any) ->
     return out
 
 
-def _bpf(spec: Spec) -> bytes | None:
+def bpf_for(spec: Spec) -> bytes | None:
+    """The compiled seccomp filter spec asks for (cached), None for --seccomp none."""
     if spec.seccomp == "none" and not (spec.seccomp_profile or spec.seccomp_allow or spec.seccomp_deny):
         return None
     from . import bpfcache

@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import pipeline, supervisor, wire
-from .errors import Isol8rError, SetupError, from_wire, to_wire
-from .result import Result
-from .spec import Spec
+from .. import pipeline, supervisor, wire
+from ..errors import Isol8rError, SetupError, from_wire, to_wire
+from ..result import Result
+from ..spec import Spec
 
 if TYPE_CHECKING:
     import asyncio
@@ -52,7 +52,7 @@ def _send(sock: socket.socket, msg: Any, fds: list[int] = []) -> None:
     wire.send(sock, pickle.dumps(msg), fds)
 
 
-def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+def recv(sock: socket.socket) -> tuple[bytes, list[int]]:
     """One message and its descriptors; a big one (a Spec with 1 MiB of argv) came in a memfd."""
     return wire.recv(sock, 1 << 20, wire.SCM_MAX_FD)
 
@@ -79,7 +79,7 @@ def _identity(pid: int) -> str | None:
 def bury(pid: int) -> None:
     """What server pid, known to be gone, left: its jails' cgroups and its record. Called by
     whoever knows first: the Client that reaped it, or the next server to start (claim)."""
-    from . import cgroups
+    from .. import cgroups
     cgroups.sweep_owner(pid)
     try:
         os.unlink(os.path.join(RECORDS, f"server-{pid}.rec"))
@@ -238,7 +238,7 @@ class _Pool:
             self._unwatch(w)
             if w.sources == now:
                 return w.jail
-            supervisor._discard(w.jail)  # a path now names another tree: never hand that out
+            supervisor.discard(w.jail)  # a path now names another tree: never hand that out
         return None
 
     def refill(self, spec: Spec) -> None:
@@ -257,10 +257,10 @@ class _Pool:
             group = None
             try:
                 if key[1] is not None:
-                    from . import cgroups
+                    from .. import cgroups
                     group = cgroups.Cgroup.create(cgroups.Limits(spec.memory, spec.pids, spec.cpus),
                                                   parent=spec.cgroup_parent)
-                jail = supervisor.spawn(spec, pipeline.prepare(spec, False, supervisor._bpf(spec)),
+                jail = supervisor.spawn(spec, pipeline.prepare(spec, False, supervisor.bpf_for(spec)),
                                         group)
             except Isol8rError:  # no group here (the lease falls back and says so), or no jail
                 if group is not None:
@@ -283,7 +283,7 @@ class _Pool:
         waiting = self.warm.get(w.key, [])
         if w in waiting:
             waiting.remove(w)
-        supervisor._discard(w.jail)
+        supervisor.discard(w.jail)
 
     def expire(self, now: float) -> float | None:
         """Drop jails unused for _WARM_FOR seconds; return when the next one expires."""
@@ -395,7 +395,7 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
     """One lease request: a jail of the spec's shape, in its cgroup, handed over with its channel
     and a pidfd (the pool is topped up once the jail has ended: Server.loop)."""
     try:
-        data, fds = _recv(ctl)
+        data, fds = recv(ctl)
     except OSError:
         return False
     if not data:
@@ -422,7 +422,7 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
     try:
         _send(sock, ("lease", info), [jail.chan.fileno(), jail.pidfd])
     except OSError:
-        supervisor._discard(jail)
+        supervisor.discard(jail)
         sock.close()
         return True
     jail.chan.close()  # the caller owns the channel now
@@ -441,10 +441,7 @@ def _reply_error(sock: socket.socket, wire: tuple[Any, ...]) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--cli"]:
-        from . import cliserver
-        cliserver.serve(sys.argv[2], int(sys.argv[3]))
-        return
+    """`python -m isol8r.daemon.forkserver CONTROL_FD`: the library's server (Client._start)."""
     # No parent-death signal here: it would fire when the *thread* that started the server
     # exits (a worker of the caller's thread pool). The caller's end of the control socket
     # closes when the caller process ends, however it ends, and that ends the server.
@@ -455,6 +452,27 @@ def main() -> None:
 
 
 # ---- the caller's side ------------------------------------------------------------------------
+
+_SHARED: "Client | None" = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_client() -> "Client":
+    """This process's fork server client (the library's and a CLI worker's): one, also when
+    many threads ask at once."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = Client()
+        return _SHARED
+
+
+def share(client: "Client") -> None:
+    """Make client this process's shared one: a CLI worker's, attached to the server that
+    forked it."""
+    global _SHARED
+    with _SHARED_LOCK:
+        _SHARED = client
 
 
 class Client:
@@ -471,7 +489,7 @@ class Client:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def _control(self, restart: socket.socket | None = None) -> socket.socket:
+    def connect(self, restart: socket.socket | None = None) -> socket.socket:
         """The control socket; a new server when there is none yet, when this process is a fork
         of the one that started it, when it exited, or when `restart` (a socket it stopped
         answering on) is still the current one."""
@@ -495,13 +513,13 @@ class Client:
             self._proc.wait()
             bury(self._proc.pid)
         mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
-        pkg_parent = str(Path(__file__).resolve().parent.parent)
+        pkg_parent = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         if self._prewarm is not None:
             env["ISOL8R_PREWARM"] = str(self._prewarm)
         self._proc = subprocess.Popen(
-            [sys.executable, "-s", "-m", "isol8r.server", str(theirs.fileno())],
+            [sys.executable, "-s", "-m", "isol8r.daemon.forkserver", str(theirs.fileno())],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         theirs.close()
         self._ctl, self._owner = mine, os.getpid()
@@ -525,9 +543,9 @@ class Client:
     def lease(self, spec: Spec, verbose: bool, fresh: bool = False) -> socket.socket:
         """Ask for a jail of spec's shape; returns the per-run socket the answer comes on.
         A server that went away (killed, say) is replaced once; fresh: replace it now."""
-        ctl = self._control()
+        ctl = self.connect()
         if fresh:
-            ctl = self._control(restart=ctl)
+            ctl = self.connect(restart=ctl)
         for attempt in (1, 2):
             mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
             try:
@@ -537,7 +555,7 @@ class Client:
                 mine.close()
                 if attempt == 2:
                     raise SetupError("fork server", e.errno or errno.EPIPE, "cannot reach it") from None
-                ctl = self._control(restart=ctl)
+                ctl = self.connect(restart=ctl)
             finally:
                 theirs.close()
         raise AssertionError("unreachable")
@@ -591,7 +609,7 @@ class Client:
                 sock.close()
                 raise self.replace("no answer to a lease")
             try:
-                answer = _recv(sock)
+                answer = recv(sock)
             except OSError:
                 answer = (b"", [])
             if answer[0] or attempt == 2:
@@ -637,18 +655,18 @@ class _Session:
             chan_fd, pidfd = fds
             cg = None
             if info["cgroup"] is not None:
-                from .cgroups import Cgroup
+                from ..cgroups import Cgroup
                 cg = Cgroup.reader(info["cgroup"])
             jail = supervisor.Jail(self.spec, info["pid"], pidfd, socket.socket(fileno=chan_fd),
                                    time.monotonic(), info["limits"], info["notes"], cg)
             if info.get("program_group") is not None:
-                from .cgroups import Cgroup
+                from ..cgroups import Cgroup
                 jail.program_group = Cgroup.reader(info["program_group"])
             self.watch = supervisor.JailWatch(jail, self.log, reaper=False)
             self.watch.terminal = self.stdio.io.terminal
             self.stdio.io.on_limit = self.watch.limit_hit
             req = pipeline.request(self.spec, [t for _, t in self.stdio.child], info["derived"],
-                                   supervisor._bpf(self.spec))
+                                   supervisor.bpf_for(self.spec))
             supervisor.activate(jail, req, [src for src, _ in self.stdio.child])
         finally:
             for fd in self.stdio.close_after_start:
@@ -665,7 +683,7 @@ class _Session:
         """The server's reap report (or its end)."""
         assert self.watch is not None
         try:
-            data, _ = _recv(self.sock)
+            data, _ = recv(self.sock)
         except OSError:
             data = b""
         if not data:
@@ -766,7 +784,7 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Resu
             raise client.replace("no answer to a lease") from None
         finally:
             loop.remove_reader(session.sock.fileno())
-        session.begin(*_recv(session.sock))
+        session.begin(*recv(session.sock))
         session.register(sel)
         while not session.finished():
             wake.clear()

@@ -2,12 +2,12 @@
 
 Why: a Python command pays ~10 ms of interpreter start and ~50 ms of imports before it can
 clone a jail; bwrap and nsjail pay neither. So the first `isol8r run` of a root user starts a
-server (server.Server, listening on a socket in /run/isol8r, which only root can reach), and
+server (forkserver.Server, listening on a socket in /run/isol8r, which only root can reach), and
 every run after that is a small client that imports nothing but this module: it sends its
 arguments, environment, working directory and inheritable descriptors, relays the signals it
 gets, and exits with the status it is sent. For each run the server forks a worker that takes
 on the client's descriptors (at the same numbers), environment, directory, umask and resource
-limits and runs cli.main() as the client would have, leasing a warm jail from the server.
+limits and runs the command as the client would have (the front end's cli.main, handed to serve()), leasing a warm jail from the server.
 
 The server ends after ISOL8R_SERVER_IDLE seconds without work (default 60), when its code
 changes on disk, or on `isol8r server stop`. ISOL8R_CLI_SERVER=0, or a user other than root,
@@ -23,13 +23,13 @@ import stat
 import sys
 TYPE_CHECKING = False  # not `typing`: a run through the server must not import it
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
 import _signal
 import _socket  # not `socket`: that imports enum, several ms at every start
 import marshal
 
-from . import wire  # built-in modules only, like this half
+from .. import wire  # built-in modules only, like this half
 
 _DIR = "/run/isol8r"
 _SEQ = _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
@@ -48,10 +48,15 @@ def path() -> str | None:
     if os.geteuid() != 0 or os.environ.get("ISOL8R_CLI_SERVER", "1") == "0":
         return None
     h = 0xCBF29CE484222325  # FNV-1a: hashlib or zlib would cost an import
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = _package()
     for b in f"{os.path.realpath(sys.executable)}\0{sys.prefix}\0{here}".encode():
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return f"{_DIR}/cli-{h:016x}.sock"
+
+
+def _package() -> str:
+    """The isol8r package's directory (this module lives in its daemon/)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _trusted_dir() -> bool:
@@ -125,7 +130,7 @@ def call(argv: list[str]) -> int | None:
     finally:
         os.close(cwd)
         if saved is not None:  # the worker puts it back after --tty; this is for a worker that died
-            from . import terminal
+            from .. import terminal
             terminal.restore(0, saved)
         _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
 
@@ -134,7 +139,7 @@ def _terminal(fd: int) -> list[Any] | None:
     """fd's terminal settings when it is a terminal (termios is imported only then)."""
     if not os.isatty(fd):
         return None
-    from . import terminal
+    from .. import terminal
     return terminal.save(fd)
 
 
@@ -235,7 +240,7 @@ def _start(sock_path: str, inherited: list[int]) -> Any:
         r, w = os.pipe2(0)
         os.set_inheritable(r, False)
         env = dict(os.environ)
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        pkg_parent = os.path.dirname(_package())
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 1, sock_path[:-5] + ".log",
@@ -243,8 +248,8 @@ def _start(sock_path: str, inherited: list[int]) -> Any:
                    (os.POSIX_SPAWN_DUP2, 1, 2)]
         actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited if fd > 2]
         try:
-            pid = os.posix_spawn(sys.executable, [sys.executable, "-s", "-m", "isol8r.server",
-                                                  "--cli", sock_path, str(w)],
+            pid = os.posix_spawn(sys.executable, [sys.executable, "-s", "-m", "isol8r",
+                                                  "--cli-server", sock_path, str(w)],
                                  env, file_actions=actions, setsid=True)
         except OSError:
             os.close(r)
@@ -310,19 +315,22 @@ _OWN_FLOOR = 3000  # a worker's own descriptors live from here; a client's must 
 _MAX_IDLE = 4  # idle workers kept; more are forked when runs overlap, and leave when idle
 
 
-def serve(sock_path: str, ready_fd: int) -> None:
-    """The CLI's server: listen, say ready, loop until idle, stale or stopped."""
+def serve(sock_path: str, ready_fd: int, command: Callable[[list[str]], int]) -> None:
+    """The CLI's server: listen, say ready, loop until idle, stale or stopped. command runs one
+    client's command line in a worker and returns its exit status: the front end that starts
+    this server (cli.serve, `python -m isol8r --cli-server`) hands it over, so this layer never
+    imports the front end."""
     import signal
 
-    from . import cli, server, spec
+    from .. import spec
+    from . import forkserver
 
     for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    srv = server.Server()
+    srv = forkserver.Server()
     srv.idle_for = float(os.environ.get("ISOL8R_SERVER_IDLE", "60"))
-    listener = _Listener(srv, sock_path)
+    listener = _Listener(srv, sock_path, command)
     srv.busy = lambda: bool(listener.conns)
-    cli.build_parser()  # built once here, reused by every worker
     srv.pool.refill(spec.Spec.from_options(["/bin/true"], {}))  # the default shape, warm
     listener.idle.append(_Worker(listener, rehearse=True))
     os.write(ready_fd, b"R")
@@ -335,13 +343,13 @@ def serve(sock_path: str, ready_fd: int) -> None:
 
 def _code() -> list[tuple[str, int, int]]:
     """What the server runs: the package's sources and the interpreter, by mtime and size."""
-    here = os.path.dirname(os.path.abspath(__file__))
     out = []
-    for d in (here, os.path.join(here, "sys")):
-        for e in os.scandir(d):
-            if e.name.endswith(".py"):
-                st = e.stat()
-                out.append((e.path, st.st_mtime_ns, st.st_size))
+    for d, dirs, files in os.walk(_package()):
+        dirs[:] = [n for n in dirs if n != "__pycache__" and n != "data"]
+        for name in files:
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(d, name))
+                out.append((os.path.join(d, name), st.st_mtime_ns, st.st_size))
     st = os.stat(sys.executable)
     out.append((sys.executable, st.st_mtime_ns, st.st_size))
     return sorted(out)
@@ -362,10 +370,10 @@ def _same_world(pid: int) -> bool:
 class _Listener:
     """The listening socket, the clients connected to it and the workers that serve them."""
 
-    def __init__(self, srv: Any, sock_path: str) -> None:
+    def __init__(self, srv: Any, sock_path: str, command: Callable[[list[str]], int]) -> None:
         import selectors
         import socket
-        self.srv, self.path = srv, sock_path
+        self.srv, self.path, self.command = srv, sock_path, command
         self.conns: list[_Conn] = []
         self.idle: list[_Worker] = []
         self.stoppers: list[Any] = []
@@ -440,9 +448,9 @@ class _Conn:
         self.pending: list[int] = []  # signals that came before the worker was ready for them
 
     def handle(self, sel: Any, key: Any) -> None:
-        from . import server
+        from . import forkserver
         try:
-            data, fds = server._recv(self.conn)
+            data, fds = forkserver.recv(self.conn)
         except OSError:
             data, fds = b"", []
         if self.worker is None:
@@ -513,7 +521,7 @@ class _Conn:
 
 
 class _Worker:
-    """A process forked from the server that runs cli.main() for one client at a time. It stays
+    """A process forked from the server that runs the command for one client at a time. It stays
     (warm: its copy-on-write faults taken, its caches filled) for the next client."""
 
     def __init__(self, listener: _Listener, rehearse: bool) -> None:
@@ -528,7 +536,7 @@ class _Worker:
         pid = os.fork()
         if pid == 0:  # never returns to the server's loop
             try:
-                _worker_main(parent, theirs, ctl_theirs, rehearse)
+                _worker_main(parent, theirs, ctl_theirs, rehearse, listener.command)
             finally:
                 os._exit(SETUP_FAILED)
         theirs.close()
@@ -600,7 +608,8 @@ class _Worker:
         self.signal(_signal.SIGKILL)
 
 
-def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
+def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool,
+                 command: Callable[[list[str]], int]) -> None:
     """A worker's life: take the server's leave (its descriptors), then one run after another."""
     import fcntl
     import gc
@@ -608,11 +617,10 @@ def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
     import signal
     import socket
 
-    import isol8r
-
-    from . import pipeline, server
-    from .spec import RLIMITS
-    from .sys import linux
+    from .. import pipeline
+    from ..spec import RLIMITS
+    from ..sys import linux
+    from . import forkserver
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         return
@@ -630,14 +638,14 @@ def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
     os.closerange(max(sock_fd, ctl_fd) + 1, 1 << 20)
     pipeline.quiet_stdio()
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # until a run's jail takes them
-    isol8r._CLIENT = server.Client(control=socket.socket(fileno=ctl_fd))
+    forkserver.share(forkserver.Client(control=socket.socket(fileno=ctl_fd)))
     sock = socket.socket(fileno=sock_fd)
     limits = {n: resource.getrlimit(n) for n in RLIMITS.values()}
     if rehearse:  # one real jail, output discarded: the first client finds this worker warm
-        _run_one(["run", "--", "/bin/true"], None, {}, limits, lambda: None)
+        _run_one(command, ["run", "--", "/bin/true"], None, {}, limits, lambda: None)
     while True:
         try:
-            data, fds = server._recv(sock)
+            data, fds = forkserver.recv(sock)
         except OSError:
             return
         if not data:
@@ -654,7 +662,7 @@ def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
             os.dup2(fd, target, inheritable=True)
             os.close(fd)
         try:
-            code = _run_one([os.fsdecode(a) for a in argv], client, dict(env), limits,
+            code = _run_one(command, [os.fsdecode(a) for a in argv], client, dict(env), limits,
                             lambda: sock.send(marshal.dumps(("armed",))))
         finally:
             for t in targets:
@@ -665,7 +673,7 @@ def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
         sock.send(marshal.dumps(("exit", code)))
 
 
-def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],
+def _run_one(command: Callable[[list[str]], int], argv: list[str], client: int | None, env: dict[bytes, bytes],
              limits: dict[int, tuple[int, int]], armed: Any) -> int:
     """One run in a worker, as the client: its environment, umask and limits, fresh stdout and
     stderr on its descriptors; signals left pending by a run before are dropped."""
@@ -673,7 +681,6 @@ def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],
     import resource
     import signal
 
-    from . import cli
     while signal.sigtimedwait(FORWARDED, 0) is not None:
         pass
     armed()
@@ -694,10 +701,10 @@ def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), "utf-8", "backslashreplace",
                                   line_buffering=True)
     code = SETUP_FAILED
-    from . import terminal
+    from .. import terminal
     terminal.CALLER = client or 0  # --tty: whose terminal, to tell a job in the background
     try:
-        code = cli.main(argv, served=True)
+        code = command(argv)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
