@@ -22,14 +22,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import mounts, pipeline, rlimits, userns, wire
-from .errors import ExecError, Isol8rError, SetupError, SpecError
+from . import mounts, pipeline, protocol, rlimits, userns, wire
+from .errors import Isol8rError, SetupError, SpecError
+from .protocol import Exec, Failure, Go, Request, Status, Terminal, Timing
 from .result import Result
 from .spec import ID_RANGE, RLIMITS, Spec
 from .sys import linux
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGTSTP)
+FORWARDED = protocol.FORWARDED  # the caller's signals a jail gets (Forwarder)
 _ALL_SIGNALS = signal.valid_signals()
 _clone_lock = threading.Lock()
 
@@ -191,7 +191,7 @@ def _check_root(root: str) -> None:
                         "`isol8r check-root`, or pass --allow-unsafe-root")
 
 
-def activate(jail: Jail, req: pipeline.Request, fds: list[int]) -> None:
+def activate(jail: Jail, req: Request, fds: list[int]) -> None:
     """Send the jail what to run, with the descriptors it gets as SCM_RIGHTS."""
     try:
         wire.send(jail.chan, req.encode(), fds)
@@ -200,7 +200,7 @@ def activate(jail: Jail, req: pipeline.Request, fds: list[int]) -> None:
                                                 "it died while being set up") from None
 
 
-def _queued_error(jail: Jail) -> SetupError | None:
+def _queued_error(jail: Jail) -> Isol8rError | None:
     """The error record a jail that died during setup left on its channel, if any."""
     watch = JailWatch(jail)
     while True:
@@ -215,8 +215,7 @@ def _queued_error(jail: Jail) -> SetupError | None:
         watch.on_record(rec)
     if watch.error is None:
         return None
-    cls, step, err, detail = watch.error
-    return (ExecError if cls == "ExecError" else SetupError)(step, err, detail)
+    return watch.error.error()  # type: ignore[return-value]
 
 
 def discard(jail: Jail) -> None:
@@ -266,8 +265,7 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             jail.program_group.attach_jail(pid)  # before go: its cgroup namespace roots there
             trees.append(os.open(jail.program_group.procs_file(), os.O_WRONLY | os.O_CLOEXEC))
         try:
-            parent.sendmsg([b"G" + (b"R" if tree >= 0 else b"") +
-                            (b"P" if jail.program_group is not None else b"")],
+            parent.sendmsg([Go(tree >= 0, jail.program_group is not None).encode()],
                            wire.rights(trees))
         finally:
             for fd in trees:
@@ -421,7 +419,7 @@ class Outcome:
     oom: bool = False
     setup_time: float = 0.0
     wall_time: float = 0.0
-    error: tuple[str, str, int, str] | None = None  # (class, step, errno, detail)
+    error: Failure | None = None  # the jail's setup failed: raised by result()
     verdict: str | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -438,7 +436,7 @@ class JailWatch:
         self.reaper = reaper  # False: the fork server reaps; its report comes to reaped()
         self.reaped_report: tuple[int, float, float, int, Any] | None = None
         self.emptied = False  # init killed and reaped every other process of the jail
-        self.error: tuple[str, str, int, str] | None = None
+        self.error: Failure | None = None
         self.exec_at: float | None = None
         self.program: tuple[int, float, float, int] | None = None
         self.exited = False
@@ -497,7 +495,7 @@ class JailWatch:
     def on_terminal(self, sel: selectors.BaseSelector, rec: bytes, anc: list[Any]) -> None:
         """--tty: the master of the jail's terminal, to relay (pipeline._open_terminal)."""
         fds = wire.fds_of(anc)
-        if rec == b"P" and fds and self.terminal is not None:
+        if rec == Terminal.TAG and fds and self.terminal is not None:
             if not self.jail.spec.init:  # the terminal's Ctrl-C to a PID 1 that would lose it
                 self.terminal.pid1 = (self.jail.pid, self.jail.stand_in)
             self.terminal.attach(sel, fds.pop(0))
@@ -505,25 +503,25 @@ class JailWatch:
             os.close(fd)
 
     def on_record(self, rec: bytes) -> None:
-        kind, body = rec[:1], rec[1:]
-        if kind == b"T" and self.log:
-            step, took, at = (body.split(b"\0") + [b"0"])[:3]
-            since = int(at) / 1e9 - self.jail.started if int(at) else 0.0
-            self.log(f"{step.decode(errors='replace')}: {int(took) / 1e6:.3f} ms "
-                     f"(at +{since * 1e3:.3f} ms)")
-        elif kind == b"E":
-            step, err, detail = (body.split(b"\0", 2) + [b"", b""])[:3]
-            cls = "ExecError" if step in (b"execve", b"find program") else "SetupError"
-            self.error = (cls, step.decode(errors="replace"), int(err or 0),
-                          detail.decode(errors="replace"))
-        elif kind == b"X":  # init's clock: CLOCK_MONOTONIC is one clock for every process
-            self.exec_at = int(body) / 1e9 if body else time.monotonic()
-        elif kind == b"S":
-            st, ut, syst, rss, *rest = body.split(b"\0")
-            self.program = (int(st), float(ut), float(syst), int(rss))
-            if rest:
-                self.exited_at = int(rest[0]) / 1e9
-            self.emptied = rest[1:2] == [b"1"]
+        """One record of the jail's (protocol.py): a malformed one is the jail's setup failing."""
+        try:
+            msg = protocol.expect(rec, Timing, Failure, Exec, Status)
+        except protocol.ProtocolError as e:
+            if self.error is None:
+                self.error = Failure("the jail's handshake", errno.EPROTO, str(e))
+            return
+        if isinstance(msg, Timing):
+            if self.log:
+                since = msg.at / 1e9 - self.jail.started if msg.at else 0.0
+                self.log(f"{msg.step}: {msg.took / 1e6:.3f} ms (at +{since * 1e3:.3f} ms)")
+        elif isinstance(msg, Failure):
+            self.error = msg
+        elif isinstance(msg, Exec):  # init's clock: CLOCK_MONOTONIC is one clock for every process
+            self.exec_at = msg.at / 1e9
+        else:
+            self.program = (msg.status, msg.utime, msg.stime, msg.maxrss)
+            self.exited_at = msg.ended / 1e9
+            self.emptied = msg.emptied
             self.program_peak = self._program_peak()
             if not self.done:
                 # init exits once the channel is shut, and its exit (reaped here, or by the fork
@@ -846,8 +844,7 @@ def _fd_for(value: Any, default: int, mode: int, close: list[int]) -> int:
 def result(spec: Spec, out: Outcome, io: IOWatch | None) -> Result:
     """The Result of an Outcome, or the SetupError/ExecError it carries."""
     if out.error is not None:
-        cls, step, err, detail = out.error
-        raise (ExecError if cls == "ExecError" else SetupError)(step, err, detail)
+        raise out.error.error()
     res = Result(argv=spec.argv, verdict="ok", wall_time=out.wall_time, setup_time=out.setup_time,
                  cpu_user=out.cpu_user, cpu_system=out.cpu_system, memory_peak=out.memory_peak,
                  processes=out.processes, limits=out.limits, notes=out.notes)

@@ -27,17 +27,14 @@ if TYPE_CHECKING:
 
 import _signal
 import _socket  # not `socket`: that imports enum, several ms at every start
-import marshal
 
-from .. import wire  # built-in modules only, like this half
+from .. import protocol, wire  # built-in modules only, like this half
+from ..protocol import FORWARDED, Armed, Exit, Failure, Local, Run, Signal, Stale, Started, Stop
 
 _DIR = "/run/isol8r"
 _SEQ = _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
 _WAIT_MARGIN = float(os.environ.get("ISOL8R_WAIT_MARGIN", "5"))  # as server.WAIT_MARGIN
 _MAX_FDS = 250  # SCM_RIGHTS carries at most 253 descriptors; one is the working directory
-# the signals the command passes on to the jail (supervisor.FORWARDED, without importing it)
-FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
-             _signal.SIGUSR2, _signal.SIGWINCH, _signal.SIGCONT, _signal.SIGTSTP)
 SETUP_FAILED = 125
 
 
@@ -97,7 +94,7 @@ def call(argv: list[str]) -> int | None:
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
-    request = marshal.dumps(("run", [os.fsencode(a) for a in argv], list(os.environb.items()), fds))
+    request = Run([os.fsencode(a) for a in argv], list(os.environb.items()), fds).encode()
     saved = _terminal(0)
     blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED)
     try:
@@ -117,14 +114,18 @@ def call(argv: list[str]) -> int | None:
                 return SETUP_FAILED
             except OSError:
                 reply = b""
-            kind, value = marshal.loads(reply) if reply else ("gone", None)
-            if kind not in ("stale", "gone"):
+            try:
+                msg = protocol.expect(reply, Started, Stale, Local, Failure) if reply else None
+            except protocol.ProtocolError as e:
+                os.write(2, f"isol8r: the CLI server's reply: {e}\n".encode())
+                return SETUP_FAILED
+            if msg is not None and not isinstance(msg, Stale):
                 break
             s.close()  # a server of older code, or one that closed before taking the run
-        if kind == "error":
-            os.write(2, f"isol8r: {value}\n".encode())
+        if isinstance(msg, Failure):
+            os.write(2, f"isol8r: {msg}\n".encode())
             return SETUP_FAILED
-        if kind != "started":
+        if not isinstance(msg, Started):
             return None
         return _wait(s, blocked)
     finally:
@@ -147,7 +148,7 @@ def _wait(s: Any, blocked: Any) -> int:
     """Relay signals to the run until the server sends its exit status."""
     def relay(sig: int, _frame: Any) -> None:
         try:
-            s.send(b"S%d" % sig)
+            s.send(Signal(sig).encode())
         except OSError:
             pass
     for sig in FORWARDED:
@@ -168,12 +169,16 @@ def _wait(s: Any, blocked: Any) -> int:
         if not reply:
             os.write(2, b"isol8r: the CLI server went away during the run\n")
             return SETUP_FAILED
-        kind, value = marshal.loads(reply)
-        if kind == "exit":
-            return int(value)
-        if kind == "error":  # isol8r's failure (a worker died): never a status of the program's
-            os.write(2, f"isol8r: {value}\n".encode())
+        try:
+            msg = protocol.expect(reply, Exit, Failure)
+        except protocol.ProtocolError as e:
+            os.write(2, f"isol8r: the CLI server's reply: {e}\n".encode())
             return SETUP_FAILED
+        if isinstance(msg, Exit):
+            return msg.code
+        # isol8r's failure (a worker died): never a status of the program's
+        os.write(2, f"isol8r: {msg}\n".encode())
+        return SETUP_FAILED
 
 
 def _stopped(s: Any) -> bool:
@@ -275,7 +280,7 @@ def stop(sock_path: str | None = None, timeout: float = 10.0) -> bool:
         return False
     try:
         s.settimeout(timeout)
-        s.send(marshal.dumps(("stop",)))
+        s.send(Stop().encode())
         while s.recv(4096):  # the server's end closes when its process exits
             pass
     except OSError:
@@ -463,50 +468,54 @@ class _Conn:
         if not data:  # the client is gone: so is its run
             sel.unregister(self.conn)
             self.worker.kill()
-        elif data[:1] == b"S" and data[1:].isdigit() and int(data[1:]) in FORWARDED:
+        else:
+            try:
+                sig = Signal.decode(data).sig
+            except protocol.ProtocolError:
+                return  # nothing a client may send during a run but its signals
             if self.worker.armed:
-                self.worker.signal(int(data[1:]))
+                self.worker.signal(sig)
             else:
-                self.pending.append(int(data[1:]))
+                self.pending.append(sig)
 
     def _begin(self, sel: Any, data: bytes, fds: list[int]) -> None:
         try:
-            req = marshal.loads(data) if data else ("gone",)
-        except (ValueError, EOFError, TypeError):
-            req = ("bad",)
-        if req[0] == "stop":  # the connection stays open until this process exits: stop() waits
+            req = protocol.expect(data, Run, Stop) if data else None
+        except protocol.ProtocolError:
+            req = None
+        if isinstance(req, Stop):  # the connection stays open until this process exits: stop() waits
             self.listener.retire()
             self.listener.stoppers.append(self.conn)
             sel.unregister(self.conn)
             self.listener.conns.remove(self)
             return
-        if req[0] != "run" or len(fds) != len(req[3]) + 1:
+        if req is None or len(fds) != len(req.targets) + 1:
             self.end(sel)
             return
         if _code() != self.listener.code:
             self.listener.retire()  # first: the client's next connect must not reach this server
-            self.reply(("stale", None))
+            self.reply(Stale())
             self.end(sel)
             return
-        if any(t >= _OWN_FLOOR for t in req[3]) or not _same_world(self.pid):
+        if any(t >= _OWN_FLOOR for t in req.targets) or not _same_world(self.pid):
             # descriptors a worker keeps for itself, or a client in other namespaces (its paths,
             # cgroups and network are not the server's): it runs the command in-process
-            self.reply(("local", None))
+            self.reply(Local())
             self.end(sel)
             return
         w = self.listener.worker()
         try:
-            w.assign(self, marshal.dumps((*req, self.pid)), fds)
+            w.assign(self, Run(req.argv, req.env, req.targets, self.pid).encode(), fds)
         except OSError:
             w.kill()
-            self.reply(("error", "the CLI server could not hand the run to a worker"))
+            self.reply(Failure.plain("the CLI server could not hand the run to a worker"))
             self.end(sel)
             return
-        self.reply(("started", w.pid))
+        self.reply(Started(w.pid))
 
-    def reply(self, msg: tuple[str, Any]) -> None:
+    def reply(self, msg: protocol.Msg | Failure) -> None:
         try:
-            self.conn.send(marshal.dumps(msg))
+            self.conn.send(msg.encode())
         except OSError:
             pass
 
@@ -562,16 +571,16 @@ class _Worker:
         if not data:
             sel.unregister(self.sock)  # it is leaving; its pidfd says when it has gone
             return
-        msg = marshal.loads(data)
+        msg = protocol.expect(data, Armed, Exit)
         c = self.conn
-        if msg[0] == "armed" and c is not None:
+        if isinstance(msg, Armed) and c is not None:
             self.armed = True
             for sig in c.pending:
                 self.signal(sig)
             c.pending = []
-        elif msg[0] == "exit" and c is not None:
+        elif isinstance(msg, Exit) and c is not None:
             self.conn = None
-            c.reply(("exit", msg[1]))
+            c.reply(msg)
             c.end(sel)
             if len(self.listener.idle) < _MAX_IDLE and self.listener.sock.fileno() >= 0:
                 self.listener.idle.append(self)
@@ -593,7 +602,7 @@ class _Worker:
             self.listener.idle.remove(self)
         if self.conn is not None:  # it died in a run: isol8r's failure, not the program's
             why = f"signal {-code}" if code < 0 else f"status {code}"
-            self.conn.reply(("error", f"the CLI server's worker died during the run ({why})"))
+            self.conn.reply(Failure.plain(f"the CLI server's worker died during the run ({why})"))
             self.conn.end(sel)
             self.conn = None
 
@@ -650,27 +659,21 @@ def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool,
             return
         if not data:
             return  # the server closed this worker: it leaves
-        _, argv, env, targets, client = marshal.loads(data)
+        req = Run.decode(data)
+        targets = req.targets
         os.fchdir(fds[0])
         os.close(fds[0])
-        received = fds[1:]
-        floor = max([2, *targets, *received]) + 1  # above every number in play, below our own
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in received]
-        for fd in received:
-            os.close(fd)
-        for target, fd in zip(targets, moved):
-            os.dup2(fd, target, inheritable=True)
-            os.close(fd)
+        pipeline.install_fds(tuple(zip(fds[1:], targets)), close_sources=True)
         try:
-            code = _run_one(command, [os.fsdecode(a) for a in argv], client, dict(env), limits,
-                            lambda: sock.send(marshal.dumps(("armed",))))
+            code = _run_one(command, [os.fsdecode(a) for a in req.argv], req.client, dict(req.env),
+                            limits, lambda: sock.send(Armed().encode()))
         finally:
             for t in targets:
                 if t > 2:
                     os.close(t)
             pipeline.quiet_stdio()
             os.chdir("/")
-        sock.send(marshal.dumps(("exit", code)))
+        sock.send(Exit(code).encode())
 
 
 def _run_one(command: Callable[[list[str]], int], argv: list[str], client: int | None, env: dict[bytes, bytes],

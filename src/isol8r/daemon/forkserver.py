@@ -5,20 +5,23 @@ and a bare clone is unsafe while the caller has other threads. The server is sta
 caller process, is single-threaded and small, and supervises every jail it starts in one event
 loop (JailWatch). The caller keeps the I/O side (IOWatch): its pipes, input and output cap.
 
-Protocol, over SOCK_SEQPACKET: the caller sends one request on the control socket, with a fresh
-per-run socket and the jail's descriptors as SCM_RIGHTS. On the per-run socket the server answers
-("started", pid) with the jail's pidfd, ("log", text) with -v, then ("done", Outcome) or
-("error", wire); the caller may send b"O" (output cap reached) or b"K<signal>". A closed per-run
-socket means the caller is gone: the server kills that jail. A closed control socket means the
-caller process is gone: the server kills every jail and exits.
+The server leases jails; the caller runs them. Protocol (protocol.py; docs/design.md, "Wire
+protocols"), over SOCK_SEQPACKET: the caller sends a Lease (its Spec) on the control socket, with
+a fresh per-run socket as SCM_RIGHTS. On the per-run socket the server answers Leased, with the
+jail's handshake channel and pidfd (set up and waiting for its Request, taken from the warm pool
+when one of the shape waits), or a Failure. The caller activates and watches the jail itself
+(supervisor.activate, JailWatch); the server keeps a pidfd and the cgroup, reaps the jail's init
+and sends Reaped (wait status, rusage, the cgroup's counters). A closed per-run socket means the
+caller is done or gone: the server kills that jail. A closed control socket means the caller
+process is gone: the server kills every jail and exits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import os
-import pickle
 import selectors
 import signal
 import socket
@@ -29,8 +32,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import pipeline, supervisor, wire
-from ..errors import Isol8rError, SetupError, from_wire, to_wire
+from .. import pipeline, protocol, supervisor, wire
+from ..errors import Isol8rError, SetupError
+from ..protocol import Failure, Lease, Leased, Reaped, Timing
 from ..result import Result
 from ..spec import Spec
 
@@ -48,8 +52,8 @@ _WARM_FOR = 60.0  # seconds an unused warm jail is kept
 WAIT_MARGIN = float(os.environ.get("ISOL8R_WAIT_MARGIN", "5"))
 
 
-def _send(sock: socket.socket, msg: Any, fds: list[int] = []) -> None:
-    wire.send(sock, pickle.dumps(msg), fds)
+def _send(sock: socket.socket, msg: protocol.Msg | Failure, fds: list[int] = []) -> None:
+    wire.send(sock, msg.encode(), fds)
 
 
 def recv(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -159,7 +163,8 @@ class _Lease:
         if not self.caller_gone:
             sel.unregister(self.sock)
             try:
-                _send(self.sock, ("reaped", (status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss, usage)))
+                _send(self.sock, Reaped(status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss,
+                                        dataclasses.astuple(usage) if usage is not None else None))
             except OSError:
                 pass
         self.sock.close()
@@ -182,7 +187,7 @@ class _Warm:
                 rec = self.jail.chan.recv(65536)
             except OSError:
                 rec = b""
-            if rec[:1] == b"T":
+            if rec[:1] == Timing.TAG:
                 return
         self.pool.drop(self)
 
@@ -406,21 +411,20 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
     for fd in fds[1:]:
         os.close(fd)
     try:
-        req = pickle.loads(data)
-        spec = req["spec"]
-        jail, derived = supervisor.lease(spec, req["verbose"],
-                                         server.pool.take(spec, req["verbose"]))
-    except Isol8rError as e:
-        _reply_error(sock, to_wire(e))
+        req = protocol.expect(data, Lease)
+        spec = req.spec
+        jail, derived = supervisor.lease(spec, req.verbose, server.pool.take(spec, req.verbose))
+    except Isol8rError as e:  # a ProtocolError too
+        _reply_error(sock, Failure.of(e))
         return True
     except Exception as e:  # a bug must cost this request, not every caller's server
-        _reply_error(sock, ("Isol8rError", f"fork server: {type(e).__name__}: {e}"))
+        _reply_error(sock, Failure.plain(f"fork server: {type(e).__name__}: {e}"))
         return True
-    info = {"pid": jail.pid, "derived": derived, "limits": jail.limits, "notes": jail.notes,
-            "cgroup": jail.cgroup.view() if jail.cgroup is not None else None,
-            "program_group": jail.program_group.view() if jail.program_group is not None else None}
+    leased = Leased(jail.pid, derived, jail.limits, jail.notes,
+                    jail.cgroup.view() if jail.cgroup is not None else None,
+                    jail.program_group.view() if jail.program_group is not None else None)
     try:
-        _send(sock, ("lease", info), [jail.chan.fileno(), jail.pidfd])
+        _send(sock, leased, [jail.chan.fileno(), jail.pidfd])
     except OSError:
         supervisor.discard(jail)
         sock.close()
@@ -432,9 +436,9 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
     return True
 
 
-def _reply_error(sock: socket.socket, wire: tuple[Any, ...]) -> None:
+def _reply_error(sock: socket.socket, failure: Failure) -> None:
     try:
-        _send(sock, ("error", wire))
+        _send(sock, failure)
     except OSError:
         pass
     sock.close()
@@ -549,7 +553,7 @@ class Client:
         for attempt in (1, 2):
             mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
             try:
-                _send(ctl, {"spec": spec, "verbose": verbose}, [theirs.fileno()])
+                _send(ctl, Lease(spec, verbose), [theirs.fileno()])
                 return mine
             except OSError as e:
                 mine.close()
@@ -649,23 +653,30 @@ class _Session:
         try:
             if not data:
                 raise SetupError("fork server", errno.EPIPE, "it closed the connection")
-            kind, info = pickle.loads(data)
-            if kind == "error":
-                raise from_wire(info)
+            try:
+                info = protocol.expect(data, Leased, Failure)
+                if isinstance(info, Leased) and len(fds) != 2:
+                    raise protocol.ProtocolError("Leased", f"{len(fds)} descriptors, not 2")
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            if isinstance(info, Failure):
+                raise info.error()
             chan_fd, pidfd = fds
             cg = None
-            if info["cgroup"] is not None:
+            if info.cgroup is not None:
                 from ..cgroups import Cgroup
-                cg = Cgroup.reader(info["cgroup"])
-            jail = supervisor.Jail(self.spec, info["pid"], pidfd, socket.socket(fileno=chan_fd),
-                                   time.monotonic(), info["limits"], info["notes"], cg)
-            if info.get("program_group") is not None:
+                cg = Cgroup.reader(info.cgroup)
+            jail = supervisor.Jail(self.spec, info.pid, pidfd, socket.socket(fileno=chan_fd),
+                                   time.monotonic(), info.limits, info.notes, cg)
+            if info.program_group is not None:
                 from ..cgroups import Cgroup
-                jail.program_group = Cgroup.reader(info["program_group"])
+                jail.program_group = Cgroup.reader(info.program_group)
             self.watch = supervisor.JailWatch(jail, self.log, reaper=False)
             self.watch.terminal = self.stdio.io.terminal
             self.stdio.io.on_limit = self.watch.limit_hit
-            req = pipeline.request(self.spec, [t for _, t in self.stdio.child], info["derived"],
+            req = pipeline.request(self.spec, [t for _, t in self.stdio.child], info.derived,
                                    supervisor.bpf_for(self.spec))
             supervisor.activate(jail, req, [src for src, _ in self.stdio.child])
         finally:
@@ -695,9 +706,12 @@ class _Session:
                 self.watch.reaped(9 if self.watch.program is None else self.watch.program[0],
                                   0.0, 0.0, 0, None)
             return
-        kind, value = pickle.loads(data)
-        if kind == "reaped":
-            self.watch.reaped(*value)
+        msg = protocol.expect(data, Reaped)
+        usage = None
+        if msg.usage is not None:
+            from ..cgroups import Usage
+            usage = Usage(*msg.usage)
+        self.watch.reaped(msg.status, msg.utime, msg.stime, msg.maxrss, usage)
 
     def next_tick(self, now: float) -> float | None:
         assert self.watch is not None
