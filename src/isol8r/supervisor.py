@@ -121,26 +121,36 @@ def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False) -
     return jail
 
 
-def lease(spec: Spec, verbose: bool = False,
-          jail: "Jail | None" = None) -> tuple[Jail, dict[str, tuple[int, int]]]:
+# A warm jail fitted to a caller (fit): its cgroup with the caller's values, the rlimits that
+# stand in for cgroup limits no cgroup could hold, and notes saying so.
+Fitted = tuple[Any, dict[str, tuple[int, int]], list[str]]
+
+
+def fit(jail: Jail, spec: Spec) -> Fitted | None:
+    """Give a pre-warmed jail of spec's shape (daemon/pool.py) this spec: the root's check, and
+    the spec's values in the group it was born in when its shape has cgroup limits. None when
+    it cannot take them (a memory limit below what it holds, a root that fails its check, a
+    group of other kinds): the caller discards it and leases a new jail, which says why."""
+    try:
+        if spec.rootfs is not None and not spec.allow_unsafe_root:
+            _check_root(spec.rootfs)
+        if (jail.cgroup is not None) != wants_cgroup(spec):
+            return None
+        fitted = _limits(spec, jail.cgroup)
+    except Isol8rError:
+        return None
+    jail.spec, jail.started = spec, time.monotonic()
+    return fitted
+
+
+def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = None
+          ) -> tuple[Jail, dict[str, tuple[int, int]]]:
     """A jail of spec's shape, set up and waiting for its Request, in its cgroup: a new one, or
-    the pre-warmed jail given (the fork server's pool), which was born in a group of its own when
-    its shape has cgroup limits (daemon/pool.py) and gets this spec's values here. Returns it with
-    the rlimits that stand in for cgroup limits no cgroup could hold."""
-    if jail is not None:
-        try:
-            if spec.rootfs is not None and not spec.allow_unsafe_root:
-                _check_root(spec.rootfs)
-            if (jail.cgroup is not None) != wants_cgroup(spec):
-                raise ValueError("the warm jail's cgroup does not fit this spec")
-            cg, derived, notes = _limits(spec, jail.cgroup)
-            jail.spec, jail.started = spec, time.monotonic()
-        except (Isol8rError, ValueError):
-            discard(jail)  # e.g. a memory limit below what the warm jail holds: start afresh
-            jail = None
-        except BaseException:
-            discard(jail)
-            raise
+    the pre-warmed jail given, fitted to spec (fit). Returns it with the rlimits that stand in
+    for cgroup limits no cgroup could hold."""
+    jail: Jail | None = None
+    if warm is not None:
+        jail, (cg, derived, notes) = warm
     if jail is None:
         if spec.rootfs is not None and not spec.allow_unsafe_root:
             _check_root(spec.rootfs)

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import pipeline, protocol, supervisor, wire
 from ..errors import Isol8rError, SetupError
-from ..protocol import Failure, Lease, Leased, Reaped, Timing
+from ..protocol import Failure, Lease, Leased, Reaped
+from .pool import PREWARM, Pool
 from ..result import Result
 from ..spec import Spec
 
@@ -43,9 +44,6 @@ if TYPE_CHECKING:
 
 _SEQ = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
 _MAX_FDS = 64
-PREWARM = int(os.environ.get("ISOL8R_PREWARM", "2"))  # warm jails kept per shape (0: none)
-_MAX_SHAPES = 4
-_WARM_FOR = 60.0  # seconds an unused warm jail is kept
 # How long a caller waits on its fork server beyond the run's own limits: for a lease's answer,
 # and for the reap report once the jail has exited. Past it the run fails with SetupError and a
 # server that stopped answering is replaced (docs/design.md, "Bounded waits").
@@ -170,143 +168,6 @@ class _Lease:
         self.sock.close()
 
 
-class _Warm:
-    """A pre-warmed jail: namespaces, root, identity and capabilities done, waiting for a Request.
-
-    It is watched while it waits: one that fails its setup or dies is dropped, not handed out.
-    """
-
-    def __init__(self, pool: "_Pool", key: tuple[object, ...], jail: supervisor.Jail,
-                 sources: dict[str, tuple[int, int] | None]) -> None:
-        self.pool, self.key, self.jail, self.born = pool, key, jail, time.monotonic()
-        self.sources = sources  # the host paths it opened, and what they were then
-
-    def handle(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
-        if key.fileobj is self.jail.chan:
-            try:
-                rec = self.jail.chan.recv(65536)
-            except OSError:
-                rec = b""
-            if rec[:1] == Timing.TAG:
-                return
-        self.pool.drop(self)
-
-
-class _Pool:
-    """Warm jails by shape, so a caller's jail needs only its per-run half (pipeline.Request)."""
-
-    def __init__(self, sel: selectors.BaseSelector, size: int) -> None:
-        self.sel, self.size = sel, size
-        self.warm: dict[tuple[object, ...], list[_Warm]] = {}
-
-    @staticmethod
-    def poolable(spec: Spec) -> bool:
-        """Not --overlay-dir (two mounted overlays must not share an upper dir), not --rw-root (a
-        waiting jail would create mount points in a tree its owner may be changing), not --file
-        (its copy is read when the jail is made: a waiting jail's could be stale)."""
-        return (spec.overlay_dir is None and not spec.rw_root
-                and not any(d.kind == "file" for d in spec.data))
-
-    @staticmethod
-    def key(spec: Spec) -> tuple[object, ...]:
-        """Jails of one key are interchangeable: the shape, and which kinds of cgroup limit (a
-        jail is born in its group, so that its cgroup namespace is rooted there and no process of
-        it can be outside; the values are the lease's)."""
-        limited = supervisor.wants_cgroup(spec)
-        kinds = (spec.cgroup_parent, spec.memory is not None, spec.pids is not None,
-                 spec.cpus is not None) if limited else None
-        return pipeline.shape(spec), kinds
-
-    @staticmethod
-    def sources(spec: Spec) -> dict[str, tuple[int, int] | None]:
-        """The host paths a jail of this spec opens, by identity (device, inode): a warm jail is
-        only handed out while each path still names what it opened."""
-        paths = [spec.rootfs] if spec.rootfs else []
-        paths += [m.src for m in spec.mounts if m.src]
-        out: dict[str, tuple[int, int] | None] = {}
-        for p in paths:
-            try:
-                st = os.stat(p)
-                out[p] = (st.st_dev, st.st_ino)
-            except OSError:
-                out[p] = None
-        return out
-
-    def take(self, spec: Spec, verbose: bool) -> supervisor.Jail | None:
-        if self.size <= 0 or verbose or not self.poolable(spec):
-            return None
-        key = self.key(spec)
-        waiting = self.warm.get(key)
-        now = self.sources(spec) if waiting else {}
-        while waiting:
-            w = waiting.pop(0)
-            self._unwatch(w)
-            if w.sources == now:
-                return w.jail
-            supervisor.discard(w.jail)  # a path now names another tree: never hand that out
-        return None
-
-    def refill(self, spec: Spec) -> None:
-        """Start warm jails for this shape until the pool holds its size; cheap for the server:
-        it clones and says go, the jail sets itself up on another core."""
-        if self.size <= 0 or not self.poolable(spec):
-            return
-        key = self.key(spec)
-        waiting = self.warm.setdefault(key, [])
-        self.warm[key] = self.warm.pop(key)  # most recently used last
-        while len(self.warm) > _MAX_SHAPES:
-            for w in self.warm.pop(next(iter(self.warm))):
-                self.drop(w)
-        while len(waiting) < self.size:
-            sources = self.sources(spec)
-            group = None
-            try:
-                if key[1] is not None:
-                    from .. import cgroups
-                    group = cgroups.Cgroup.create(cgroups.Limits(spec.memory, spec.pids, spec.cpus),
-                                                  parent=spec.cgroup_parent)
-                jail = supervisor.spawn(spec, pipeline.prepare(spec, False, supervisor.bpf_for(spec)),
-                                        group)
-            except Isol8rError:  # no group here (the lease falls back and says so), or no jail
-                if group is not None:
-                    group.remove()
-                return
-            w = _Warm(self, key, jail, sources)
-            waiting.append(w)
-            self.sel.register(jail.chan, selectors.EVENT_READ, w)
-            self.sel.register(jail.pidfd, selectors.EVENT_READ, w)
-
-    def _unwatch(self, w: _Warm) -> None:
-        for f in (w.jail.chan, w.jail.pidfd):
-            try:
-                self.sel.unregister(f)
-            except (KeyError, ValueError):
-                pass
-
-    def drop(self, w: _Warm) -> None:
-        self._unwatch(w)
-        waiting = self.warm.get(w.key, [])
-        if w in waiting:
-            waiting.remove(w)
-        supervisor.discard(w.jail)
-
-    def expire(self, now: float) -> float | None:
-        """Drop jails unused for _WARM_FOR seconds; return when the next one expires."""
-        nxt = None
-        for waiting in list(self.warm.values()):
-            for w in list(waiting):
-                if now - w.born > _WARM_FOR:
-                    self.drop(w)
-                else:
-                    nxt = min(nxt or 1e18, w.born + _WARM_FOR)
-        return nxt
-
-    def close(self) -> None:
-        for waiting in list(self.warm.values()):
-            for w in list(waiting):
-                self.drop(w)
-
-
 class Server:
     """The event loop: lease requests on control sockets, leased and warm jails, and whatever
     else registers an object with a handle(sel, key) method (the CLI's listener, cliserver.py).
@@ -317,7 +178,7 @@ class Server:
     def __init__(self, prewarm: int = PREWARM) -> None:
         self.sel = selectors.DefaultSelector()
         self.runs: list[_Lease] = []
-        self.pool = _Pool(self.sel, prewarm)
+        self.pool = Pool(self.sel, prewarm)
         self.closing = False
         self.idle_for: float | None = None
         self.busy: Callable[[], bool] = lambda: False
@@ -413,7 +274,12 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
     try:
         req = protocol.expect(data, Lease)
         spec = req.spec
-        jail, derived = supervisor.lease(spec, req.verbose, server.pool.take(spec, req.verbose))
+        warm = None
+        taken = server.pool.take(spec) if not req.verbose else None  # -v: a fresh jail's times
+        if taken is not None:
+            fitted = server.pool.fit(taken, spec)  # an unfit jail is discarded: a fresh one then
+            warm = (taken, fitted) if fitted is not None else None
+        jail, derived = supervisor.lease(spec, req.verbose, warm)
     except Isol8rError as e:  # a ProtocolError too
         _reply_error(sock, Failure.of(e))
         return True
