@@ -187,12 +187,12 @@ class Failure(Exception):
         parts = bytes(body).split(b"\0", 4)
         if len(parts) < 3:
             raise _bad("Failure", f"3 fields expected, got {len(parts)}")
-        kind = parts[3].decode(errors="replace") if len(parts) > 3 else ""
+        kind = parts[3].decode("utf-8", "surrogateescape") if len(parts) > 3 else ""
         if kind not in ("", "spec", "error"):
             raise _bad("Failure", f"unknown kind {kind[:20]!r}")
-        return cls(parts[0].decode(errors="replace"), _int(parts[1], "Failure"),
-                   parts[2].decode(errors="replace"), kind,
-                   parts[4].decode(errors="replace") if len(parts) > 4 else None)
+        return cls(parts[0].decode("utf-8", "surrogateescape"), _int(parts[1], "Failure"),
+                   parts[2].decode("utf-8", "surrogateescape"), kind,
+                   parts[4].decode("utf-8", "surrogateescape") if len(parts) > 4 else None)
 
     @classmethod
     def decode(cls, data: bytes) -> "Failure":
@@ -312,7 +312,7 @@ class Timing(Msg):
     @classmethod
     def of_body(cls, body: Any) -> "Timing":
         step, took, at = _text(body, 3, "Timing")
-        return cls(step.decode(errors="replace"), _int(took, "Timing"), _int(at, "Timing"))
+        return cls(step.decode("utf-8", "surrogateescape"), _int(took, "Timing"), _int(at, "Timing"))
 
 
 class Exec(Msg):

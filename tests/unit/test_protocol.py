@@ -89,6 +89,8 @@ def test_failure_is_one_type_everywhere() -> None:
                 SpecError("", ["a", "b"], "options cannot be combined"), Isol8rError("plain")):
         back = Failure.decode(Failure.of(err).encode()).error()
         assert type(back) is type(err) and str(back) == str(err), (err, back)
+    odd = Failure.decode(Failure.of(SpecError("--seccomp-profile", "\udcff", "no such file")).encode())
+    assert str(odd.error()) == "--seccomp-profile \udcff: no such file"  # a non-UTF-8 value kept
     bug = Failure.of(KeyError("k"))
     assert bug.kind == "error" and "KeyError" in str(bug)
     assert Failure.plain("text") == Failure("", 0, "text", "error") and str(Failure.plain("t")) == "t"
