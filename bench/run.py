@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import isol8r  # noqa: E402
-from isol8r import cliserver, server, supervisor  # noqa: E402
+from isol8r import supervisor
+from isol8r.daemon import cliserver, forkserver  # noqa: E402
 
 PROGRAMS = {"true": ["/bin/true"], "python": ["/usr/bin/python3", "-S", "-c", "pass"]}
 NSJAIL_VENV = HERE / ".nsjail-venv"
@@ -110,7 +111,7 @@ def peers(nsj: str | None, cli: list[str], prog: list[str]) -> dict[str, Callabl
     return out
 
 
-COLD = server.Client(prewarm=0)
+COLD = forkserver.Client(prewarm=0)
 
 
 def spec_of(prog: list[str]) -> isol8r.Spec:
@@ -200,7 +201,7 @@ def _rate(total: int, par: int, f: Callable[[], object]) -> tuple[float, float]:
 
 def memory(n: int) -> dict[str, float]:
     """The fork server's RSS per jail, and n sleeping jails at once from one asyncio loop."""
-    pid = isol8r._client().pid()
+    pid = forkserver.shared_client().pid()
     base = _rss(pid)
 
     async def many() -> list[float]:
@@ -330,7 +331,7 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(f"\nwritten: {args.json}")
     COLD.close()
-    isol8r._client().close()
+    forkserver.shared_client().close()
     cliserver.stop()  # the CLI's server, which the first `isol8r run` above started
     return 0
 

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 import isol8r  # noqa: E402
+from isol8r.daemon import forkserver  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root to create namespaces as tested")
@@ -89,10 +90,10 @@ def host_left_as_it_was() -> Iterator[None]:
     """Also starts the library's fork server first, so the per-test check knows it as ours."""
     m, c, n = mounts(), isol8r_cgroups(), netns()
     if IS_ROOT:
-        isol8r._client()._control()
+        forkserver.shared_client().connect()
     yield
-    isol8r._client().close()
-    from isol8r import cliserver
+    forkserver.shared_client().close()
+    from isol8r.daemon import cliserver
     sock = cliserver.path()
     cliserver.stop()  # the CLI server the tests' `isol8r run` started, if any: it waits
     assert sock is None or not os.path.exists(sock), "the CLI server did not stop"

@@ -51,7 +51,7 @@ def _foreign(top: str) -> bool:
         return True  # gone meanwhile
     for n in names:
         m = JAIL.match(n)
-        if m and int(m[1]) != os.getpid() and cgroups._alive(int(m[1])):
+        if m and int(m[1]) != os.getpid() and cgroups.alive(int(m[1])):
             return True
     return False
 
@@ -189,7 +189,7 @@ def test_limits_land_in_the_control_files(make):
 
 @real
 def test_set_limits_writes_new_values_up_and_down_and_never_lifts_one(make):
-    """A warm jail's group is re-used with the next caller's values (server._Pool)."""
+    """A warm jail's group is re-used with the next caller's values (daemon/pool.py)."""
     cg = make(FULL)
     for memory, pids, cpus in ((256 * MiB, 16, 1.5), (32 * MiB, 4, 0.25), (32 * MiB, 4, 0.25)):
         cg.set_limits(Limits(memory=memory, pids=pids, cpus=cpus))
@@ -310,16 +310,16 @@ def test_kill_takes_every_process_and_remove_leaves_nothing(make):
 
     pid = _start(cg, family)
     deadline = time.monotonic() + 5
-    while len(cg._procs()) < 4 and time.monotonic() < deadline:
+    while len(cg.procs()) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(cg._procs()) == 4
+    assert len(cg.procs()) == 4
     cg.kill()
     status = _wait(pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     deadline = time.monotonic() + 5
-    while cg._procs() and time.monotonic() < deadline:
+    while cg.procs() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not cg._procs()
+    assert not cg.procs()
     if cg.path("freezer"):
         assert _file(cg, "freezer", "freezer.state") == "THAWED"
     paths = cg.paths

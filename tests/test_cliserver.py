@@ -19,7 +19,7 @@ from pathlib import Path
 
 from conftest import ROOT, alive, cli, needs_root
 
-from isol8r import cliserver
+from isol8r.daemon import cliserver
 
 pytestmark = needs_root
 

@@ -17,14 +17,15 @@ import pytest
 from conftest import alive, children, cli, needs_root
 from test_cliserver import server_pid
 
-from isol8r import cliserver, server, supervisor
+from isol8r import supervisor
+from isol8r.daemon import cliserver, forkserver
 from isol8r.errors import SetupError
 from isol8r.spec import Spec
 
 pytestmark = needs_root
 
 
-def client_run(client: server.Client, *argv: str, **options: object) -> object:
+def client_run(client: forkserver.Client, *argv: str, **options: object) -> object:
     spec = Spec.from_options(list(argv), dict(options))
     stdio = supervisor.open_stdio(spec, None, None, None, None, True, lambda _v: None)
     return client.run(spec, stdio)
@@ -32,8 +33,8 @@ def client_run(client: server.Client, *argv: str, **options: object) -> object:
 
 @pytest.fixture
 def client():
-    c = server.Client(prewarm=2)
-    c._control()
+    c = forkserver.Client(prewarm=2)
+    c.connect()
     try:
         yield c
     finally:
@@ -61,14 +62,14 @@ def test_a_stopped_fork_server_bounds_the_wait_and_is_replaced(client) -> None:
     pid = client.pid()
     assert client_run(client, "/bin/true").exit_code == 0
     os.kill(pid, signal.SIGSTOP)
-    resumed = threading.Timer(server.WAIT_MARGIN + 3, os.kill, (pid, signal.SIGCONT))
+    resumed = threading.Timer(forkserver.WAIT_MARGIN + 3, os.kill, (pid, signal.SIGCONT))
     resumed.start()
     try:
         t0 = time.monotonic()
         with pytest.raises(SetupError, match="fork server.*replaced"):
             client_run(client, "/bin/true", time_limit=1)
         # not a speed check: before the fix the call returned only after SIGCONT
-        assert time.monotonic() - t0 < server.WAIT_MARGIN + 2.5
+        assert time.monotonic() - t0 < forkserver.WAIT_MARGIN + 2.5
     finally:
         resumed.cancel()
     assert client_run(client, "/bin/true").exit_code == 0
@@ -120,7 +121,7 @@ def test_a_killed_cli_server_leaves_nothing_once_the_next_starts() -> None:
     kids = kill_with_warm_groups(pid)
     assert cli("run", "--", "/bin/true").returncode == 0
     assert gone_within_a_second(pid, kids) == ([], [])
-    assert not os.path.exists(f"{server.RECORDS}/server-{pid}.rec")
+    assert not os.path.exists(f"{forkserver.RECORDS}/server-{pid}.rec")
 
 
 def test_server_stop_removes_its_lock_and_log() -> None:
@@ -169,11 +170,11 @@ def test_run_async_bounds_the_wait_on_a_stopped_fork_server(client) -> None:
     spec = Spec.from_options(["/bin/true"], {"time_limit": 1})
     stdio = supervisor.open_stdio(spec, None, None, None, None, True, lambda _v: None)
     os.kill(pid, signal.SIGSTOP)
-    resumed = threading.Timer(server.WAIT_MARGIN + 3, os.kill, (pid, signal.SIGCONT))
+    resumed = threading.Timer(forkserver.WAIT_MARGIN + 3, os.kill, (pid, signal.SIGCONT))
     resumed.start()
     try:
         with pytest.raises(SetupError, match="fork server.*replaced"):
-            asyncio.run(server.run_async(client, spec, stdio))
+            asyncio.run(forkserver.run_async(client, spec, stdio))
     finally:
         resumed.cancel()
     assert not alive(pid), "the stuck server was not replaced"

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import isol8r
+from isol8r.daemon import forkserver
 from conftest import needs_root
 
 pytestmark = needs_root
@@ -176,7 +177,7 @@ def test_the_fork_server_image_carries_no_asyncio() -> None:
     if not glob.glob(f"{dynload}/_asyncio*.so"):
         pytest.skip("this Python has _asyncio built in: nothing to see in the server's maps")
     assert run("/bin/true").exit_code == 0
-    pid = isol8r._client().pid()
+    pid = forkserver.shared_client().pid()
     with open(f"/proc/{pid}/maps") as f:
         maps = f.read()
     assert "_socket" in maps  # the check sees extension modules at all

@@ -138,7 +138,7 @@ def test_pyenv_shim_resolves_to_the_real_binary(monkeypatch: pytest.MonkeyPatch)
     real = subprocess.run([pyenv, "which", "python3"], capture_output=True, text=True,
                           check=True).stdout.strip()
     monkeypatch.setenv("PATH", f"{os.path.dirname(shim)}:/usr/bin:/bin")  # as a login shell has
-    plan = rootfs._plan(["python3"], busybox=False)
+    plan = rootfs.plan_of(["python3"], busybox=False)
     assert shim not in plan.files  # the bash shim is not copied ...
     assert real in plan.files and plan.links["/usr/bin/python3"] == real  # ... what it runs is
     assert not any(f.endswith("/bash") for f in plan.files)
@@ -494,7 +494,7 @@ def test_failure_half_way(tmp_path: Path, small: Path, monkeypatch: pytest.Monke
     def boom(*_a: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rootfs, "_copy_stdlib", boom)
+    monkeypatch.setattr(rootfs, "copy_stdlib", boom)
     fresh = tmp_path / "fresh"
     with pytest.raises(OSError):
         mkroot(str(fresh), ["python3"])

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import _thread
 import os
 TYPE_CHECKING = False  # not `typing`: a run through the CLI server must not import it
 
@@ -56,14 +55,15 @@ def run(cmd: Sequence[str] | Spec, *, capture_output: bool = False, input: bytes
     from this process: only safe while it has a single thread).
     """
     from . import supervisor
+    from .daemon import forkserver
 
     data, decode = _habits(capture_output, input, stdin, stdout, stderr, text, encoding, errors,
                            universal_newlines, env, options)
-    spec = _spec(cmd, timeout, options)
+    spec = spec_of(cmd, timeout, options)
     if fork_server:
         stdio = supervisor.open_stdio(spec, stdin, stdout, stderr, data, capture_output,
                                       lambda _v: None)
-        result = _client().run(spec, stdio, forward_signals=forward_signals)
+        result = forkserver.shared_client().run(spec, stdio, forward_signals=forward_signals)
     else:
         result = supervisor.run(spec, stdin=stdin, stdout=stdout, stderr=stderr, input=data,
                                 capture_output=capture_output, forward_signals=forward_signals)
@@ -79,13 +79,15 @@ async def run_async(cmd: Sequence[str] | Spec, *, capture_output: bool = False,
                     **options: Any) -> Result:
     """run() for asyncio: the jail is cloned and watched by the fork server; this coroutine
     only waits on descriptors, so many jails need no thread each."""
-    from . import server, supervisor
+    from . import supervisor
+    from .daemon import forkserver
 
     data, decode = _habits(capture_output, input, stdin, stdout, stderr, text, encoding, errors,
                            universal_newlines, env, options)
-    spec = _spec(cmd, timeout, options)
+    spec = spec_of(cmd, timeout, options)
     stdio = supervisor.open_stdio(spec, stdin, stdout, stderr, data, capture_output, lambda _v: None)
-    return _finish(await server.run_async(_client(), spec, stdio), decode, check)
+    result = await forkserver.run_async(forkserver.shared_client(), spec, stdio)
+    return _finish(result, decode, check)
 
 
 def _habits(capture_output: bool, input: bytes | str | None, stdin: Any, stdout: Any,
@@ -124,20 +126,6 @@ def _habits(capture_output: bool, input: bytes | str | None, stdin: Any, stdout:
     return input, decode
 
 
-_CLIENT: Any = None
-_CLIENT_LOCK = _thread.allocate_lock()
-
-
-def _client() -> Any:
-    """This process's fork server client: one, also when many threads ask at once."""
-    global _CLIENT
-    with _CLIENT_LOCK:
-        if _CLIENT is None:
-            from . import server
-            _CLIENT = server.Client()
-        return _CLIENT
-
-
 def _finish(result: Result, decode: tuple[str, str] | None, check: bool) -> Result:
     from .errors import JailFailed
     if decode is not None:  # as subprocess's text mode: decoded, universal newlines
@@ -151,7 +139,7 @@ def _finish(result: Result, decode: tuple[str, str] | None, check: bool) -> Resu
     return result
 
 
-def _spec(cmd: Sequence[str] | Spec, timeout: float | None, options: dict[str, Any]) -> Spec:
+def spec_of(cmd: Sequence[str] | Spec, timeout: float | None, options: dict[str, Any]) -> Spec:
     """The Spec of a call, with --keep-env resolved here: the fork server has its own environment."""
     from .errors import SpecError
     from .spec import Spec

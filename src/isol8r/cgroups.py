@@ -249,7 +249,8 @@ def _fail(what: str, e: OSError) -> CgroupUnavailable:
     return CgroupUnavailable(f"{what} {e.filename}: {name} ({e.strerror})")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The pid names a process (one of another user's too): a stale group's owner is gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -267,7 +268,7 @@ def _sweep(top: str) -> None:
         return
     for name in names:
         m = _STALE_NAME.match(name)
-        if not m or _alive(int(m[1])):
+        if not m or alive(int(m[1])):
             continue
         path = os.path.join(top, name)
         try:
@@ -294,8 +295,9 @@ def _procs_below(path: str) -> set[int]:
 
 def sweep_owner(pid: int) -> list[str]:
     """Remove now the groups named for pid under this process's isol8r/ dirs, killing what is
-    still in them: pid is an isol8r server known to be dead (its record says so: server.py), so
-    nothing will remove them otherwise; without that proof _sweep waits _STALE_AGE."""
+    still in them: pid is an isol8r server known to be dead (its record says so:
+    daemon/forkserver.py), so nothing will remove them otherwise; without that proof _sweep
+    waits _STALE_AGE."""
     try:
         layout = detect()
     except OSError:
@@ -491,7 +493,7 @@ class Cgroup:
     def set_limits(self, limits: Limits) -> None:
         """Write the limits that differ from what the group holds (a pre-warmed jail's group is
         re-used for the next caller's values): nothing for the same values again. A limit once
-        set stays set: a group is only re-used for limits of the same kinds (server._Pool)."""
+        set stays set: a group is only re-used for limits of the same kinds (daemon/pool.py)."""
         old = self.limits
         for kind in ("memory", "pids", "cpus"):
             if getattr(old, kind) is not None and getattr(limits, kind) is None:
@@ -586,7 +588,7 @@ class Cgroup:
         hz = os.sysconf("SC_CLK_TCK")
         return st["user"] / hz, st["system"] / hz
 
-    def _procs(self) -> set[int]:
+    def procs(self) -> set[int]:
         """Every process in the jail's groups and in any group the jail made beneath them."""
         return set().union(*(_procs_below(path) for path in self.paths))
 
@@ -616,7 +618,7 @@ class Cgroup:
         frozen = self._freeze(True)
         try:
             for _ in range(100):
-                pids = self._procs()
+                pids = self.procs()
                 for pid in pids:
                     try:
                         os.kill(pid, signal.SIGKILL)
@@ -641,7 +643,7 @@ class Cgroup:
         for path in self.paths:
             while True:
                 try:
-                    if self._procs():
+                    if self.procs():
                         self.kill()
                     _rmtree(path)
                     break

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from .spec import Spec
 
-# Imports are lazy: a run through the CLI server (cliserver.py) needs none of this module's
+# Imports are lazy: a run through the CLI server (daemon/cliserver.py) needs none of this module's
 # machinery in the client, and every module imported at start costs every run.
 
 SETUP_FAILED = 125
@@ -127,18 +127,27 @@ def spec_from_args(ns: argparse.Namespace) -> Spec:
 
 def entry() -> int:
     """The `isol8r` command (bin/isol8r, python -m isol8r): a run goes to the CLI server when
-    there is one to use (cliserver.py), everything else to main() in this process."""
+    there is one to use (daemon/cliserver.py), everything else to main() in this process."""
     try:
         args = _normalized(sys.argv[1:])
     except UsageError:
         return main()  # it says why
     if args[:1] == ["run"] and not {"-h", "--help"} & set(args[:args.index("--") if "--" in args
                                                             else None]):
-        from . import cliserver
+        from .daemon import cliserver
         code = cliserver.call(args)
         if code is not None:
             os._exit(code)  # nothing of this process needs tearing down: ~2.5 ms saved
     return main(args)
+
+
+def serve(sock_path: str, ready_fd: int) -> None:
+    """The CLI server's process (`python -m isol8r --cli-server SOCKET FD`, which
+    cliserver.call starts): its workers run main() as served runs. The entry point lives here,
+    in the front end, so that the daemon layer does not import the command line."""
+    from .daemon import cliserver
+    build_parser()  # built once here, reused by every worker
+    cliserver.serve(sock_path, ready_fd, lambda argv: main(argv, served=True))
 
 
 def _normalized(args: list[str]) -> list[str]:
@@ -235,9 +244,9 @@ def _run(ns: argparse.Namespace, served: bool) -> int:
         capture = ns.json == "-"
         from . import supervisor
         if served:
-            import isol8r
+            from .daemon import forkserver
             stdio = supervisor.open_stdio(spec, None, None, None, None, capture, lambda _v: None)
-            result = isol8r._client().run(spec, stdio, verbose=ns.verbose, log=log,
+            result = forkserver.shared_client().run(spec, stdio, verbose=ns.verbose, log=log,
                                           forward_signals=True)
         else:
             result = supervisor.run(spec, forward_signals=True, verbose=ns.verbose, log=log,
@@ -337,7 +346,7 @@ def _delegate(cmd: str, argv: list[str]) -> int:
             if argv in (["-h"], ["--help"]):
                 _write(sys.stdout, SERVER_HELP)
                 return 0
-            from . import cliserver
+            from .daemon import cliserver
             return cliserver.main(argv)
         if cmd == "mkroot":
             from . import rootfs

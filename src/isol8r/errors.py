@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not `typing`: the CLI's thin client imports this (through protocol.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from .result import Result
 
 
@@ -52,6 +53,15 @@ class ExecError(SetupError):
         return exec_status(self.errno)
 
 
+class ProtocolError(Isol8rError):
+    """A message on one of isol8r's sockets was malformed or truncated (protocol.py): a bug, or
+    a peer that is not isol8r; never a hang, never a bare marshal or struct exception."""
+
+    def __init__(self, what: str, why: str) -> None:
+        self.what, self.why = what, why
+        super().__init__(f"malformed {what} message: {why}")
+
+
 class JailFailed(Isol8rError):
     """Raised by run(check=True) when the program did not end with status 0."""
 
@@ -59,22 +69,3 @@ class JailFailed(Isol8rError):
         self.result = result
         super().__init__(f"jailed program {result.argv[0] if result.argv else ''!s} ended: "
                          f"{result.describe()}")
-
-
-def to_wire(e: Isol8rError) -> tuple[Any, ...]:
-    """An error as plain data, to cross the fork server's socket."""
-    if isinstance(e, SetupError):
-        return (type(e).__name__, e.step, e.errno, e.detail)
-    if isinstance(e, SpecError):
-        return ("SpecError", e.field, e.value, e.reason)
-    return ("Isol8rError", str(e))
-
-
-def from_wire(t: tuple[Any, ...]) -> Isol8rError:
-    """The error to_wire() described."""
-    kind, *args = t
-    if kind in ("SetupError", "ExecError"):
-        return (ExecError if kind == "ExecError" else SetupError)(*args)
-    if kind == "SpecError":
-        return SpecError(*args)
-    return Isol8rError(*args)

@@ -12,9 +12,15 @@ import signal
 import time
 from typing import Callable, NoReturn
 
-FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGTSTP, signal.SIGALRM,
-             signal.SIGTTIN, signal.SIGTTOU)
+from . import protocol
+from .protocol import Exec, Failure, Status
+
+# What init passes on to the program's process group: every signal a caller forwards
+# (protocol.FORWARDED), and SIGALRM, SIGTTIN and SIGTTOU, which no caller forwards (a caller's
+# own are about the caller: its timer, its being a background job) but which a process of the
+# host may send the jail's init directly (kill of its pid); as PID 1, init would otherwise drop
+# them without a word, having no handler.
+FORWARDED = (*protocol.FORWARDED, signal.SIGALRM, signal.SIGTTIN, signal.SIGTTOU)
 _WAITED = {signal.SIGCHLD, *FORWARDED}
 
 
@@ -34,28 +40,27 @@ def serve(program: int, exec_pipe: int, report: Callable[[bytes], None],
     failed = False
     for line in b"".join(chunks).split(b"\n"):
         if line:
-            failed = failed or line.startswith(b"E")
+            failed = failed or line[:1] == Failure.TAG
             report(line)
     if not failed:
-        report(b"X%d" % time.monotonic_ns())
+        report(Exec(time.monotonic_ns()).encode())
     status, ru = _wait_for(program)
     ended = time.monotonic_ns()
     emptied = _empty_namespace()
-    report(b"S%d\0%.6f\0%.6f\0%d\0%d\0%d" % (status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss,
-                                             ended, emptied))
+    report(Status(status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss, ended, emptied).encode())
     linger()
     if os.WIFSIGNALED(status):
         os._exit(128 + os.WTERMSIG(status))
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255)
 
 
-def _empty_namespace() -> int:
+def _empty_namespace() -> bool:
     """As PID 1 of the jail's own PID namespace: kill every other process in it and reap them,
     so the report that follows means nothing of the jail still runs (the namespaces' teardown
-    then goes on without the caller waiting for it). Returns 1 when done, 0 when this init is
-    not PID 1 (--share-pid: kill(-1) would reach beyond the jail, so it is not used)."""
+    then goes on without the caller waiting for it). Returns True when done, False when this init
+    is not PID 1 (--share-pid: kill(-1) would reach beyond the jail, so it is not used)."""
     if os.getpid() != 1:
-        return 0
+        return False
     try:
         os.kill(-1, signal.SIGKILL)
     except ProcessLookupError:
@@ -64,7 +69,7 @@ def _empty_namespace() -> int:
         try:
             os.waitpid(-1, 0)
         except ChildProcessError:
-            return 1
+            return True
 
 
 def _wait_for(program: int) -> tuple[int, "resource.struct_rusage"]:

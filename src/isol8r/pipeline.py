@@ -14,9 +14,10 @@ In the order of the code (the order is the documentation):
     request half: chdir -> find the program on PATH -> [the terminal] -> descriptors -> close
         the rest -> rlimits -> seccomp -> execve
 
-Every step either succeeds or reports one record "E step\\0errno\\0detail" over the handshake
-channel and exits (125; 127 or 126 when the program cannot be found or executed), so a failure
-inside the jail reads as "mount /proc: EPERM (...)".
+Every step either succeeds or raises a protocol.Failure, sent as its record over the handshake
+channel before the child exits (125; 127 or 126 when the program cannot be found or executed), so
+a failure inside the jail reads as "mount /proc: EPERM (...)". Every message of the handshake is
+a protocol.py class (Go, Request, Failure, Timing, Exec, Status, Terminal).
 The child was made by a bare clone of the supervisor: it imports nothing and allocates little.
 """
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
-import marshal
 import os
 import resource
 import select
@@ -36,8 +36,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
-from . import caps, mounts, net, pid1, rlimits, userns, wire
+from . import caps, mounts, net, pid1, protocol, rlimits, userns, wire
 from .errors import exec_status
+from .protocol import Failure, Go, Request, Terminal, Timing
 from .spec import Shape, Spec
 from .spec import shape as spec_shape
 from .sys import linux
@@ -70,28 +71,6 @@ class Plan:
     signals: tuple[int, ...]  # the signals the cloning process catches or ignores: to reset
     parent_pidfd: int  # the cloning process's own pidfd: readable once it is gone
     bpf: bytes | None = None  # the default seccomp filter, loaded before the Request arrives
-
-
-@dataclass
-class Request:
-    """What to run in a jail and the per-run settings; sent to the child with marshal. The
-    child applies it in this order: cwd, argv[0] found on search_path, the terminal (tty), the
-    descriptors at their targets (every other one closed), rlimits, then bpf (None when the
-    Shape preloaded the default filter), then execve with env."""
-
-    argv: list[bytes]
-    env: list[tuple[bytes, bytes]]
-    search_path: list[bytes]
-    cwd: str
-    rlimits: tuple[tuple[int, int, int], ...]
-    bpf: bytes | None
-    seccomp_flags: int
-    targets: list[int]  # the jail's numbers for the descriptors sent with the request
-    tty: bool = False  # 0, 1 and 2 are a terminal the jail opens; its master goes to the caller
-
-    def encode(self) -> bytes:
-        return marshal.dumps((self.argv, self.env, self.search_path, self.cwd, self.rlimits,
-                              self.bpf, self.seccomp_flags, self.targets, self.tty))
 
 
 def environment(spec: Spec) -> dict[str, str]:
@@ -171,11 +150,6 @@ def request(spec: Spec, targets: list[int], derived_rlimits: dict[str, tuple[int
 # ---- child side -------------------------------------------------------------------------------
 
 
-class _Failed(Exception):
-    def __init__(self, step: str, err: int, detail: str) -> None:
-        self.step, self.err, self.detail = step, err, detail
-
-
 class _Channel:
     """Where records go: the handshake socket (one record per write) or the init's pipe (lines)."""
 
@@ -194,17 +168,14 @@ class _Channel:
             fn(*args)
         except OSError as e:
             detail = e.filename if isinstance(e.filename, str) else ""
-            raise _Failed(getattr(e, "syscall", None) and f"{name}: {e.syscall}" or name,
+            raise Failure(getattr(e, "syscall", None) and f"{name}: {e.syscall}" or name,
                           e.errno or errno.EIO, detail) from None
         if self.verbose:
             end = time.monotonic_ns()
-            self.send(b"T%s\0%d\0%d" % (name.encode(), end - start, end))
+            self.send(Timing(name, end - start, end).encode())
 
-    def fail(self, f: _Failed, code: int = 125) -> NoReturn:
-        detail = f.detail.replace("\n", " ").encode("utf-8", "surrogateescape")
-        # "chdir /\udcff": a non-UTF-8 path; a newline would end the record early
-        step = f.step.replace("\n", "\\n").encode("utf-8", "surrogateescape")
-        self.send(b"E%s\0%d\0%s" % (step, f.err, detail))
+    def fail(self, f: Failure, code: int = 125) -> NoReturn:
+        self.send(f.encode())
         os._exit(code)
 
 
@@ -214,10 +185,10 @@ def child_main(plan: Plan, chan_fd: int) -> NoReturn:
     try:
         try:
             _setup(plan, ch)
-        except _Failed as f:
+        except Failure as f:
             ch.fail(f)
         except BaseException as e:  # a bug must still never return into the caller's code
-            ch.fail(_Failed("internal error", errno.EIO, f"{type(e).__name__}: {e}"))
+            ch.fail(Failure("internal error", errno.EIO, f"{type(e).__name__}: {e}"))
     finally:
         os._exit(125)
 
@@ -234,11 +205,13 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     if _readable(plan.parent_pidfd):
         os._exit(125)
     os.close(plan.parent_pidfd)
-    go, fds = _receive(ch.fd, 16, 64)
-    if go[:1] != b"G":  # the parent died or refused before the id maps were written
+    data, fds = _receive(ch.fd, 16, 64)
+    try:
+        go = Go.decode(data)
+    except protocol.ProtocolError:  # the parent died or refused before the id maps were written
         os._exit(125)
-    procs = fds.pop() if go[1:].endswith(b"P") and fds else -1  # the program group's
-    root_fd = fds.pop(0) if go[1:2] == b"R" and fds else -1
+    procs = fds.pop() if go.procs and fds else -1  # the program group's
+    root_fd = fds.pop(0) if go.root and fds else -1
     if plan.ids is not None:
         ch.step("become root of the user namespace", userns.become_root, plan.ids)
     ch.step("parent death signal", _die_with_parent, lambda: _socket_alive(ch.fd))
@@ -289,28 +262,32 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
         data, fds = _receive(chan, 1 << 20, 64)
         if not data:
             os._exit(125)  # the supervisor went away before it sent work: a pre-warmed jail
-        argv, env, search, cwd, limits, bpf, sc_flags, targets, tty = marshal.loads(data)
-        ch.step(f"chdir {cwd}", os.chdir, cwd)
-        path = _resolve(argv[0], search)
-        if tty:
+        try:
+            req = Request.decode(data)
+        except protocol.ProtocolError as e:
+            raise Failure("receive the request", errno.EPROTO, str(e)) from None
+        argv, env, targets = req.argv, req.env, req.targets
+        ch.step(f"chdir {req.cwd}", os.chdir, req.cwd)
+        path = _resolve(argv[0], req.search_path)
+        if req.tty:
             slave = _open_terminal(ch, chan)
             fds, targets = [slave, slave, slave, *fds], [0, 1, 2, *targets]
-        ch.fd = _install_fds(tuple(zip(fds, targets)), ch.fd)
+        ch.fd = install_fds(tuple(zip(fds, targets)), ch.fd)
         ch.step("close file descriptors", _close_all_but, (0, 1, 2, ch.fd, *targets))
         # after the descriptors are in place: a low --nofile must not starve the steps above
-        ch.step("rlimits", rlimits.apply, limits)
+        ch.step("rlimits", rlimits.apply, req.rlimits)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        if bpf is not None:
-            ch.step("seccomp", linux.SeccompProgram(bpf).load, sc_flags)
+        if req.bpf is not None:
+            ch.step("seccomp", linux.SeccompProgram(req.bpf).load, req.seccomp_flags)
         try:
             os.execve(path, argv, dict(env))
         except OSError as e:
             detail = _too_big(argv, env) if e.errno == errno.E2BIG else os.fsdecode(path)
-            raise _Failed("execve", e.errno or errno.EIO, detail) from None
-    except _Failed as f:
-        ch.fail(f, exec_status(f.err) if f.step in ("execve", "find program") else 125)
+            raise Failure("execve", e.errno or errno.EIO, detail) from None
+    except Failure as f:
+        ch.fail(f, exec_status(f.err) if f.kind == "exec" else 125)
     except BaseException as e:
-        ch.fail(_Failed("internal error", errno.EIO, f"{type(e).__name__}: {e}"))
+        ch.fail(Failure("internal error", errno.EIO, f"{type(e).__name__}: {e}"))
     os._exit(125)
 
 
@@ -323,12 +300,12 @@ def _rehearse(fd: int) -> None:
     """
     sample = Request([b"/x"], [(b"A", b"B")], [b"/"], "/", ((resource.RLIMIT_CORE, 0, 0),),
                      b"\0" * 8, 0, [0], False)
-    marshal.loads(sample.encode())
+    Request.decode(sample.encode())
     resource.getrlimit(resource.RLIMIT_CORE)
     linux.SeccompProgram(b"\0" * 8)
     try:
         _resolve(b"sh", [b"/nonexistent"])
-    except _Failed:
+    except Failure:
         pass
     spare = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     os.close(spare)
@@ -358,7 +335,7 @@ def _open_terminal(ch: _Channel, chan: int) -> int:
     def send() -> None:
         sock = socket.socket(fileno=chan)
         try:
-            sock.sendmsg([b"P"], wire.rights([master]))
+            sock.sendmsg([Terminal().encode()], wire.rights([master]))
         finally:
             sock.detach()
     ch.step("hand the terminal to the supervisor", send)
@@ -412,7 +389,7 @@ def _resolve(name: bytes, search_path: list[bytes]) -> bytes:
         if stat.S_ISREG(st.st_mode) and os.access(cand, os.X_OK):
             return cand
         saved = errno.EACCES
-    raise _Failed("find program", saved, os.fsdecode(name))
+    raise Failure("find program", saved, os.fsdecode(name))
 
 
 def _die_with_parent(alive: Callable[[], bool]) -> None:
@@ -447,14 +424,21 @@ def _socket_alive(fd: int) -> bool:
     return not any(ev & (select.POLLHUP | select.POLLRDHUP | select.POLLERR) for _, ev in p.poll(0))
 
 
-def _install_fds(fds: tuple[tuple[int, int], ...], chan: int) -> int:
-    """Put each descriptor at its number in the jail (inheritable); return the channel's new number.
+def install_fds(fds: tuple[tuple[int, int], ...], chan: int = -1,
+                close_sources: bool = False) -> int:
+    """Put each (source, target) descriptor at its target number, inheritable: the jail's, and
+    a CLI server worker's copy of its client's (close_sources: the received copies go). chan,
+    a descriptor to keep, is moved above the targets too; returns its new number (or -1).
 
     Everything is first moved above the highest target, so no dup2 clobbers a source.
     """
     floor = max([t for _, t in fds] + [2]) + 1
     moved = [(fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, floor), t) for src, t in fds]
-    chan = fcntl.fcntl(chan, fcntl.F_DUPFD_CLOEXEC, floor)
+    if close_sources:
+        for src, _ in fds:
+            os.close(src)
+    if chan >= 0:
+        chan = fcntl.fcntl(chan, fcntl.F_DUPFD_CLOEXEC, floor)
     for src, target in moved:
         os.dup2(src, target)  # dup2 leaves the target inheritable
         os.close(src)
@@ -489,5 +473,5 @@ class _MountLog(mounts.StepLog):
 
     def op(self, description: str) -> None:
         now = time.monotonic_ns()
-        self.ch.send(b"T  %s\0%d\0%d" % (description.encode(), now - self.t, now))
+        self.ch.send(Timing("  " + description, now - self.t, now).encode())
         self.t = now

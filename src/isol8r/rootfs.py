@@ -86,7 +86,7 @@ class Finding:
 
 
 @dataclass
-class _Plan:
+class Plan:
     files: list[str] = field(default_factory=list)  # host paths, mirrored with their symlinks
     elf_roots: list[tuple[str, str]] = field(default_factory=list)  # (host path, asked as)
     pythons: list[tuple[str, str]] = field(default_factory=list)  # (host path, asked as)
@@ -156,7 +156,7 @@ def _shebang(text: bytes) -> tuple[str, list[str]]:
     return interp, arg.split()
 
 
-def _resolve(name: str, plan: _Plan, depth: int = 0) -> str:
+def _resolve(name: str, plan: Plan, depth: int = 0) -> str:
     """Add one program (and the interpreters it names) to the plan; return the path to link to."""
     if depth > 8:
         raise SpecError("--with", name, "too many levels of #! interpreters or shims")
@@ -187,7 +187,7 @@ def _resolve(name: str, plan: _Plan, depth: int = 0) -> str:
     return found
 
 
-def _link_on_path(name: str, target: str, plan: _Plan) -> None:
+def _link_on_path(name: str, target: str, plan: Plan) -> None:
     """Make a program asked for by name runnable by that name with the jail's PATH.
 
     A program asked for by path keeps that path, unless it had to move (see _inside); then its
@@ -217,8 +217,9 @@ def _python_paths(python: str, asked: str) -> tuple[list[str], str]:
             and "-packages" not in p], str(tag or "")
 
 
-def _plan(programs: Sequence[str], busybox: bool) -> _Plan:
-    plan = _Plan()
+def plan_of(programs: Sequence[str], busybox: bool) -> Plan:
+    """What mkroot copies for these programs (files, links, ELF roots), before it copies any."""
+    plan = Plan()
     if busybox:
         path = "/bin/busybox" if os.path.isfile("/bin/busybox") else shutil.which("busybox")
         if not path:
@@ -259,7 +260,7 @@ _PROBE_HEADERS = ("assert.h ctype.h dirent.h errno.h fcntl.h float.h inttypes.h 
                   "sys/wait.h sys/mman.h sys/socket.h sys/time.h netinet/in.h arpa/inet.h").split()
 
 
-def _add_compiler(driver: str, asked: str, plan: _Plan) -> None:
+def _add_compiler(driver: str, asked: str, plan: Plan) -> None:
     """The driver's helper programs (what `-print-prog-name` names, with their libraries) and
     the files a C program's compile and link read: the driver is asked, by compiling and linking
     a probe that includes the standard C headers (-M lists the headers, whose directories'
@@ -317,7 +318,7 @@ def _applets(busybox: str) -> list[str]:
                    if re.fullmatch(r"(usr/)?s?bin/[^/\s]+", a.strip().lstrip("/"))})
 
 
-def _add_libraries(plan: _Plan) -> None:
+def _add_libraries(plan: Plan) -> None:
     """The closure of every ELF object, plus libgcc_s, which glibc dlopens for thread unwinding."""
     host = LibraryResolver()
     roots = [(p, a, True) for p, a in plan.elf_roots] + [(p, p, False) for p in plan.optional]
@@ -558,7 +559,7 @@ def _mirror(tree: _Tree, path: str, copied: set[str]) -> None:
             raise SpecError("--with", path, "not a regular file, directory or symlink")
 
 
-def _copy_stdlib(tree: _Tree, top: str, tag: str, copied: set[str]) -> None:
+def copy_stdlib(tree: _Tree, top: str, tag: str, copied: set[str]) -> None:
     """Copy a Python standard library dir (or zip) minus site-packages, tests and foreign .pyc."""
     _mirror(tree, top, copied)
     real = os.path.realpath(top)
@@ -683,7 +684,7 @@ def mkroot(dest: str, programs: Sequence[str] = DEFAULT_PROGRAMS, *, busybox: bo
     "state: building" in /.isol8r-root, which check_root reports. `report` gets warnings.
     """
     name, uid, gid = _check_user(user)
-    plan = _plan(list(programs), busybox)
+    plan = plan_of(list(programs), busybox)
     under_root = any(p == "/root" or p.startswith("/root/")
                      for p in plan.files + [t for t, _ in plan.trees] + list(plan.links.values()))
     fd, created, was_empty = _open_dest(dest)
@@ -715,7 +716,7 @@ def mkroot(dest: str, programs: Sequence[str] = DEFAULT_PROGRAMS, *, busybox: bo
             report(w)
 
 
-def _build(tree: _Tree, root: str, plan: _Plan, user: tuple[str, int, int]) -> None:
+def _build(tree: _Tree, root: str, plan: Plan, user: tuple[str, int, int]) -> None:
     for name in _TOP_LINKS:
         host = "/" + name
         target = os.readlink(host) if os.path.islink(host) else ""
@@ -737,7 +738,7 @@ def _build(tree: _Tree, root: str, plan: _Plan, user: tuple[str, int, int]) -> N
     for path in plan.files:
         _mirror(tree, path, copied)
     for top, tag in plan.trees:
-        _copy_stdlib(tree, top, tag, copied)
+        copy_stdlib(tree, top, tag, copied)
     for link, target in sorted(plan.links.items()):
         tree.symlink(tree.chased(root, link), target)
     name, uid, gid = user

@@ -22,14 +22,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import mounts, pipeline, rlimits, userns, wire
-from .errors import ExecError, Isol8rError, SetupError, SpecError
+from . import mounts, pipeline, protocol, rlimits, userns, wire
+from .errors import Isol8rError, SetupError, SpecError
+from .protocol import Exec, Failure, Go, Request, Status, Terminal, Timing
 from .result import Result
 from .spec import ID_RANGE, RLIMITS, Spec
 from .sys import linux
 
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGTSTP)
+FORWARDED = protocol.FORWARDED  # the caller's signals a jail gets (Forwarder)
 _ALL_SIGNALS = signal.valid_signals()
 _clone_lock = threading.Lock()
 
@@ -113,40 +113,50 @@ def start(spec: Spec, fds: tuple[tuple[int, int], ...], verbose: bool = False) -
     numbers (0, 1, 2, ...)."""
     jail, derived = lease(spec, verbose)
     try:
-        activate(jail, pipeline.request(spec, [t for _, t in fds], derived, _bpf(spec)),
+        activate(jail, pipeline.request(spec, [t for _, t in fds], derived, bpf_for(spec)),
                  [src for src, _ in fds])
     except BaseException:
-        _discard(jail)
+        discard(jail)
         raise
     return jail
 
 
-def lease(spec: Spec, verbose: bool = False,
-          jail: "Jail | None" = None) -> tuple[Jail, dict[str, tuple[int, int]]]:
+# A warm jail fitted to a caller (fit): its cgroup with the caller's values, the rlimits that
+# stand in for cgroup limits no cgroup could hold, and notes saying so.
+Fitted = tuple[Any, dict[str, tuple[int, int]], list[str]]
+
+
+def fit(jail: Jail, spec: Spec) -> Fitted | None:
+    """Give a pre-warmed jail of spec's shape (daemon/pool.py) this spec: the root's check, and
+    the spec's values in the group it was born in when its shape has cgroup limits. None when
+    it cannot take them (a memory limit below what it holds, a root that fails its check, a
+    group of other kinds): the caller discards it and leases a new jail, which says why."""
+    try:
+        if spec.rootfs is not None and not spec.allow_unsafe_root:
+            _check_root(spec.rootfs)
+        if (jail.cgroup is not None) != spec.wants_cgroup:
+            return None
+        fitted = _limits(spec, jail.cgroup)
+    except Isol8rError:
+        return None
+    jail.spec, jail.started = spec, time.monotonic()
+    return fitted
+
+
+def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = None
+          ) -> tuple[Jail, dict[str, tuple[int, int]]]:
     """A jail of spec's shape, set up and waiting for its Request, in its cgroup: a new one, or
-    the pre-warmed jail given (the fork server's pool), which was born in a group of its own when
-    its shape has cgroup limits (server._Pool) and gets this spec's values here. Returns it with
-    the rlimits that stand in for cgroup limits no cgroup could hold."""
-    if jail is not None:
-        try:
-            if spec.rootfs is not None and not spec.allow_unsafe_root:
-                _check_root(spec.rootfs)
-            if (jail.cgroup is not None) != spec.wants_cgroup:
-                raise ValueError("the warm jail's cgroup does not fit this spec")
-            cg, derived, notes = _limits(spec, jail.cgroup)
-            jail.spec, jail.started = spec, time.monotonic()
-        except (Isol8rError, ValueError):
-            _discard(jail)  # e.g. a memory limit below what the warm jail holds: start afresh
-            jail = None
-        except BaseException:
-            _discard(jail)
-            raise
+    the pre-warmed jail given, fitted to spec (fit). Returns it with the rlimits that stand in
+    for cgroup limits no cgroup could hold."""
+    jail: Jail | None = None
+    if warm is not None:
+        jail, (cg, derived, notes) = warm
     if jail is None:
         if spec.rootfs is not None and not spec.allow_unsafe_root:
             _check_root(spec.rootfs)
         cg, derived, notes = _limits(spec)
         try:
-            plan = pipeline.prepare(pipeline.shape(spec), verbose, _bpf(spec))
+            plan = pipeline.prepare(pipeline.shape(spec), verbose, bpf_for(spec))
             if spec.overlay_dir is not None:
                 try:
                     mounts.prepare_overlay_dir(spec.overlay_dir,
@@ -190,7 +200,7 @@ def _check_root(root: str) -> None:
                         "`isol8r check-root`, or pass --allow-unsafe-root")
 
 
-def activate(jail: Jail, req: pipeline.Request, fds: list[int]) -> None:
+def activate(jail: Jail, req: Request, fds: list[int]) -> None:
     """Send the jail what to run, with the descriptors it gets as SCM_RIGHTS."""
     try:
         wire.send(jail.chan, req.encode(), fds)
@@ -199,7 +209,7 @@ def activate(jail: Jail, req: pipeline.Request, fds: list[int]) -> None:
                                                 "it died while being set up") from None
 
 
-def _queued_error(jail: Jail) -> SetupError | None:
+def _queued_error(jail: Jail) -> Isol8rError | None:
     """The error record a jail that died during setup left on its channel, if any."""
     watch = JailWatch(jail)
     while True:
@@ -214,11 +224,10 @@ def _queued_error(jail: Jail) -> SetupError | None:
         watch.on_record(rec)
     if watch.error is None:
         return None
-    cls, step, err, detail = watch.error
-    return (ExecError if cls == "ExecError" else SetupError)(step, err, detail)
+    return watch.error.error()  # type: ignore[return-value]
 
 
-def _discard(jail: Jail) -> None:
+def discard(jail: Jail) -> None:
     """Kill, reap and clean up a jail that will not run."""
     jail.signal(signal.SIGKILL)
     try:
@@ -265,14 +274,13 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             jail.program_group.attach_jail(pid)  # before go: its cgroup namespace roots there
             trees.append(os.open(jail.program_group.procs_file(), os.O_WRONLY | os.O_CLOEXEC))
         try:
-            parent.sendmsg([b"G" + (b"R" if tree >= 0 else b"") +
-                            (b"P" if jail.program_group is not None else b"")],
+            parent.sendmsg([Go(tree >= 0, jail.program_group is not None).encode()],
                            wire.rights(trees))
         finally:
             for fd in trees:
                 os.close(fd)
     except OSError as e:
-        _discard(jail)
+        discard(jail)
         step = getattr(e, "syscall", None) or "write id maps / cgroup / open the binds"
         raise SetupError(step, e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
@@ -389,7 +397,8 @@ def _limits_applied(spec: Spec, derived: dict[str, tuple[int, int]], cg: Any) ->
     return out
 
 
-def _bpf(spec: Spec) -> bytes | None:
+def bpf_for(spec: Spec) -> bytes | None:
+    """The compiled seccomp filter spec asks for (cached), None for --seccomp none."""
     if spec.seccomp == "none" and not (spec.seccomp_profile or spec.seccomp_allow or spec.seccomp_deny):
         return None
     from .seccomp import cache
@@ -412,7 +421,7 @@ class Outcome:
     oom: bool = False
     setup_time: float = 0.0
     wall_time: float = 0.0
-    error: tuple[str, str, int, str] | None = None  # (class, step, errno, detail)
+    error: Failure | None = None  # the jail's setup failed: raised by result()
     verdict: str | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -429,7 +438,7 @@ class JailWatch:
         self.reaper = reaper  # False: the fork server reaps; its report comes to reaped()
         self.reaped_report: tuple[int, float, float, int, Any] | None = None
         self.emptied = False  # init killed and reaped every other process of the jail
-        self.error: tuple[str, str, int, str] | None = None
+        self.error: Failure | None = None
         self.exec_at: float | None = None
         self.program: tuple[int, float, float, int] | None = None
         self.exited = False
@@ -488,7 +497,7 @@ class JailWatch:
     def on_terminal(self, sel: selectors.BaseSelector, rec: bytes, anc: list[Any]) -> None:
         """--tty: the master of the jail's terminal, to relay (pipeline._open_terminal)."""
         fds = wire.fds_of(anc)
-        if rec == b"P" and fds and self.terminal is not None:
+        if rec == Terminal.TAG and fds and self.terminal is not None:
             if not self.jail.spec.init:  # the terminal's Ctrl-C to a PID 1 that would lose it
                 self.terminal.pid1 = (self.jail.pid, self.jail.stand_in)
             self.terminal.attach(sel, fds.pop(0))
@@ -496,25 +505,25 @@ class JailWatch:
             os.close(fd)
 
     def on_record(self, rec: bytes) -> None:
-        kind, body = rec[:1], rec[1:]
-        if kind == b"T" and self.log:
-            step, took, at = (body.split(b"\0") + [b"0"])[:3]
-            since = int(at) / 1e9 - self.jail.started if int(at) else 0.0
-            self.log(f"{step.decode(errors='replace')}: {int(took) / 1e6:.3f} ms "
-                     f"(at +{since * 1e3:.3f} ms)")
-        elif kind == b"E":
-            step, err, detail = (body.split(b"\0", 2) + [b"", b""])[:3]
-            cls = "ExecError" if step in (b"execve", b"find program") else "SetupError"
-            self.error = (cls, step.decode(errors="replace"), int(err or 0),
-                          detail.decode(errors="replace"))
-        elif kind == b"X":  # init's clock: CLOCK_MONOTONIC is one clock for every process
-            self.exec_at = int(body) / 1e9 if body else time.monotonic()
-        elif kind == b"S":
-            st, ut, syst, rss, *rest = body.split(b"\0")
-            self.program = (int(st), float(ut), float(syst), int(rss))
-            if rest:
-                self.exited_at = int(rest[0]) / 1e9
-            self.emptied = rest[1:2] == [b"1"]
+        """One record of the jail's (protocol.py): a malformed one is the jail's setup failing."""
+        try:
+            msg = protocol.expect(rec, Timing, Failure, Exec, Status)
+        except protocol.ProtocolError as e:
+            if self.error is None:
+                self.error = Failure("the jail's handshake", errno.EPROTO, str(e))
+            return
+        if isinstance(msg, Timing):
+            if self.log:
+                since = msg.at / 1e9 - self.jail.started if msg.at else 0.0
+                self.log(f"{msg.step}: {msg.took / 1e6:.3f} ms (at +{since * 1e3:.3f} ms)")
+        elif isinstance(msg, Failure):
+            self.error = msg
+        elif isinstance(msg, Exec):  # init's clock: CLOCK_MONOTONIC is one clock for every process
+            self.exec_at = msg.at / 1e9
+        else:
+            self.program = (msg.status, msg.utime, msg.stime, msg.maxrss)
+            self.exited_at = msg.ended / 1e9
+            self.emptied = msg.emptied
             self.program_peak = self._program_peak()
             if not self.done:
                 # init exits once the channel is shut, and its exit (reaped here, or by the fork
@@ -837,8 +846,7 @@ def _fd_for(value: Any, default: int, mode: int, close: list[int]) -> int:
 def result(spec: Spec, out: Outcome, io: IOWatch | None) -> Result:
     """The Result of an Outcome, or the SetupError/ExecError it carries."""
     if out.error is not None:
-        cls, step, err, detail = out.error
-        raise (ExecError if cls == "ExecError" else SetupError)(step, err, detail)
+        raise out.error.error()
     res = Result(argv=spec.argv, verdict="ok", wall_time=out.wall_time, setup_time=out.setup_time,
                  cpu_user=out.cpu_user, cpu_system=out.cpu_system, memory_peak=out.memory_peak,
                  processes=out.processes, limits=out.limits, notes=out.notes)

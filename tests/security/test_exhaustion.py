@@ -15,6 +15,7 @@ from typing import Iterator
 import pytest
 
 import isol8r
+from isol8r.daemon import forkserver
 from conftest import needs_root
 from secprobe import Tools, World, probe, tools, world  # noqa: F401  (fixtures)
 
@@ -24,8 +25,8 @@ pytestmark = needs_root
 @pytest.fixture(autouse=True)
 def supervisor_survives() -> Iterator[None]:
     """The fork server that ran the bomb is the same process afterwards, and still works."""
-    client = isol8r._client()
-    client._control()
+    client = forkserver.shared_client()
+    client.connect()
     pid = client.pid()
     yield
     assert client.pid() == pid, "the fork server died"

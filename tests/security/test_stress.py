@@ -14,6 +14,7 @@ from typing import Iterator
 import pytest
 
 import isol8r
+from isol8r.daemon import forkserver
 from conftest import children, isol8r_cgroups, mounts, needs_root, netns
 
 pytestmark = needs_root
@@ -61,8 +62,8 @@ def zombies_under(pid: int) -> list[int]:
 
 @pytest.fixture
 def host_unchanged() -> Iterator[None]:
-    client = isol8r._client()
-    client._control()
+    client = forkserver.shared_client()
+    client.connect()
     # warm: the fork server and its pools (of each shape used here; those with a cgroup limit
     # wait in groups of their own) exist before the count
     for options in ({}, {"pids": 16}, {"memory": "64M"}):

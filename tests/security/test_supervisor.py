@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-import isol8r
+from isol8r.daemon import forkserver
 from conftest import ROOT, needs_root
 from secprobe import LONE_UID, PY_GUARD, Tools, World, kill_named, probe, processes_named, \
     tools, unique, wait_until, world  # noqa: F401  (fixtures)
@@ -51,8 +51,8 @@ def named() -> Iterator[str]:
 # ---- signalling and tracing the supervisor -------------------------------------------------------
 
 def test_program_cannot_kill_or_trace_init_or_the_fork_server(tools: Tools) -> None:
-    client = isol8r._client()
-    client._control()
+    client = forkserver.shared_client()
+    client.connect()
     server = client.pid()
     r = probe(tools, "hitsuper", server)
     assert r.info("survived") == "1", r
@@ -60,7 +60,7 @@ def test_program_cannot_kill_or_trace_init_or_the_fork_server(tools: Tools) -> N
     assert r.errno("ptrace_init") == "EPERM", r
     assert r.errno("kill_host_supervisor") == "ESRCH", r
     assert r.errno("kill_parent") in ("EPERM", None), r
-    assert client.pid() == server and client._proc.poll() is None
+    assert client.pid() == server and client.running()
 
 
 #: The attack in Python (the default root has /usr/bin/python3, and the unprivileged CLI

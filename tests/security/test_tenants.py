@@ -49,7 +49,7 @@ def test_a_rebuilt_root_is_the_one_the_next_run_sees(tools: Tools, world: World,
     path. Tenant 2's run must see /tenant-2 and not /tenant-1.
 
     FAILS with the fork server on the code as of this suite: the warm jail started after tenant
-    1's run opened ROOT then (server._Pool.refill -> supervisor.spawn -> the prepared root's
+    1's run opened ROOT then (daemon.pool.refill -> supervisor.spawn -> the prepared root's
     tree), so tenant 2 runs inside tenant 1's tree."""
     root = world.dir / "root"
     argv = ["/probe", "exists", "/tenant-1", "/tenant-2"]

@@ -25,30 +25,25 @@ TESTS = ROOT / "tests"
 LAYERS: dict[str, tuple[str, ...]] = {
     # what users call: the command line and the library API
     "front ends": ("isol8r", "isol8r.__main__", "isol8r.cli"),
-    # long-lived processes and what they speak. server.py and cliserver.py are today's names of
-    # the fork server and the CLI server; issue 14 moves them to daemon/forkserver.py and
-    # daemon/cliserver.py (delete the two old names here once they are gone)
-    "daemon": ("isol8r.daemon", "isol8r.daemon.*", "isol8r.server", "isol8r.cliserver"),
+    # long-lived processes: the fork server, its warm pool, the CLI server, the egress proxy
+    "daemon": ("isol8r.daemon", "isol8r.daemon.*"),
     # one jail: its Spec (and profiles, which make Specs), the parent side (supervisor), the
-    # child side (pipeline), and the messages between them (protocol.py, issue 14; wire.py)
+    # child side (pipeline, and pid1, its init), and the messages between them (protocol.py;
+    # wire.py carries them with descriptors)
     "jail": ("isol8r.spec", "isol8r.profiles", "isol8r.supervisor", "isol8r.pipeline",
-             "isol8r.protocol", "isol8r.wire"),
-    # one isolation concern each; seccomp becomes a package in issue 14, and bpfcache.py (its
-    # compiled-filter cache) goes into it
+             "isol8r.pid1", "isol8r.protocol", "isol8r.wire"),
+    # one isolation concern each
     "concerns": ("isol8r.userns", "isol8r.mounts", "isol8r.caps", "isol8r.seccomp",
-                 "isol8r.seccomp.*", "isol8r.bpfcache", "isol8r.rlimits", "isol8r.cgroups",
-                 "isol8r.net", "isol8r.pid1", "isol8r.rootfs", "isol8r.terminal", "isol8r.elf",
+                 "isol8r.seccomp.*", "isol8r.rlimits", "isol8r.cgroups",
+                 "isol8r.net", "isol8r.rootfs", "isol8r.terminal", "isol8r.elf",
                  "isol8r.paths", "isol8r.usernet", "isol8r.egress_rules"),
     # the words every layer speaks: the exception types and the Result. Below the concerns,
-    # not in the jail layer, because concerns raise SpecError and Isol8rError today
-    # (cgroups, mounts, rootfs, seccomp) and a failure must not need the jail layer to be told
+    # because concerns raise SpecError and Isol8rError (cgroups, mounts, rootfs, seccomp) and a
+    # failure must not need the jail layer to be told
     "base": ("isol8r.errors", "isol8r.result"),
     # thin ctypes bindings and constants, no policy
     "sys": ("isol8r.sys", "isol8r.sys.*"),
 }
-
-#: Modules that are one concern although they are separate files: the concern's name.
-CONCERN_OF = {"isol8r.bpfcache": "seccomp"}
 
 #: Imports between two concerns that the code needs today, each with its reason. Any other
 #: import between concerns fails: the pipeline and the supervisor compose the concerns.
@@ -147,7 +142,7 @@ def layer_of(module: str) -> str | None:
 
 def concern_of(module: str) -> str:
     """isol8r.seccomp.policy -> seccomp; isol8r.mounts -> mounts."""
-    return CONCERN_OF.get(module, module.split(".")[1])
+    return module.split(".")[1]
 
 
 # ---- (a) no import cycle -----------------------------------------------------------------------
@@ -299,7 +294,7 @@ def test_the_modules_issue_14_adds_have_their_layer() -> None:
     assert layer_of("isol8r.daemon.forkserver") == layer_of("isol8r.daemon.cliserver") == "daemon"
     assert layer_of("isol8r.protocol") == "jail"
     assert layer_of("isol8r.seccomp.policy") == "concerns"
-    assert concern_of("isol8r.seccomp.policy") == concern_of("isol8r.bpfcache") == "seccomp"
+    assert concern_of("isol8r.seccomp.policy") == concern_of("isol8r.seccomp.cache") == "seccomp"
 
 
 def test_the_concern_exceptions_are_still_needed() -> None:

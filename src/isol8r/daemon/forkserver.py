@@ -5,20 +5,23 @@ and a bare clone is unsafe while the caller has other threads. The server is sta
 caller process, is single-threaded and small, and supervises every jail it starts in one event
 loop (JailWatch). The caller keeps the I/O side (IOWatch): its pipes, input and output cap.
 
-Protocol, over SOCK_SEQPACKET: the caller sends one request on the control socket, with a fresh
-per-run socket and the jail's descriptors as SCM_RIGHTS. On the per-run socket the server answers
-("started", pid) with the jail's pidfd, ("log", text) with -v, then ("done", Outcome) or
-("error", wire); the caller may send b"O" (output cap reached) or b"K<signal>". A closed per-run
-socket means the caller is gone: the server kills that jail. A closed control socket means the
-caller process is gone: the server kills every jail and exits.
+The server leases jails; the caller runs them. Protocol (protocol.py; docs/design.md, "Wire
+protocols"), over SOCK_SEQPACKET: the caller sends a Lease (its Spec) on the control socket, with
+a fresh per-run socket as SCM_RIGHTS. On the per-run socket the server answers Leased, with the
+jail's handshake channel and pidfd (set up and waiting for its Request, taken from the warm pool
+when one of the shape waits), or a Failure. The caller activates and watches the jail itself
+(supervisor.activate, JailWatch); the server keeps a pidfd and the cgroup, reaps the jail's init
+and sends Reaped (wait status, rusage, the cgroup's counters). A closed per-run socket means the
+caller is done or gone: the server kills that jail. A closed control socket means the caller
+process is gone: the server kills every jail and exits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import os
-import pickle
 import selectors
 import signal
 import socket
@@ -29,30 +32,29 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import pipeline, supervisor, wire
-from .errors import Isol8rError, SetupError, from_wire, to_wire
-from .result import Result
-from .spec import Spec
+from .. import pipeline, protocol, supervisor, wire
+from ..errors import Isol8rError, SetupError
+from ..protocol import Failure, Lease, Leased, Reaped
+from .pool import PREWARM, Pool
+from ..result import Result
+from ..spec import Spec
 
 if TYPE_CHECKING:
     import asyncio
 
 _SEQ = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
 _MAX_FDS = 64
-PREWARM = int(os.environ.get("ISOL8R_PREWARM", "2"))  # warm jails kept per shape (0: none)
-_MAX_SHAPES = 4
-_WARM_FOR = 60.0  # seconds an unused warm jail is kept
 # How long a caller waits on its fork server beyond the run's own limits: for a lease's answer,
 # and for the reap report once the jail has exited. Past it the run fails with SetupError and a
 # server that stopped answering is replaced (docs/design.md, "Bounded waits").
 WAIT_MARGIN = float(os.environ.get("ISOL8R_WAIT_MARGIN", "5"))
 
 
-def _send(sock: socket.socket, msg: Any, fds: list[int] = []) -> None:
-    wire.send(sock, pickle.dumps(msg), fds)
+def _send(sock: socket.socket, msg: protocol.Msg | Failure, fds: list[int] = []) -> None:
+    wire.send(sock, msg.encode(), fds)
 
 
-def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+def recv(sock: socket.socket) -> tuple[bytes, list[int]]:
     """One message and its descriptors; a big one (a Spec with 1 MiB of argv) came in a memfd."""
     return wire.recv(sock, 1 << 20, wire.SCM_MAX_FD)
 
@@ -79,7 +81,7 @@ def _identity(pid: int) -> str | None:
 def bury(pid: int) -> None:
     """What server pid, known to be gone, left: its jails' cgroups and its record. Called by
     whoever knows first: the Client that reaped it, or the next server to start (claim)."""
-    from . import cgroups
+    from .. import cgroups
     cgroups.sweep_owner(pid)
     try:
         os.unlink(os.path.join(RECORDS, f"server-{pid}.rec"))
@@ -159,144 +161,11 @@ class _Lease:
         if not self.caller_gone:
             sel.unregister(self.sock)
             try:
-                _send(self.sock, ("reaped", (status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss, usage)))
+                _send(self.sock, Reaped(status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss,
+                                        dataclasses.astuple(usage) if usage is not None else None))
             except OSError:
                 pass
         self.sock.close()
-
-
-class _Warm:
-    """A pre-warmed jail: namespaces, root, identity and capabilities done, waiting for a Request.
-
-    It is watched while it waits: one that fails its setup or dies is dropped, not handed out.
-    """
-
-    def __init__(self, pool: "_Pool", key: tuple[object, ...], jail: supervisor.Jail,
-                 sources: dict[str, tuple[int, int] | None]) -> None:
-        self.pool, self.key, self.jail, self.born = pool, key, jail, time.monotonic()
-        self.sources = sources  # the host paths it opened, and what they were then
-
-    def handle(self, sel: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
-        if key.fileobj is self.jail.chan:
-            try:
-                rec = self.jail.chan.recv(65536)
-            except OSError:
-                rec = b""
-            if rec[:1] == b"T":
-                return
-        self.pool.drop(self)
-
-
-class _Pool:
-    """Warm jails by shape, so a caller's jail needs only its per-run half (pipeline.Request)."""
-
-    def __init__(self, sel: selectors.BaseSelector, size: int) -> None:
-        self.sel, self.size = sel, size
-        self.warm: dict[tuple[object, ...], list[_Warm]] = {}
-
-    @staticmethod
-    def poolable(spec: Spec) -> bool:
-        """Not --overlay-dir (two mounted overlays must not share an upper dir), not --rw-root (a
-        waiting jail would create mount points in a tree its owner may be changing), not --file
-        (its copy is read when the jail is made: a waiting jail's could be stale)."""
-        return (spec.overlay_dir is None and not spec.rw_root
-                and not any(d.kind == "file" for d in spec.data))
-
-    @staticmethod
-    def key(spec: Spec) -> pipeline.Shape:
-        """Jails of one key are interchangeable: the Shape, which also says which kinds of cgroup
-        limit (a jail is born in its group, so that its cgroup namespace is rooted there and no
-        process of it can be outside; the values are the lease's)."""
-        return pipeline.shape(spec)
-
-    @staticmethod
-    def sources(spec: Spec) -> dict[str, tuple[int, int] | None]:
-        """The host paths a jail of this spec opens, by identity (device, inode): a warm jail is
-        only handed out while each path still names what it opened."""
-        paths = [spec.rootfs] if spec.rootfs else []
-        paths += [m.src for m in spec.mounts if m.src]
-        out: dict[str, tuple[int, int] | None] = {}
-        for p in paths:
-            try:
-                st = os.stat(p)
-                out[p] = (st.st_dev, st.st_ino)
-            except OSError:
-                out[p] = None
-        return out
-
-    def take(self, spec: Spec, verbose: bool) -> supervisor.Jail | None:
-        if self.size <= 0 or verbose or not self.poolable(spec):
-            return None
-        key = self.key(spec)
-        waiting = self.warm.get(key)
-        now = self.sources(spec) if waiting else {}
-        while waiting:
-            w = waiting.pop(0)
-            self._unwatch(w)
-            if w.sources == now:
-                return w.jail
-            supervisor._discard(w.jail)  # a path now names another tree: never hand that out
-        return None
-
-    def refill(self, spec: Spec) -> None:
-        """Start warm jails for this shape until the pool holds its size; cheap for the server:
-        it clones and says go, the jail sets itself up on another core."""
-        if self.size <= 0 or not self.poolable(spec):
-            return
-        key = self.key(spec)
-        waiting = self.warm.setdefault(key, [])
-        self.warm[key] = self.warm.pop(key)  # most recently used last
-        while len(self.warm) > _MAX_SHAPES:
-            for w in self.warm.pop(next(iter(self.warm))):
-                self.drop(w)
-        while len(waiting) < self.size:
-            sources = self.sources(spec)
-            group = None
-            try:
-                if key.cgroup is not None:
-                    from . import cgroups
-                    group = cgroups.Cgroup.create(cgroups.Limits(spec.memory, spec.pids, spec.cpus),
-                                                  parent=spec.cgroup_parent)
-                jail = supervisor.spawn(spec, pipeline.prepare(key, False, supervisor._bpf(spec)),
-                                        group)
-            except Isol8rError:  # no group here (the lease falls back and says so), or no jail
-                if group is not None:
-                    group.remove()
-                return
-            w = _Warm(self, key, jail, sources)
-            waiting.append(w)
-            self.sel.register(jail.chan, selectors.EVENT_READ, w)
-            self.sel.register(jail.pidfd, selectors.EVENT_READ, w)
-
-    def _unwatch(self, w: _Warm) -> None:
-        for f in (w.jail.chan, w.jail.pidfd):
-            try:
-                self.sel.unregister(f)
-            except (KeyError, ValueError):
-                pass
-
-    def drop(self, w: _Warm) -> None:
-        self._unwatch(w)
-        waiting = self.warm.get(w.key, [])
-        if w in waiting:
-            waiting.remove(w)
-        supervisor._discard(w.jail)
-
-    def expire(self, now: float) -> float | None:
-        """Drop jails unused for _WARM_FOR seconds; return when the next one expires."""
-        nxt = None
-        for waiting in list(self.warm.values()):
-            for w in list(waiting):
-                if now - w.born > _WARM_FOR:
-                    self.drop(w)
-                else:
-                    nxt = min(nxt or 1e18, w.born + _WARM_FOR)
-        return nxt
-
-    def close(self) -> None:
-        for waiting in list(self.warm.values()):
-            for w in list(waiting):
-                self.drop(w)
 
 
 class Server:
@@ -309,7 +178,7 @@ class Server:
     def __init__(self, prewarm: int = PREWARM) -> None:
         self.sel = selectors.DefaultSelector()
         self.runs: list[_Lease] = []
-        self.pool = _Pool(self.sel, prewarm)
+        self.pool = Pool(self.sel, prewarm)
         self.closing = False
         self.idle_for: float | None = None
         self.busy: Callable[[], bool] = lambda: False
@@ -392,7 +261,7 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
     """One lease request: a jail of the spec's shape, in its cgroup, handed over with its channel
     and a pidfd (the pool is topped up once the jail has ended: Server.loop)."""
     try:
-        data, fds = _recv(ctl)
+        data, fds = recv(ctl)
     except OSError:
         return False
     if not data:
@@ -403,23 +272,27 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
     for fd in fds[1:]:
         os.close(fd)
     try:
-        req = pickle.loads(data)
-        spec = req["spec"]
-        jail, derived = supervisor.lease(spec, req["verbose"],
-                                         server.pool.take(spec, req["verbose"]))
-    except Isol8rError as e:
-        _reply_error(sock, to_wire(e))
+        req = protocol.expect(data, Lease)
+        spec = req.spec
+        warm = None
+        taken = server.pool.take(spec) if not req.verbose else None  # -v: a fresh jail's times
+        if taken is not None:
+            fitted = server.pool.fit(taken, spec)  # an unfit jail is discarded: a fresh one then
+            warm = (taken, fitted) if fitted is not None else None
+        jail, derived = supervisor.lease(spec, req.verbose, warm)
+    except Isol8rError as e:  # a ProtocolError too
+        _reply_error(sock, Failure.of(e))
         return True
     except Exception as e:  # a bug must cost this request, not every caller's server
-        _reply_error(sock, ("Isol8rError", f"fork server: {type(e).__name__}: {e}"))
+        _reply_error(sock, Failure.plain(f"fork server: {type(e).__name__}: {e}"))
         return True
-    info = {"pid": jail.pid, "derived": derived, "limits": jail.limits, "notes": jail.notes,
-            "cgroup": jail.cgroup.view() if jail.cgroup is not None else None,
-            "program_group": jail.program_group.view() if jail.program_group is not None else None}
+    leased = Leased(jail.pid, derived, jail.limits, jail.notes,
+                    jail.cgroup.view() if jail.cgroup is not None else None,
+                    jail.program_group.view() if jail.program_group is not None else None)
     try:
-        _send(sock, ("lease", info), [jail.chan.fileno(), jail.pidfd])
+        _send(sock, leased, [jail.chan.fileno(), jail.pidfd])
     except OSError:
-        supervisor._discard(jail)
+        supervisor.discard(jail)
         sock.close()
         return True
     jail.chan.close()  # the caller owns the channel now
@@ -429,19 +302,16 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
     return True
 
 
-def _reply_error(sock: socket.socket, wire: tuple[Any, ...]) -> None:
+def _reply_error(sock: socket.socket, failure: Failure) -> None:
     try:
-        _send(sock, ("error", wire))
+        _send(sock, failure)
     except OSError:
         pass
     sock.close()
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--cli"]:
-        from . import cliserver
-        cliserver.serve(sys.argv[2], int(sys.argv[3]))
-        return
+    """`python -m isol8r.daemon.forkserver CONTROL_FD`: the library's server (Client._start)."""
     # No parent-death signal here: it would fire when the *thread* that started the server
     # exits (a worker of the caller's thread pool). The caller's end of the control socket
     # closes when the caller process ends, however it ends, and that ends the server.
@@ -452,6 +322,27 @@ def main() -> None:
 
 
 # ---- the caller's side ------------------------------------------------------------------------
+
+_SHARED: "Client | None" = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_client() -> "Client":
+    """This process's fork server client (the library's and a CLI worker's): one, also when
+    many threads ask at once."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = Client()
+        return _SHARED
+
+
+def share(client: "Client") -> None:
+    """Make client this process's shared one: a CLI worker's, attached to the server that
+    forked it."""
+    global _SHARED
+    with _SHARED_LOCK:
+        _SHARED = client
 
 
 class Client:
@@ -468,7 +359,11 @@ class Client:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def _control(self, restart: socket.socket | None = None) -> socket.socket:
+    def running(self) -> bool:
+        """The server this client started is still running (not: reachable)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def connect(self, restart: socket.socket | None = None) -> socket.socket:
         """The control socket; a new server when there is none yet, when this process is a fork
         of the one that started it, when it exited, or when `restart` (a socket it stopped
         answering on) is still the current one."""
@@ -492,13 +387,13 @@ class Client:
             self._proc.wait()
             bury(self._proc.pid)
         mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
-        pkg_parent = str(Path(__file__).resolve().parent.parent)
+        pkg_parent = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         if self._prewarm is not None:
             env["ISOL8R_PREWARM"] = str(self._prewarm)
         self._proc = subprocess.Popen(
-            [sys.executable, "-s", "-m", "isol8r.server", str(theirs.fileno())],
+            [sys.executable, "-s", "-m", "isol8r.daemon.forkserver", str(theirs.fileno())],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         theirs.close()
         self._ctl, self._owner = mine, os.getpid()
@@ -522,19 +417,19 @@ class Client:
     def lease(self, spec: Spec, verbose: bool, fresh: bool = False) -> socket.socket:
         """Ask for a jail of spec's shape; returns the per-run socket the answer comes on.
         A server that went away (killed, say) is replaced once; fresh: replace it now."""
-        ctl = self._control()
+        ctl = self.connect()
         if fresh:
-            ctl = self._control(restart=ctl)
+            ctl = self.connect(restart=ctl)
         for attempt in (1, 2):
             mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
             try:
-                _send(ctl, {"spec": spec, "verbose": verbose}, [theirs.fileno()])
+                _send(ctl, Lease(spec, verbose), [theirs.fileno()])
                 return mine
             except OSError as e:
                 mine.close()
                 if attempt == 2:
                     raise SetupError("fork server", e.errno or errno.EPIPE, "cannot reach it") from None
-                ctl = self._control(restart=ctl)
+                ctl = self.connect(restart=ctl)
             finally:
                 theirs.close()
         raise AssertionError("unreachable")
@@ -588,7 +483,7 @@ class Client:
                 sock.close()
                 raise self.replace("no answer to a lease")
             try:
-                answer = _recv(sock)
+                answer = recv(sock)
             except OSError:
                 answer = (b"", [])
             if answer[0] or attempt == 2:
@@ -628,24 +523,31 @@ class _Session:
         try:
             if not data:
                 raise SetupError("fork server", errno.EPIPE, "it closed the connection")
-            kind, info = pickle.loads(data)
-            if kind == "error":
-                raise from_wire(info)
+            try:
+                info = protocol.expect(data, Leased, Failure)
+                if isinstance(info, Leased) and len(fds) != 2:
+                    raise protocol.ProtocolError("Leased", f"{len(fds)} descriptors, not 2")
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            if isinstance(info, Failure):
+                raise info.error()
             chan_fd, pidfd = fds
             cg = None
-            if info["cgroup"] is not None:
-                from .cgroups import Cgroup
-                cg = Cgroup.reader(info["cgroup"])
-            jail = supervisor.Jail(self.spec, info["pid"], pidfd, socket.socket(fileno=chan_fd),
-                                   time.monotonic(), info["limits"], info["notes"], cg)
-            if info.get("program_group") is not None:
-                from .cgroups import Cgroup
-                jail.program_group = Cgroup.reader(info["program_group"])
+            if info.cgroup is not None:
+                from ..cgroups import Cgroup
+                cg = Cgroup.reader(info.cgroup)
+            jail = supervisor.Jail(self.spec, info.pid, pidfd, socket.socket(fileno=chan_fd),
+                                   time.monotonic(), info.limits, info.notes, cg)
+            if info.program_group is not None:
+                from ..cgroups import Cgroup
+                jail.program_group = Cgroup.reader(info.program_group)
             self.watch = supervisor.JailWatch(jail, self.log, reaper=False)
             self.watch.terminal = self.stdio.io.terminal
             self.stdio.io.on_limit = self.watch.limit_hit
-            req = pipeline.request(self.spec, [t for _, t in self.stdio.child], info["derived"],
-                                   supervisor._bpf(self.spec))
+            req = pipeline.request(self.spec, [t for _, t in self.stdio.child], info.derived,
+                                   supervisor.bpf_for(self.spec))
             supervisor.activate(jail, req, [src for src, _ in self.stdio.child])
         finally:
             for fd in self.stdio.close_after_start:
@@ -662,7 +564,7 @@ class _Session:
         """The server's reap report (or its end)."""
         assert self.watch is not None
         try:
-            data, _ = _recv(self.sock)
+            data, _ = recv(self.sock)
         except OSError:
             data = b""
         if not data:
@@ -674,9 +576,12 @@ class _Session:
                 self.watch.reaped(9 if self.watch.program is None else self.watch.program[0],
                                   0.0, 0.0, 0, None)
             return
-        kind, value = pickle.loads(data)
-        if kind == "reaped":
-            self.watch.reaped(*value)
+        msg = protocol.expect(data, Reaped)
+        usage = None
+        if msg.usage is not None:
+            from ..cgroups import Usage
+            usage = Usage(*msg.usage)
+        self.watch.reaped(msg.status, msg.utime, msg.stime, msg.maxrss, usage)
 
     def next_tick(self, now: float) -> float | None:
         assert self.watch is not None
@@ -763,7 +668,7 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Resu
             raise client.replace("no answer to a lease") from None
         finally:
             loop.remove_reader(session.sock.fileno())
-        session.begin(*_recv(session.sock))
+        session.begin(*recv(session.sock))
         session.register(sel)
         while not session.finished():
             wake.clear()

@@ -2,12 +2,12 @@
 
 Why: a Python command pays ~10 ms of interpreter start and ~50 ms of imports before it can
 clone a jail; bwrap and nsjail pay neither. So the first `isol8r run` of a root user starts a
-server (server.Server, listening on a socket in /run/isol8r, which only root can reach), and
+server (forkserver.Server, listening on a socket in /run/isol8r, which only root can reach), and
 every run after that is a small client that imports nothing but this module: it sends its
 arguments, environment, working directory and inheritable descriptors, relays the signals it
 gets, and exits with the status it is sent. For each run the server forks a worker that takes
 on the client's descriptors (at the same numbers), environment, directory, umask and resource
-limits and runs cli.main() as the client would have, leasing a warm jail from the server.
+limits and runs the command as the client would have (the front end's cli.main, handed to serve()), leasing a warm jail from the server.
 
 The server ends after ISOL8R_SERVER_IDLE seconds without work (default 60), when its code
 changes on disk, or on `isol8r server stop`. ISOL8R_CLI_SERVER=0, or a user other than root,
@@ -23,21 +23,18 @@ import stat
 import sys
 TYPE_CHECKING = False  # not `typing`: a run through the server must not import it
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
 import _signal
 import _socket  # not `socket`: that imports enum, several ms at every start
-import marshal
 
-from . import wire  # built-in modules only, like this half
+from .. import protocol, wire  # built-in modules only, like this half
+from ..protocol import FORWARDED, Armed, Exit, Failure, Local, Run, Signal, Stale, Started, Stop
 
 _DIR = "/run/isol8r"
 _SEQ = _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
 _WAIT_MARGIN = float(os.environ.get("ISOL8R_WAIT_MARGIN", "5"))  # as server.WAIT_MARGIN
 _MAX_FDS = 250  # SCM_RIGHTS carries at most 253 descriptors; one is the working directory
-# the signals the command passes on to the jail (supervisor.FORWARDED, without importing it)
-FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
-             _signal.SIGUSR2, _signal.SIGWINCH, _signal.SIGCONT, _signal.SIGTSTP)
 SETUP_FAILED = 125
 
 
@@ -48,10 +45,15 @@ def path() -> str | None:
     if os.geteuid() != 0 or os.environ.get("ISOL8R_CLI_SERVER", "1") == "0":
         return None
     h = 0xCBF29CE484222325  # FNV-1a: hashlib or zlib would cost an import
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = _package()
     for b in f"{os.path.realpath(sys.executable)}\0{sys.prefix}\0{here}".encode():
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return f"{_DIR}/cli-{h:016x}.sock"
+
+
+def _package() -> str:
+    """The isol8r package's directory (this module lives in its daemon/)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _trusted_dir() -> bool:
@@ -92,7 +94,7 @@ def call(argv: list[str]) -> int | None:
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
-    request = marshal.dumps(("run", [os.fsencode(a) for a in argv], list(os.environb.items()), fds))
+    request = Run([os.fsencode(a) for a in argv], list(os.environb.items()), fds).encode()
     saved = _terminal(0)
     blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED)
     try:
@@ -112,20 +114,24 @@ def call(argv: list[str]) -> int | None:
                 return SETUP_FAILED
             except OSError:
                 reply = b""
-            kind, value = marshal.loads(reply) if reply else ("gone", None)
-            if kind not in ("stale", "gone"):
+            try:
+                msg = protocol.expect(reply, Started, Stale, Local, Failure) if reply else None
+            except protocol.ProtocolError as e:
+                os.write(2, f"isol8r: the CLI server's reply: {e}\n".encode())
+                return SETUP_FAILED
+            if msg is not None and not isinstance(msg, Stale):
                 break
             s.close()  # a server of older code, or one that closed before taking the run
-        if kind == "error":
-            os.write(2, f"isol8r: {value}\n".encode())
+        if isinstance(msg, Failure):
+            os.write(2, f"isol8r: {msg}\n".encode())
             return SETUP_FAILED
-        if kind != "started":
+        if not isinstance(msg, Started):
             return None
         return _wait(s, blocked)
     finally:
         os.close(cwd)
         if saved is not None:  # the worker puts it back after --tty; this is for a worker that died
-            from . import terminal
+            from .. import terminal
             terminal.restore(0, saved)
         _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
 
@@ -134,7 +140,7 @@ def _terminal(fd: int) -> list[Any] | None:
     """fd's terminal settings when it is a terminal (termios is imported only then)."""
     if not os.isatty(fd):
         return None
-    from . import terminal
+    from .. import terminal
     return terminal.save(fd)
 
 
@@ -142,7 +148,7 @@ def _wait(s: Any, blocked: Any) -> int:
     """Relay signals to the run until the server sends its exit status."""
     def relay(sig: int, _frame: Any) -> None:
         try:
-            s.send(b"S%d" % sig)
+            s.send(Signal(sig).encode())
         except OSError:
             pass
     for sig in FORWARDED:
@@ -163,12 +169,16 @@ def _wait(s: Any, blocked: Any) -> int:
         if not reply:
             os.write(2, b"isol8r: the CLI server went away during the run\n")
             return SETUP_FAILED
-        kind, value = marshal.loads(reply)
-        if kind == "exit":
-            return int(value)
-        if kind == "error":  # isol8r's failure (a worker died): never a status of the program's
-            os.write(2, f"isol8r: {value}\n".encode())
+        try:
+            msg = protocol.expect(reply, Exit, Failure)
+        except protocol.ProtocolError as e:
+            os.write(2, f"isol8r: the CLI server's reply: {e}\n".encode())
             return SETUP_FAILED
+        if isinstance(msg, Exit):
+            return msg.code
+        # isol8r's failure (a worker died): never a status of the program's
+        os.write(2, f"isol8r: {msg}\n".encode())
+        return SETUP_FAILED
 
 
 def _stopped(s: Any) -> bool:
@@ -235,7 +245,7 @@ def _start(sock_path: str, inherited: list[int]) -> Any:
         r, w = os.pipe2(0)
         os.set_inheritable(r, False)
         env = dict(os.environ)
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        pkg_parent = os.path.dirname(_package())
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 1, sock_path[:-5] + ".log",
@@ -243,8 +253,8 @@ def _start(sock_path: str, inherited: list[int]) -> Any:
                    (os.POSIX_SPAWN_DUP2, 1, 2)]
         actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in inherited if fd > 2]
         try:
-            pid = os.posix_spawn(sys.executable, [sys.executable, "-s", "-m", "isol8r.server",
-                                                  "--cli", sock_path, str(w)],
+            pid = os.posix_spawn(sys.executable, [sys.executable, "-s", "-m", "isol8r",
+                                                  "--cli-server", sock_path, str(w)],
                                  env, file_actions=actions, setsid=True)
         except OSError:
             os.close(r)
@@ -270,7 +280,7 @@ def stop(sock_path: str | None = None, timeout: float = 10.0) -> bool:
         return False
     try:
         s.settimeout(timeout)
-        s.send(marshal.dumps(("stop",)))
+        s.send(Stop().encode())
         while s.recv(4096):  # the server's end closes when its process exits
             pass
     except OSError:
@@ -310,19 +320,22 @@ _OWN_FLOOR = 3000  # a worker's own descriptors live from here; a client's must 
 _MAX_IDLE = 4  # idle workers kept; more are forked when runs overlap, and leave when idle
 
 
-def serve(sock_path: str, ready_fd: int) -> None:
-    """The CLI's server: listen, say ready, loop until idle, stale or stopped."""
+def serve(sock_path: str, ready_fd: int, command: Callable[[list[str]], int]) -> None:
+    """The CLI's server: listen, say ready, loop until idle, stale or stopped. command runs one
+    client's command line in a worker and returns its exit status: the front end that starts
+    this server (cli.serve, `python -m isol8r --cli-server`) hands it over, so this layer never
+    imports the front end."""
     import signal
 
-    from . import cli, server, spec
+    from .. import spec
+    from . import forkserver
 
     for sig in (signal.SIGINT, signal.SIGTSTP, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    srv = server.Server()
+    srv = forkserver.Server()
     srv.idle_for = float(os.environ.get("ISOL8R_SERVER_IDLE", "60"))
-    listener = _Listener(srv, sock_path)
+    listener = _Listener(srv, sock_path, command)
     srv.busy = lambda: bool(listener.conns)
-    cli.build_parser()  # built once here, reused by every worker
     srv.pool.refill(spec.Spec.from_options(["/bin/true"], {}))  # the default shape, warm
     listener.idle.append(_Worker(listener, rehearse=True))
     os.write(ready_fd, b"R")
@@ -335,13 +348,13 @@ def serve(sock_path: str, ready_fd: int) -> None:
 
 def _code() -> list[tuple[str, int, int]]:
     """What the server runs: the package's sources and the interpreter, by mtime and size."""
-    here = os.path.dirname(os.path.abspath(__file__))
     out = []
-    for d in (here, os.path.join(here, "sys")):
-        for e in os.scandir(d):
-            if e.name.endswith(".py"):
-                st = e.stat()
-                out.append((e.path, st.st_mtime_ns, st.st_size))
+    for d, dirs, files in os.walk(_package()):
+        dirs[:] = [n for n in dirs if n != "__pycache__" and n != "data"]
+        for name in files:
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(d, name))
+                out.append((os.path.join(d, name), st.st_mtime_ns, st.st_size))
     st = os.stat(sys.executable)
     out.append((sys.executable, st.st_mtime_ns, st.st_size))
     return sorted(out)
@@ -362,10 +375,10 @@ def _same_world(pid: int) -> bool:
 class _Listener:
     """The listening socket, the clients connected to it and the workers that serve them."""
 
-    def __init__(self, srv: Any, sock_path: str) -> None:
+    def __init__(self, srv: Any, sock_path: str, command: Callable[[list[str]], int]) -> None:
         import selectors
         import socket
-        self.srv, self.path = srv, sock_path
+        self.srv, self.path, self.command = srv, sock_path, command
         self.conns: list[_Conn] = []
         self.idle: list[_Worker] = []
         self.stoppers: list[Any] = []
@@ -440,9 +453,9 @@ class _Conn:
         self.pending: list[int] = []  # signals that came before the worker was ready for them
 
     def handle(self, sel: Any, key: Any) -> None:
-        from . import server
+        from . import forkserver
         try:
-            data, fds = server._recv(self.conn)
+            data, fds = forkserver.recv(self.conn)
         except OSError:
             data, fds = b"", []
         if self.worker is None:
@@ -455,50 +468,54 @@ class _Conn:
         if not data:  # the client is gone: so is its run
             sel.unregister(self.conn)
             self.worker.kill()
-        elif data[:1] == b"S" and data[1:].isdigit() and int(data[1:]) in FORWARDED:
+        else:
+            try:
+                sig = Signal.decode(data).sig
+            except protocol.ProtocolError:
+                return  # nothing a client may send during a run but its signals
             if self.worker.armed:
-                self.worker.signal(int(data[1:]))
+                self.worker.signal(sig)
             else:
-                self.pending.append(int(data[1:]))
+                self.pending.append(sig)
 
     def _begin(self, sel: Any, data: bytes, fds: list[int]) -> None:
         try:
-            req = marshal.loads(data) if data else ("gone",)
-        except (ValueError, EOFError, TypeError):
-            req = ("bad",)
-        if req[0] == "stop":  # the connection stays open until this process exits: stop() waits
+            req = protocol.expect(data, Run, Stop) if data else None
+        except protocol.ProtocolError:
+            req = None
+        if isinstance(req, Stop):  # the connection stays open until this process exits: stop() waits
             self.listener.retire()
             self.listener.stoppers.append(self.conn)
             sel.unregister(self.conn)
             self.listener.conns.remove(self)
             return
-        if req[0] != "run" or len(fds) != len(req[3]) + 1:
+        if req is None or len(fds) != len(req.targets) + 1:
             self.end(sel)
             return
         if _code() != self.listener.code:
             self.listener.retire()  # first: the client's next connect must not reach this server
-            self.reply(("stale", None))
+            self.reply(Stale())
             self.end(sel)
             return
-        if any(t >= _OWN_FLOOR for t in req[3]) or not _same_world(self.pid):
+        if any(t >= _OWN_FLOOR for t in req.targets) or not _same_world(self.pid):
             # descriptors a worker keeps for itself, or a client in other namespaces (its paths,
             # cgroups and network are not the server's): it runs the command in-process
-            self.reply(("local", None))
+            self.reply(Local())
             self.end(sel)
             return
         w = self.listener.worker()
         try:
-            w.assign(self, marshal.dumps((*req, self.pid)), fds)
+            w.assign(self, Run(req.argv, req.env, req.targets, self.pid).encode(), fds)
         except OSError:
             w.kill()
-            self.reply(("error", "the CLI server could not hand the run to a worker"))
+            self.reply(Failure.plain("the CLI server could not hand the run to a worker"))
             self.end(sel)
             return
-        self.reply(("started", w.pid))
+        self.reply(Started(w.pid))
 
-    def reply(self, msg: tuple[str, Any]) -> None:
+    def reply(self, msg: protocol.Msg | Failure) -> None:
         try:
-            self.conn.send(marshal.dumps(msg))
+            self.conn.send(msg.encode())
         except OSError:
             pass
 
@@ -513,7 +530,7 @@ class _Conn:
 
 
 class _Worker:
-    """A process forked from the server that runs cli.main() for one client at a time. It stays
+    """A process forked from the server that runs the command for one client at a time. It stays
     (warm: its copy-on-write faults taken, its caches filled) for the next client."""
 
     def __init__(self, listener: _Listener, rehearse: bool) -> None:
@@ -528,7 +545,7 @@ class _Worker:
         pid = os.fork()
         if pid == 0:  # never returns to the server's loop
             try:
-                _worker_main(parent, theirs, ctl_theirs, rehearse)
+                _worker_main(parent, theirs, ctl_theirs, rehearse, listener.command)
             finally:
                 os._exit(SETUP_FAILED)
         theirs.close()
@@ -554,16 +571,16 @@ class _Worker:
         if not data:
             sel.unregister(self.sock)  # it is leaving; its pidfd says when it has gone
             return
-        msg = marshal.loads(data)
+        msg = protocol.expect(data, Armed, Exit)
         c = self.conn
-        if msg[0] == "armed" and c is not None:
+        if isinstance(msg, Armed) and c is not None:
             self.armed = True
             for sig in c.pending:
                 self.signal(sig)
             c.pending = []
-        elif msg[0] == "exit" and c is not None:
+        elif isinstance(msg, Exit) and c is not None:
             self.conn = None
-            c.reply(("exit", msg[1]))
+            c.reply(msg)
             c.end(sel)
             if len(self.listener.idle) < _MAX_IDLE and self.listener.sock.fileno() >= 0:
                 self.listener.idle.append(self)
@@ -585,7 +602,7 @@ class _Worker:
             self.listener.idle.remove(self)
         if self.conn is not None:  # it died in a run: isol8r's failure, not the program's
             why = f"signal {-code}" if code < 0 else f"status {code}"
-            self.conn.reply(("error", f"the CLI server's worker died during the run ({why})"))
+            self.conn.reply(Failure.plain(f"the CLI server's worker died during the run ({why})"))
             self.conn.end(sel)
             self.conn = None
 
@@ -600,7 +617,8 @@ class _Worker:
         self.signal(_signal.SIGKILL)
 
 
-def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
+def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool,
+                 command: Callable[[list[str]], int]) -> None:
     """A worker's life: take the server's leave (its descriptors), then one run after another."""
     import fcntl
     import gc
@@ -608,11 +626,10 @@ def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
     import signal
     import socket
 
-    import isol8r
-
-    from . import pipeline, server
-    from .spec import RLIMITS
-    from .sys import linux
+    from .. import pipeline
+    from ..spec import RLIMITS
+    from ..sys import linux
+    from . import forkserver
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         return
@@ -630,42 +647,36 @@ def _worker_main(parent: int, sock: Any, ctl: Any, rehearse: bool) -> None:
     os.closerange(max(sock_fd, ctl_fd) + 1, 1 << 20)
     pipeline.quiet_stdio()
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # until a run's jail takes them
-    isol8r._CLIENT = server.Client(control=socket.socket(fileno=ctl_fd))
+    forkserver.share(forkserver.Client(control=socket.socket(fileno=ctl_fd)))
     sock = socket.socket(fileno=sock_fd)
     limits = {n: resource.getrlimit(n) for n in RLIMITS.values()}
     if rehearse:  # one real jail, output discarded: the first client finds this worker warm
-        _run_one(["run", "--", "/bin/true"], None, {}, limits, lambda: None)
+        _run_one(command, ["run", "--", "/bin/true"], None, {}, limits, lambda: None)
     while True:
         try:
-            data, fds = server._recv(sock)
+            data, fds = forkserver.recv(sock)
         except OSError:
             return
         if not data:
             return  # the server closed this worker: it leaves
-        _, argv, env, targets, client = marshal.loads(data)
+        req = Run.decode(data)
+        targets = req.targets
         os.fchdir(fds[0])
         os.close(fds[0])
-        received = fds[1:]
-        floor = max([2, *targets, *received]) + 1  # above every number in play, below our own
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in received]
-        for fd in received:
-            os.close(fd)
-        for target, fd in zip(targets, moved):
-            os.dup2(fd, target, inheritable=True)
-            os.close(fd)
+        pipeline.install_fds(tuple(zip(fds[1:], targets)), close_sources=True)
         try:
-            code = _run_one([os.fsdecode(a) for a in argv], client, dict(env), limits,
-                            lambda: sock.send(marshal.dumps(("armed",))))
+            code = _run_one(command, [os.fsdecode(a) for a in req.argv], req.client, dict(req.env),
+                            limits, lambda: sock.send(Armed().encode()))
         finally:
             for t in targets:
                 if t > 2:
                     os.close(t)
             pipeline.quiet_stdio()
             os.chdir("/")
-        sock.send(marshal.dumps(("exit", code)))
+        sock.send(Exit(code).encode())
 
 
-def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],
+def _run_one(command: Callable[[list[str]], int], argv: list[str], client: int | None, env: dict[bytes, bytes],
              limits: dict[int, tuple[int, int]], armed: Any) -> int:
     """One run in a worker, as the client: its environment, umask and limits, fresh stdout and
     stderr on its descriptors; signals left pending by a run before are dropped."""
@@ -673,7 +684,6 @@ def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],
     import resource
     import signal
 
-    from . import cli
     while signal.sigtimedwait(FORWARDED, 0) is not None:
         pass
     armed()
@@ -694,10 +704,10 @@ def _run_one(argv: list[str], client: int | None, env: dict[bytes, bytes],
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), "utf-8", "backslashreplace",
                                   line_buffering=True)
     code = SETUP_FAILED
-    from . import terminal
+    from .. import terminal
     terminal.CALLER = client or 0  # --tty: whose terminal, to tell a job in the background
     try:
-        code = cli.main(argv, served=True)
+        code = command(argv)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except KeyboardInterrupt:
