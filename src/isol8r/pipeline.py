@@ -70,6 +70,9 @@ class Plan:
     signals: tuple[int, ...]  # the signals the cloning process catches or ignores: to reset
     parent_pidfd: int  # the cloning process's own pidfd: readable once it is gone
     bpf: bytes | None = None  # the default seccomp filter, loaded before the Request arrives
+    # --netns: (path, device, inode) of the network namespace the child is cloned into (the
+    # cloning thread enters it for the clone: net.cloned_into)
+    netns: tuple[str, int, int] | None = None
 
 
 @dataclass
@@ -124,7 +127,8 @@ def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Pl
             user_mounts=tuple((m.kind, m.dst, m.src, m.size) for m in shape.mounts),
             uid=shape.uid, gid=shape.gid, hostname=shape.hostname, new_net="net" in ns,
             tmp_size=shape.tmp_size, new_pid="pid" in ns,
-            data=tuple((d.kind, d.dst, d.src, d.mode) for d in shape.data))
+            data=tuple((d.kind, d.dst, d.src, d.mode) for d in shape.data),
+            resolv_conf=shape.resolv_conf)
     return Plan(
         clone_flags=flags,
         unshare_cgroup="cgroup" in ns,
@@ -141,6 +145,7 @@ def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Pl
         signals=linux.handled_signals(),
         parent_pidfd=linux.own_pidfd(),
         bpf=bpf if shape.default_filter else None,
+        netns=shape.netns,
     )
 
 

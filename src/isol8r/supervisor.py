@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import mounts, pipeline, rlimits, userns, wire
+from . import mounts, net, pipeline, rlimits, userns, wire
 from .errors import ExecError, Isol8rError, SetupError, SpecError
 from .result import Result
 from .spec import ID_RANGE, RLIMITS, Spec
@@ -50,6 +50,7 @@ class Jail:
     cgroup: Any = None
     program_group: Any = None  # where the program alone is counted from its exec (memory peak)
     stood_in: int = 0  # a caller's signal that --no-init's PID 1 would have dropped: see forward
+    usernet: Any = None  # --net user: the usernet.UserNet stack of this jail, ended with it
 
     def forward(self, sig: int) -> None:
         """Pass a caller's signal on (the Forwarder's target)."""
@@ -78,6 +79,9 @@ class Jail:
                 raise
 
     def close(self, remove_cgroup: bool = True) -> None:
+        if self.usernet is not None:  # its published ports are free once this returns
+            self.usernet, net = None, self.usernet
+            net.stop()
         self.chan.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
@@ -127,6 +131,12 @@ def lease(spec: Spec, verbose: bool = False,
     the pre-warmed jail given (the fork server's pool), which was born in a group of its own when
     its shape has cgroup limits (server._Pool) and gets this spec's values here. Returns it with
     the rlimits that stand in for cgroup limits no cgroup could hold."""
+    try:
+        check_publish(spec)
+    except BaseException:
+        if jail is not None:
+            _discard(jail)
+        raise
     if jail is not None:
         try:
             if spec.rootfs is not None and not spec.allow_unsafe_root:
@@ -158,10 +168,45 @@ def lease(spec: Spec, verbose: bool = False,
             if cg is not None:
                 cg.remove()
             raise
+    start_usernet(jail, spec, verbose)
     jail.notes.extend(notes)
     jail.notes.extend(_setid_wall_notes(spec))
     jail.limits.update(_limits_applied(spec, derived, cg))
     return jail, derived
+
+
+def check_publish(spec: Spec) -> None:
+    """--publish: a host port in use is a one-line error before any jail is made."""
+    if not spec.publish:
+        return
+    from . import usernet
+    try:
+        usernet.check_ports_free([usernet.parse_publish(p) for p in spec.publish])
+    except usernet.UsernetError as e:
+        raise SetupError(str(e), 0) from None
+
+
+def start_usernet(jail: Jail, spec: Spec, verbose: bool = False) -> None:
+    """--net user: the user-mode stack for the jail's network namespace, started before its
+    Request is sent (the program never runs before the network is up), also for a warm jail,
+    which waited without one. A failure discards the jail: one-line SetupError."""
+    if spec.net != "user":
+        return
+    from . import usernet
+    try:
+        jail.usernet = usernet.start(
+            jail.pid, publish=[usernet.parse_publish(p) for p in spec.publish],
+            userns=jail.pid if "user" in spec.namespaces else None)
+    except BaseException as e:
+        _discard(jail)
+        if isinstance(e, (usernet.UsernetError, OSError)):
+            raise SetupError(f"--net user: {e}", 0) from None
+        raise
+    if verbose:
+        net = jail.usernet
+        jail.notes.append(f"--net user: {net.backend} (pid {net.pid}, ready in "
+                          f"{net.startup * 1e3:.1f} ms), DNS {net.dns}" +
+                          "".join(f", --publish {p}" for p in net.publish))
 
 
 def _setid_wall_notes(spec: Spec) -> list[str]:
@@ -235,11 +280,15 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
                          "could inherit a lock another thread holds; use the fork server "
                          "(isol8r.run's default)")
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    own_pid = os.getpid()
     clone_fd = cgroup.clone_fd() if cgroup is not None else -1
     started = time.monotonic()
     with _clone_lock:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+        own_net = -1
         try:
+            if plan.netns is not None:
+                own_net = _enter_netns(plan.netns, parent, child)
             pid, pidfd = linux.clone3(plan.clone_flags, clone_fd)
             if pid == 0:
                 pipeline.child_main(plan, child.fileno())
@@ -248,6 +297,8 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             child.close()
             raise SetupError("clone3", e.errno or errno.EIO, _clone_hint(e.errno)) from None
         finally:
+            if own_net >= 0 and os.getpid() == own_pid:
+                net.leave_netns(own_net)
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
     child.close()
     jail = Jail(spec, pid, pidfd, parent, started, cgroup=cgroup)
@@ -276,6 +327,19 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         step = getattr(e, "syscall", None) or "write id maps / cgroup / open the binds"
         raise SetupError(step, e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
+
+
+def _enter_netns(netns: tuple[str, int, int], *socks: socket.socket) -> int:
+    """--netns: this thread into the jail's network namespace for the clone; a one-line
+    SetupError naming it when it is gone or replaced."""
+    try:
+        return net.enter_netns(*netns)
+    except OSError as e:
+        for s in socks:
+            s.close()
+        raise SetupError(f"--netns {netns[0]}", e.errno or errno.EIO,
+                         "replaced since the jail was planned" if e.errno == errno.ESTALE
+                         else "") from None
 
 
 def _add_program_group(jail: Jail) -> None:
@@ -449,8 +513,10 @@ class JailWatch:
         # init's report is enough once nothing of the jail runs: init emptied its PID namespace
         # before reporting, or it has exited (which, as PID 1, it does only once every other
         # process of the namespace is gone); unless the cgroup's counters are wanted
+        # (--net user: the server ends the stack before it reports, so the published ports are
+        # free when the Result is returned)
         return self.program is not None and (self.emptied or self.exited) \
-            and self.jail.cgroup is None
+            and self.jail.cgroup is None and self.jail.spec.net != "user"
 
     def reaped(self, status: int, utime: float, stime: float, maxrss: int, usage: Any) -> None:
         """The fork server's report: it reaped the jail's init and read its cgroup."""

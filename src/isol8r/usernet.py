@@ -212,8 +212,16 @@ def start(netns: int | str, *, backend: str | None = None, publish: Sequence[Pub
 
 
 def _spawn(argv: list[str], fds: list[int]) -> subprocess.Popen[bytes]:
+    # A caller that blocks signals while it starts a jail (the CLI's signal forwarder) would
+    # hand the stack a blocked SIGTERM, and stop() would wait for nothing: unblock them there.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, pass_fds=fds, start_new_session=True)
+                            stderr=subprocess.PIPE, pass_fds=fds, start_new_session=True,
+                            preexec_fn=_unblock_signals if blocked else None)
+
+
+def _unblock_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def _fail(proc: subprocess.Popen[bytes], backend: str, what: str,
