@@ -136,6 +136,7 @@ class Spec:
                 values = [value]
             for v in values:
                 opt.apply(key, v, kwargs)
+        kwargs.pop("net given", None)
         kwargs["namespaces"] = frozenset(kwargs["namespaces"])
         kwargs["rlimits"] = tuple((k, s, h) for k, (s, h) in kwargs["rlimits"].items())
         kwargs["mounts"] = tuple(kwargs["mounts"])
@@ -415,14 +416,17 @@ def _share(name: str) -> Applier:
 NET_MODES = ("none", "host", "user")
 
 
-_NET_GIVEN = {"none": "--net none", "user": "--net user", "host": "--net host (--share-net)",
-              "netns": "--netns"}
+_NET_ORDER = ("net", "share-net", "netns")
 
 
 def _set_net(key: str, mode: str, kw: dict[str, Any], shown: Any) -> None:
-    """--net, --share-net and --netns say one thing: two that differ are refused."""
+    """--net, --share-net and --netns say one thing: two that differ are refused, named the
+    same way whatever order they came in."""
+    first = kw.setdefault("net given", (key, shown))
     if kw.get("net", mode) != mode:
-        raise SpecError(key, shown, f"conflicts with {_NET_GIVEN[kw['net']]}")
+        a, b = sorted((first, (key, shown)), key=lambda g: _NET_ORDER.index(g[0]))
+        spelled = "--share-net" if a[0] == "share-net" else f"--{a[0]} {a[1]}"
+        raise SpecError(b[0], b[1], f"conflicts with {spelled}")
     kw["net"] = mode
 
 
