@@ -310,3 +310,20 @@ def test_nothing_is_left_behind(isle: Island) -> None:
     mine = f"isol8r-test-{os.getpid()}-"
     assert sorted(n for n in os.listdir("/run/netns") if n.startswith(mine)) == \
         sorted([isle.host, isle.inet])
+
+
+def test_a_netns_replaced_after_planning_is_refused_at_the_clone() -> None:
+    """The Shape holds the namespace by identity: one recreated under the same name between
+    the plan and the clone is refused, one line naming it, and nothing is started."""
+    from isol8r import pipeline, supervisor
+    with netns("stale") as ns:
+        s = isol8r.Spec.from_options(["/bin/true"], {"netns": ns})
+        plan = pipeline.prepare(pipeline.shape(s))
+        ip("netns", "del", ns)
+        ip("netns", "add", ns)
+        mine = os.readlink("/proc/thread-self/ns/net")
+        with pytest.raises(isol8r.SetupError) as e:
+            supervisor.spawn(s, plan)
+        assert str(e.value) == (f"--netns /run/netns/{ns}: ESTALE (Stale file handle): "
+                                "replaced since the jail was planned")
+        assert os.readlink("/proc/thread-self/ns/net") == mine
