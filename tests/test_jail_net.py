@@ -266,6 +266,12 @@ BAD = [
      "--publish 1:2/sctp: protocol must be tcp or udp, not 'sctp'"),
     (["--net", "user", "--publish", "300.1.1.1:1:2"],
      "--publish 300.1.1.1:1:2: bad host address '300.1.1.1'"),
+    (["--allow-domain", "*"], "--allow-domain *: a bare '*' would allow every host; name the "
+     "hosts"),
+    (["--allow-domain", "*.org"], "--allow-domain *.org: '*.org' is too broad: the wildcard "
+     "must sit above a domain with a dot"),
+    (["--net", "user", "--allow-domain", "pypi.org"], "--allow-domain pypi.org: needs --net "
+     "none (the default): the proxy is the jail's only way out"),
     (["--net", "user", "--share-mount"],
      "--net user: needs the mount namespace, for the jail's /etc/resolv.conf (not "
      "--share-mount)"),
@@ -327,3 +333,55 @@ def test_a_netns_replaced_after_planning_is_refused_at_the_clone() -> None:
         assert str(e.value) == (f"--netns /run/netns/{ns}: ESTALE (Stale file handle): "
                                 "replaced since the jail was planned")
         assert os.readlink("/proc/thread-self/ns/net") == mine
+
+
+# ---- allow-domain -------------------------------------------------------------------------------
+
+FETCH = """
+import json, os, socket, urllib.request
+out = {"proxy": os.environ["HTTP_PROXY"]}
+for url in ("http://pypi.test:8080/allowed", "http://evil.test:8080/denied"):
+    try:
+        out[url] = urllib.request.urlopen(url, timeout=10).read().decode().strip()
+    except Exception as e:
+        out[url] = str(getattr(e, "code", e))
+try:
+    socket.create_connection((os.environ["UPSTREAM"], 8080), timeout=3)
+    out["direct"] = "connected"
+except OSError as e:
+    out["direct"] = e.strerror
+print(json.dumps(out))
+"""
+
+
+def run_allow(isle: Island, rules: list[str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    out = in_island(isle, "import isol8r, json, sys\n"
+                    f"r = isol8r.run(['/usr/bin/python3', '-c', {FETCH!r}], allow_domain={rules!r},"
+                    f" env={{'UPSTREAM': {isle.addr!r}}}, capture_output=True, timeout=30)\n"
+                    "print(json.dumps([json.loads(r.stdout), r.net_denied]))")
+    assert out.returncode == 0, out.stderr
+    got, denied = json.loads(out.stdout)
+    return got, denied
+
+
+def test_allow_domain_admits_the_named_host_only_and_lists_the_denials(isle: Island) -> None:
+    """The proxy on the jail's loopback admits pypi.test (and its private address, which an
+    address rule names); evil.test is refused and listed; a direct connection has no route."""
+    got, denied = run_allow(isle, ["pypi.test", isle.addr])
+    assert got == {"proxy": "http://127.0.0.1:3128",
+                   "http://pypi.test:8080/allowed": "hello /allowed host=pypi.test:8080",
+                   "http://evil.test:8080/denied": "403",
+                   "direct": "Network is unreachable"}, got
+    assert [(d["host"], d["port"], d["reason"]) for d in denied] == \
+        [("evil.test", 8080, "not in allow-list")]
+
+
+def test_allow_domain_refuses_a_name_that_resolves_to_a_private_address(isle: Island) -> None:
+    """The twin of the test above without the address rule: pypi.test resolves to the fake
+    internet's 10.202.N.1, a private address, and a name rule alone never opens one."""
+    got, denied = run_allow(isle, ["pypi.test"])
+    assert got["http://pypi.test:8080/allowed"] == "403", got
+    assert ("pypi.test", 8080, f"resolves to a private address {isle.addr}") in \
+        [(d["host"], d["port"], d["reason"]) for d in denied]
+    left = os.listdir("/run/isol8r/egress") if os.path.isdir("/run/isol8r/egress") else []
+    assert left == [], "a proxy's denials file was left behind"

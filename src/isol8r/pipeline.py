@@ -103,7 +103,20 @@ def environment(spec: Spec) -> dict[str, str]:
     for name in spec.keep_env:
         if name in os.environ:
             env[name] = os.environ[name]
+    if spec.allow_domain:  # the egress proxy listens on the jail's own loopback
+        env.update(proxy_env())
     env.update(dict(spec.env))
+    return env
+
+
+EGRESS_PORT = 3128  # the egress proxy's port on the jail's loopback (--allow-domain)
+
+
+def proxy_env() -> dict[str, str]:
+    """--allow-domain: the variables that send pip, npm, curl and git through the proxy."""
+    http, socks = f"http://127.0.0.1:{EGRESS_PORT}", f"socks5h://127.0.0.1:{EGRESS_PORT}"
+    env = {"HTTP_PROXY": http, "HTTPS_PROXY": http, "ALL_PROXY": socks, "NO_PROXY": ""}
+    env.update({k.lower(): v for k, v in env.items()})
     return env
 
 

@@ -98,6 +98,7 @@ class Spec:
     net: str = "none"  # none, host, user, or netns (--netns: the namespace at `netns`)
     netns: str | None = None
     publish: tuple[str, ...] = ()  # --publish values, canonical (usernet.Publish's str)
+    allow_domain: tuple[str, ...] = ()  # --allow-domain rules (egress_rules syntax)
 
     def __post_init__(self) -> None:
         # --net host (or --netns) and a namespace set without "net" are one thing, spelled
@@ -468,6 +469,15 @@ def _publish(key: str, v: Any, kw: dict[str, Any]) -> None:
     kw["publish"] = tuple(kw.get("publish", ())) + (str(p),)
 
 
+def _allow_domain(key: str, v: Any, kw: dict[str, Any]) -> None:
+    from . import egress_rules
+    try:
+        egress_rules.parse_rule(v)
+    except egress_rules.RuleError as e:
+        raise SpecError(key, v, str(e).split(": ", 1)[-1]) from None
+    kw["allow_domain"] = tuple(kw.get("allow_domain", ())) + (v,)
+
+
 def _bind(kind: str) -> Applier:
     def apply(key: str, v: Any, kw: dict[str, Any]) -> None:
         src, dst = _split_pair(key, v)
@@ -627,6 +637,10 @@ OPTIONS: dict[str, Option] = {
                     "instead of a new one", _netns, "NAME|PATH"),
     "publish": Option("list", "with --net user: forward a host port to a port in the jail",
                       _publish, "[HOST_ADDR:]HOST_PORT:JAIL_PORT[/udp]"),
+    "allow-domain": Option("list", "the jail's only way out: an egress proxy (HTTP, SOCKS5) that "
+                           "admits these names (*.example.org, pypi.org:443, an address); "
+                           "HTTP_PROXY, HTTPS_PROXY and ALL_PROXY are set", _allow_domain,
+                           "PATTERN[:PORT]"),
     "share-pid": Option("flag", "keep the host's PID namespace", _share("pid")),
     "share-ipc": Option("flag", "keep the host's IPC namespace", _share("ipc")),
     "share-uts": Option("flag", "keep the host's UTS namespace (hostname)", _share("uts")),
@@ -788,6 +802,9 @@ def _validate_net(s: Spec, has_mount: bool) -> None:
         raise SpecError("--netns", s.netns or "", "give --netns NAME|PATH for a joined namespace")
     if s.publish and s.net != "user":
         raise SpecError("--publish", s.publish[0], "needs --net user")
+    if s.allow_domain and s.net != "none":
+        raise SpecError("--allow-domain", s.allow_domain[0], "needs --net none (the default): "
+                        "the proxy is the jail's only way out")
     if s.net == "user" and not has_mount:
         raise SpecError("--net", "user", "needs the mount namespace, for the jail's "
                         "/etc/resolv.conf (not --share-mount)")

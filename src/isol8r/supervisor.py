@@ -51,6 +51,7 @@ class Jail:
     program_group: Any = None  # where the program alone is counted from its exec (memory peak)
     stood_in: int = 0  # a caller's signal that --no-init's PID 1 would have dropped: see forward
     usernet: Any = None  # --net user: the usernet.UserNet stack of this jail, ended with it
+    egress: Any = None  # --allow-domain: the Popen of this jail's egress proxy, ended with it
 
     def forward(self, sig: int) -> None:
         """Pass a caller's signal on (the Forwarder's target)."""
@@ -82,6 +83,9 @@ class Jail:
         if self.usernet is not None:  # its published ports are free once this returns
             self.usernet, net = None, self.usernet
             net.stop()
+        if self.egress is not None:  # it writes its denials as it ends (read by result())
+            self.egress, proxy = None, self.egress
+            _stop_process(proxy)
         self.chan.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
@@ -169,6 +173,7 @@ def lease(spec: Spec, verbose: bool = False,
                 cg.remove()
             raise
     start_usernet(jail, spec, verbose)
+    start_egress(jail, spec)
     jail.notes.extend(notes)
     jail.notes.extend(_setid_wall_notes(spec))
     jail.limits.update(_limits_applied(spec, derived, cg))
@@ -207,6 +212,94 @@ def start_usernet(jail: Jail, spec: Spec, verbose: bool = False) -> None:
         jail.notes.append(f"--net user: {net.backend} (pid {net.pid}, ready in "
                           f"{net.startup * 1e3:.1f} ms), DNS {net.dns}" +
                           "".join(f", --publish {p}" for p in net.publish))
+
+
+EGRESS_DIR = "/run/isol8r/egress"  # a jail proxy's denials, <jail pid>.json, until result()
+
+
+def start_egress(jail: Jail, spec: Spec) -> None:
+    """--allow-domain: a listening socket on the jail's own loopback (made from inside its
+    network namespace, which has nothing else), served by a proxy process in the host's
+    (isol8r.daemon.egress --jail), before the jail's Request is sent. Root only for now: the
+    supervisor enters the jail's namespace to make the socket."""
+    if not spec.allow_domain:
+        return
+    try:
+        sock = _listen_in(jail.pid, "127.0.0.1", pipeline.EGRESS_PORT)
+        try:
+            os.makedirs(EGRESS_DIR, mode=0o700, exist_ok=True)
+            out = egress_file(jail.pid)
+            if os.path.exists(out):
+                os.unlink(out)  # a stale one of an earlier process of this pid
+            import sys
+            from pathlib import Path
+            env = dict(os.environ)
+            pkg_parent = str(Path(__file__).resolve().parent.parent)
+            env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
+                                              if env.get("PYTHONPATH") else "")
+            jail.egress = subprocess.Popen(
+                [sys.executable, "-s", "-m", "isol8r.daemon.egress", "--jail",
+                 str(sock.fileno()), out, *spec.allow_domain], pass_fds=[sock.fileno()],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+                start_new_session=True)
+        finally:
+            sock.close()
+    except OSError as e:
+        _discard(jail)
+        raise SetupError("--allow-domain: start the egress proxy", e.errno or errno.EIO,
+                         str(e.filename or "")) from None
+
+
+def egress_file(pid: int) -> str:
+    return f"{EGRESS_DIR}/{pid}.json"
+
+
+def _listen_in(pid: int, host: str, port: int) -> socket.socket:
+    """A TCP listener made in the network namespace of pid, from this thread (which goes back
+    to its own namespace before this returns)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        linux.setns(target, linux.CLONE_NEWNET)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind((host, port))
+                sock.listen(128)
+            except OSError:
+                sock.close()
+                raise
+        finally:
+            linux.setns(own, linux.CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(own)
+    return sock
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL after two seconds, by the pid this module started; reaped."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(2)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def net_denied(spec: Spec, pid: int | None) -> list[dict[str, Any]] | None:
+    """--allow-domain: the denials the jail's proxy wrote as it ended (and the file gone)."""
+    if not spec.allow_domain or pid is None:
+        return None
+    import json
+    try:
+        with open(egress_file(pid)) as f:
+            data = json.load(f)
+        os.unlink(egress_file(pid))
+    except (OSError, ValueError):
+        return None
+    return list(data.get("denied", []))
 
 
 def _setid_wall_notes(spec: Spec) -> list[str]:
@@ -516,7 +609,8 @@ class JailWatch:
         # (--net user: the server ends the stack before it reports, so the published ports are
         # free when the Result is returned)
         return self.program is not None and (self.emptied or self.exited) \
-            and self.jail.cgroup is None and self.jail.spec.net != "user"
+            and self.jail.cgroup is None and self.jail.spec.net != "user" \
+            and not self.jail.spec.allow_domain
 
     def reaped(self, status: int, utime: float, stime: float, maxrss: int, usage: Any) -> None:
         """The fork server's report: it reaped the jail's init and read its cgroup."""
@@ -915,6 +1009,7 @@ def result(spec: Spec, out: Outcome, io: IOWatch | None) -> Result:
         res.exit_code = os.WEXITSTATUS(st)
     if io is not None:
         io.fill(res)
+    res.net_denied = net_denied(spec, out.pid)
     res.verdict = out.verdict or _verdict(spec, res, out.oom)
     if res.verdict == "seccomp":
         from . import seccomp

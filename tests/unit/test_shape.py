@@ -27,7 +27,7 @@ FEEDS: dict[str, set[str]] = {
     "symlink": {"data"}, "dir": {"data"}, "file": {"data"}, "chmod": {"data"},
     "hostname": {"hostname"},
     "share-net": {"namespaces"}, "net": {"namespaces", "resolv_conf"},
-    "netns": {"namespaces", "netns"}, "publish": set(), "share-pid": {"namespaces", "cgroup"},
+    "netns": {"namespaces", "netns"}, "publish": set(), "allow-domain": set(), "share-pid": {"namespaces", "cgroup"},
     "share-ipc": {"namespaces"}, "share-uts": {"namespaces"}, "share-cgroup": {"namespaces"},
     "share-mount": {"namespaces"}, "no-userns": {"namespaces"},
     "user": {"uid", "gid"}, "id-base": {"id_map"}, "unsafe-map-host-root": {"id_map"},
@@ -103,6 +103,8 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str]]] = [
     ("publish", {"net": "user"}, {"net": "user", "publish": "18080:80"}, set()),
     ("publish-other", {"net": "user", "publish": "18080:80"},
      {"net": "user", "publish": ["127.0.0.1:18081:80/udp", "18082:81"]}, set()),
+    # --allow-domain: the proxy's socket is made in the jail's namespace when it is leased
+    ("allow-domain", {}, {"allow-domain": ["pypi.org", "*.example.org:443"]}, set()),
     ("share-pid", {}, {"share-pid": True}, {"namespaces", "cgroup"}),
     ("share-ipc", {}, {"share-ipc": True}, {"namespaces"}),
     ("share-uts", {}, {"share-uts": True}, {"namespaces"}),
