@@ -17,6 +17,7 @@ import select
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -385,3 +386,37 @@ def test_allow_domain_refuses_a_name_that_resolves_to_a_private_address(isle: Is
         [(d["host"], d["port"], d["reason"]) for d in denied]
     left = os.listdir("/run/isol8r/egress") if os.path.isdir("/run/isol8r/egress") else []
     assert left == [], "a proxy's denials file was left behind"
+
+
+def test_the_jails_proxy_runs_as_nobody_without_capabilities_and_ends_with_it() -> None:
+    """Seen from the host while the jail runs: the proxy is a child of the fork server, under
+    uid and gid 65534 with no capability; it is gone when the run returns."""
+    import threading
+    server = isol8r._client().pid()
+    results: list[isol8r.Result] = []
+    t = threading.Thread(target=lambda: results.append(isol8r.run(
+        ["/bin/sleep", "3"], allow_domain=["pypi.org"])))
+    t.start()
+    try:
+        found: dict[str, str] = {}
+        deadline = time.monotonic() + 10
+        while not found and time.monotonic() < deadline:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                st = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+                if b"isol8r.daemon.egress" in argv and st["PPid"] == str(server) \
+                        and st["Uid"].split()[0] == "65534":  # after its start-up
+                    found = dict(st, pid=pid)
+            time.sleep(0.05)
+    finally:
+        t.join()
+    assert found, "no proxy of this jail found"
+    assert found["Uid"].split() == ["65534"] * 4 and found["Gid"].split() == ["65534"] * 4
+    assert found["Groups"].strip() == "" and int(found["CapEff"], 16) == 0 \
+        and int(found["CapPrm"], 16) == 0
+    assert results[0].verdict == "ok" and results[0].net_denied == []
+    assert not Path(f"/proc/{found['pid']}").exists()

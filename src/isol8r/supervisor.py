@@ -85,7 +85,7 @@ class Jail:
             net.stop()
         if self.egress is not None:  # it writes its denials as it ends (read by result())
             self.egress, proxy = None, self.egress
-            _stop_process(proxy)
+            _stop_egress(proxy, self.pid)
         self.chan.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
@@ -221,7 +221,9 @@ def start_egress(jail: Jail, spec: Spec) -> None:
     """--allow-domain: a listening socket on the jail's own loopback (made from inside its
     network namespace, which has nothing else), served by a proxy process in the host's
     (isol8r.daemon.egress --jail), before the jail's Request is sent. Root only for now: the
-    supervisor enters the jail's namespace to make the socket."""
+    supervisor enters the jail's namespace to make the socket). The proxy becomes nobody once
+    it has started (daemon/egress.py serve_jail): it needs no privilege to resolve, connect
+    and relay."""
     if not spec.allow_domain:
         return
     try:
@@ -239,9 +241,9 @@ def start_egress(jail: Jail, spec: Spec) -> None:
                                               if env.get("PYTHONPATH") else "")
             jail.egress = subprocess.Popen(
                 [sys.executable, "-s", "-m", "isol8r.daemon.egress", "--jail",
-                 str(sock.fileno()), out, *spec.allow_domain], pass_fds=[sock.fileno()],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-                start_new_session=True)
+                 str(sock.fileno()), *spec.allow_domain], pass_fds=[sock.fileno()],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
+                start_new_session=True, cwd="/")
         finally:
             sock.close()
     except OSError as e:
@@ -277,15 +279,29 @@ def _listen_in(pid: int, host: str, port: int) -> socket.socket:
     return sock
 
 
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, and SIGKILL after two seconds, by the pid this module started; reaped."""
+def _stop_egress(proc: subprocess.Popen[bytes], pid: int) -> None:
+    """SIGTERM (SIGKILL after two seconds) to the jail's proxy, by the pid this module
+    started; its denials go to egress_file(pid), where result() reads them, in this process
+    or in the caller of a fork server."""
+    assert proc.stdout is not None
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(2)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+    try:
+        data, _ = proc.communicate(timeout=2)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        data, _ = proc.communicate()
+    if proc.returncode != 0 or not data:
+        data = b'{"denied": [], "error": "the egress proxy ended with status %d"}' % \
+            proc.returncode
+    try:
+        fd = os.open(egress_file(pid) + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                     os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as f:
+            f.write(data)
+        os.rename(egress_file(pid) + ".part", egress_file(pid))
+    except OSError:
+        pass
 
 
 def net_denied(spec: Spec, pid: int | None) -> list[dict[str, Any]] | None:

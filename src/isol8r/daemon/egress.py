@@ -639,20 +639,29 @@ def serve_in_thread(proxy: EgressProxy) -> threading.Thread:
     return t
 
 
-def serve_jail(fd: int, out: str, patterns: list[str]) -> int:
-    """`--jail FD OUT PATTERN...`: a jail's proxy (--allow-domain), started by its supervisor.
+NOBODY = 65534
+
+
+def serve_jail(fd: int, patterns: list[str]) -> int:
+    """`--jail FD PATTERN...`: a jail's proxy (--allow-domain), started by its supervisor.
 
     FD listens on the jail's own loopback (the supervisor made it inside the jail's network
-    namespace); this process stays in the host's, where it resolves and connects. It serves
-    until SIGTERM, then writes its denials to OUT as JSON (the supervisor reads them into the
-    Result's net_denied) and exits.
+    namespace); this process stays in the host's, where it resolves and connects, under an id
+    of its own with no capabilities. It serves until SIGTERM, then writes its denials to stdout
+    as one JSON document (the supervisor puts them in the Result's net_denied) and exits.
     """
+    import encodings.idna  # noqa: F401 - getaddrinfo's codec, imported while it still can be
     import json
     import os
     import signal
+    import sys
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a supervisor may have blocked SIGTERM
     proxy = EgressProxy(Policy.parse(patterns, host_addresses()))
     proxy.adopt(socket.socket(fileno=fd))
+    if os.geteuid() == 0:  # nobody, no groups: a uid change from root clears the capabilities
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
     signal.signal(signal.SIGTERM, lambda _s, _f: proxy.stop())
     try:
         proxy.serve()
@@ -660,17 +669,16 @@ def serve_jail(fd: int, out: str, patterns: list[str]) -> int:
         proxy.close()
         denied = [{"host": d.host, "port": d.port, "reason": d.reason, "time": d.time}
                   for d in proxy.denials]
-        with open(out + ".part", "w") as f:
-            json.dump({"denied": denied, "count": proxy.denied_count}, f)
-        os.rename(out + ".part", out)
+        sys.stdout.write(json.dumps({"denied": denied, "count": proxy.denied_count}))
+        sys.stdout.flush()
     return 0
 
 
 def main(argv: list[str]) -> int:
     """`python -m isol8r.daemon.egress HOST:PORT PATTERN...`: a proxy by hand (PORT 0: any)."""
     import sys
-    if argv[:1] == ["--jail"] and len(argv) >= 3:
-        return serve_jail(int(argv[1]), argv[2], argv[3:])
+    if argv[:1] == ["--jail"] and len(argv) >= 2:
+        return serve_jail(int(argv[1]), argv[2:])
     if len(argv) < 1:
         print("usage: python -m isol8r.daemon.egress HOST:PORT PATTERN[:PORT]...", file=sys.stderr)
         return 2
