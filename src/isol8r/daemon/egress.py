@@ -646,8 +646,8 @@ def serve_jail(fd: int, patterns: list[str]) -> int:
     """`--jail FD PATTERN...`: a jail's proxy (--allow-domain), started by its supervisor.
 
     FD listens on the jail's own loopback (the supervisor made it inside the jail's network
-    namespace); this process stays in the host's, where it resolves and connects, under an id
-    of its own with no capabilities. It serves until SIGTERM, then writes its denials to stdout
+    namespace); this process stays in the host's, where it resolves and connects, as nobody
+    with no capabilities once it has started. It serves until SIGTERM, then writes its denials to stdout
     as one JSON document (the supervisor puts them in the Result's net_denied) and exits.
     """
     import encodings.idna  # noqa: F401 - getaddrinfo's codec, imported while it still can be
@@ -655,14 +655,14 @@ def serve_jail(fd: int, patterns: list[str]) -> int:
     import os
     import signal
     import sys
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a supervisor may have blocked SIGTERM
     proxy = EgressProxy(Policy.parse(patterns, host_addresses()))
     proxy.adopt(socket.socket(fileno=fd))
+    signal.signal(signal.SIGTERM, lambda _s, _f: proxy.stop())
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a supervisor may have blocked SIGTERM
     if os.geteuid() == 0:  # nobody, no groups: a uid change from root clears the capabilities
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
-    signal.signal(signal.SIGTERM, lambda _s, _f: proxy.stop())
     try:
         proxy.serve()
     finally:
