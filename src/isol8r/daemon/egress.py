@@ -647,10 +647,12 @@ def serve_jail(fd: int, patterns: list[str]) -> int:
 
     FD listens on the jail's own loopback (the supervisor made it inside the jail's network
     namespace); this process stays in the host's, where it resolves and connects, as nobody
-    with no capabilities once it has started. It serves until SIGTERM, then writes its denials to stdout
-    as one JSON document (the supervisor puts them in the Result's net_denied) and exits.
+    with no capabilities once it has started. It serves until SIGTERM, then writes its
+    denials to stdout as one JSON document (the supervisor puts them in the Result's
+    net_denied) and exits.
     """
-    import encodings.idna  # noqa: F401 - getaddrinfo's codec, imported while it still can be
+    import importlib
+    importlib.import_module("encodings.idna")  # getaddrinfo's codec, while it still can be
     import json
     import os
     import signal
