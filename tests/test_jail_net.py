@@ -420,3 +420,18 @@ def test_the_jails_proxy_runs_as_nobody_without_capabilities_and_ends_with_it() 
         and int(found["CapPrm"], 16) == 0
     assert results[0].verdict == "ok" and results[0].net_denied == []
     assert not Path(f"/proc/{found['pid']}").exists()
+
+
+@pytest.mark.skipif(os.access("/dev/net/tun", os.R_OK | os.W_OK) and
+                    os.stat("/dev/net/tun").st_mode & 0o006 == 0o006,
+                    reason="/dev/net/tun is open to every user here")
+def test_an_unprivileged_net_user_without_dev_net_tun_is_a_one_line_error() -> None:
+    """Where /dev/net/tun is not open to every user (0600 on this VM), a user's stack cannot
+    open it, and says so instead of slirp4netns' `child failed(1)`."""
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        "/usr/bin/python3", "-m", "isol8r", "run", "--net", "user", "--",
+                        "/bin/true"], capture_output=True, text=True, timeout=60, cwd="/",
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")})
+    assert p.returncode == 125 and p.stdout == "", p
+    assert p.stderr.startswith("isol8r: --net user: slirp4netns needs /dev/net/tun, which this "
+                               "user cannot open (mode ") and p.stderr.count("\n") == 1, p

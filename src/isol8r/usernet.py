@@ -189,6 +189,13 @@ def start(netns: int | str, *, backend: str | None = None, publish: Sequence[Pub
     if not shutil.which(backend):
         raise UsernetError(f"{backend} is not installed (Debian package "
                            f"{'passt' if backend == 'pasta' else 'slirp4netns'})")
+    if os.geteuid() != 0 and not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        try:
+            mode = f"mode {os.stat('/dev/net/tun').st_mode & 0o7777:04o}"
+        except OSError as e:
+            mode = e.strerror or "missing"
+        raise UsernetError(f"{backend} needs /dev/net/tun, which this user cannot open ({mode}; "
+                           "most distributions make it 0666)")
     publish = tuple(publish)
     if not prefix:
         check_ports_free(publish)
