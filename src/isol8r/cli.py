@@ -252,6 +252,10 @@ def _run(ns: argparse.Namespace, served: bool) -> int:
             result = supervisor.run(spec, forward_signals=True, verbose=ns.verbose, log=log,
                                     capture_output=capture)
         if ns.verbose:
+            for note in result.notes:
+                sys.stderr.write(f"isol8r: {note}\n")
+            for d in result.net_denied or ():
+                sys.stderr.write(f"isol8r: net denied: {d['host']}:{d['port']} ({d['reason']})\n")
             sys.stderr.write(f"isol8r: {result.describe()}; setup {result.setup_time * 1e3:.2f} ms, "
                              f"total {(time.monotonic() - t0) * 1e3:.2f} ms\n")
     except Isol8rError as e:

@@ -504,9 +504,11 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
          user_mounts: tuple[tuple[str, str, str | None, int | None], ...],
          uid: int, gid: int, hostname: str, new_net: bool, tmp_size: int,
          new_pid: bool = True,
-         data: tuple[tuple[str, str, str | None, int | None], ...] = ()) -> MountPlan:
+         data: tuple[tuple[str, str, str | None, int | None], ...] = (),
+         resolv_conf: str | None = None) -> MountPlan:
     """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size);
-    data: bwrap's data flags (kind, dst, src, mode), made after the mounts of their depth."""
+    data: bwrap's data flags (kind, dst, src, mode), made after the mounts of their depth;
+    resolv_conf: the jail's own /etc/resolv.conf (--net user), written like a data flag."""
     ops: list[Op] = []
     final: list[Op] = []
     if rootfs is not None and overlay:
@@ -553,6 +555,8 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
             # open_tree needs CAP_SYS_ADMIN: without root the child binds from /oldroot
             ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), by_supervisor=os.geteuid() == 0))
     made = data_ops(data)
+    if resolv_conf is not None:
+        made.insert(0, File("/etc/resolv.conf", resolv_conf.encode()))
     chmods = [op for op in made if isinstance(op, Chmod)]
     ops.extend(op for op in made if not isinstance(op, Chmod))
     final[:0] = chmods

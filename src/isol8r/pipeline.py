@@ -71,6 +71,9 @@ class Plan:
     signals: tuple[int, ...]  # the signals the cloning process catches or ignores: to reset
     parent_pidfd: int  # the cloning process's own pidfd: readable once it is gone
     bpf: bytes | None = None  # the default seccomp filter, loaded before the Request arrives
+    # --netns: (path, device, inode) of the network namespace the child is cloned into (the
+    # cloning thread enters it for the clone: net.cloned_into)
+    netns: tuple[str, int, int] | None = None
 
 
 def environment(spec: Spec) -> dict[str, str]:
@@ -79,7 +82,20 @@ def environment(spec: Spec) -> dict[str, str]:
     for name in spec.keep_env:
         if name in os.environ:
             env[name] = os.environ[name]
+    if spec.allow_domain:  # the egress proxy listens on the jail's own loopback
+        env.update(proxy_env())
     env.update(dict(spec.env))
+    return env
+
+
+EGRESS_PORT = 3128  # the egress proxy's port on the jail's loopback (--allow-domain)
+
+
+def proxy_env() -> dict[str, str]:
+    """--allow-domain: the variables that send pip, npm, curl and git through the proxy."""
+    http, socks = f"http://127.0.0.1:{EGRESS_PORT}", f"socks5h://127.0.0.1:{EGRESS_PORT}"
+    env = {"HTTP_PROXY": http, "HTTPS_PROXY": http, "ALL_PROXY": socks, "NO_PROXY": ""}
+    env.update({k.lower(): v for k, v in env.items()})
     return env
 
 
@@ -103,7 +119,8 @@ def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Pl
             user_mounts=tuple((m.kind, m.dst, m.src, m.size) for m in shape.mounts),
             uid=shape.uid, gid=shape.gid, hostname=shape.hostname, new_net="net" in ns,
             tmp_size=shape.tmp_size, new_pid="pid" in ns,
-            data=tuple((d.kind, d.dst, d.src, d.mode) for d in shape.data))
+            data=tuple((d.kind, d.dst, d.src, d.mode) for d in shape.data),
+            resolv_conf=shape.resolv_conf)
     return Plan(
         clone_flags=flags,
         unshare_cgroup="cgroup" in ns,
@@ -120,6 +137,7 @@ def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Pl
         signals=linux.handled_signals(),
         parent_pidfd=linux.own_pidfd(),
         bpf=bpf if shape.default_filter else None,
+        netns=shape.netns,
     )
 
 

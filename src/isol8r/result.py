@@ -33,6 +33,8 @@ class Result:
     syscall: str | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # --allow-domain: what the egress proxy refused, each {host, port, reason, time}
+    net_denied: list[dict[str, Any]] | None = None
 
     @property
     def returncode(self) -> int:

@@ -95,8 +95,18 @@ class Spec:
     output_limit: int | None = None
     cgroup_parent: str | None = None
     tty: bool = False
+    net: str = "none"  # none, host, user, or netns (--netns: the namespace at `netns`)
+    netns: str | None = None
+    publish: tuple[str, ...] = ()  # --publish values, canonical (usernet.Publish's str)
+    allow_domain: tuple[str, ...] = ()  # --allow-domain rules (egress_rules syntax)
 
     def __post_init__(self) -> None:
+        # --net host (or --netns) and a namespace set without "net" are one thing, spelled
+        # either way: made to agree here, so both the field and the set can be read
+        if self.net in ("host", "netns") and "net" in self.namespaces:
+            object.__setattr__(self, "namespaces", frozenset(self.namespaces) - {"net"})
+        elif self.net == "none" and "net" not in self.namespaces:
+            object.__setattr__(self, "net", "host")
         _validate(self)
 
     # ---- construction ---------------------------------------------------------------------
@@ -127,6 +137,7 @@ class Spec:
                 values = [value]
             for v in values:
                 opt.apply(key, v, kwargs)
+        kwargs.pop("net given", None)
         kwargs["namespaces"] = frozenset(kwargs["namespaces"])
         kwargs["rlimits"] = tuple((k, s, h) for k, (s, h) in kwargs["rlimits"].items())
         kwargs["mounts"] = tuple(kwargs["mounts"])
@@ -197,6 +208,12 @@ class Shape:
     # (the values are the lease's) and where it is made; None when it has no group.
     cgroup: frozenset[str] | None
     cgroup_parent: str | None  # None unless cgroup is set
+    # --net user: the jail's generated /etc/resolv.conf (its resolver is the stack's forwarder,
+    # which is started for the jail when it is leased: a warm jail waits without it)
+    resolv_conf: str | None
+    # --netns: (path, device, inode) of the namespace the jail joins; by identity, so a warm
+    # jail is never handed out once the name names another namespace
+    netns: tuple[str, int, int] | None
 
 
 def shape(spec: Spec) -> Shape:
@@ -222,7 +239,44 @@ def shape(spec: Spec) -> Shape:
         cgroup=frozenset(k for k in ("memory", "pids", "cpus") if getattr(spec, k) is not None)
         if limited else None,
         cgroup_parent=spec.cgroup_parent if limited else None,
+        resolv_conf=_resolv_conf() if spec.net == "user" else None,
+        netns=(spec.netns, *_netns_identity("--netns", spec.netns))
+        if spec.netns is not None else None,
     )
+
+
+def _resolv_conf() -> str:
+    """--net user's /etc/resolv.conf: the forwarder of the stack usernet.start() picks."""
+    from . import usernet
+    backend = (usernet.available() or ["slirp4netns"])[0]
+    return usernet.resolv_conf(usernet.DNS_PASTA if backend == "pasta" else usernet.DNS_SLIRP)
+
+
+_NS_GET_NSTYPE = 0xB703  # ioctl: the CLONE_NEW* type of a namespace file
+_CLONE_NEWNET = 0x40000000
+
+
+def _netns_identity(key: str, path: str, shown: str | None = None) -> tuple[int, int]:
+    """(device, inode) of a network namespace file; SpecError naming it when it is not one."""
+    import fcntl
+    shown = shown or path
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise SpecError(key, shown, f"no network namespace there ({path}: {e.strerror})") \
+            from None
+    try:
+        try:
+            kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+        except OSError:
+            kind = -1
+        if kind != _CLONE_NEWNET:
+            raise SpecError(key, shown, "not a network namespace (a name in /run/netns, or a "
+                            "path such as /proc/PID/ns/net)")
+        st = os.fstat(fd)
+        return st.st_dev, st.st_ino
+    finally:
+        os.close(fd)
 
 
 # ---- option table -----------------------------------------------------------------------------
@@ -358,6 +412,70 @@ def _share(name: str) -> Applier:
             raise SpecError(key, v, "is a flag: true or absent")
         kw["namespaces"].discard(name)
     return apply
+
+
+NET_MODES = ("none", "host", "user")
+
+
+_NET_ORDER = ("net", "share-net", "netns")
+
+
+def _set_net(key: str, mode: str, kw: dict[str, Any], shown: Any) -> None:
+    """--net, --share-net and --netns say one thing: two that differ are refused, named the
+    same way whatever order they came in."""
+    first = kw.setdefault("net given", (key, shown))
+    if kw.get("net", mode) != mode:
+        a, b = sorted((first, (key, shown)), key=lambda g: _NET_ORDER.index(g[0]))
+        spelled = "--share-net" if a[0] == "share-net" else f"--{a[0]} {a[1]}"
+        raise SpecError(b[0], b[1], f"conflicts with {spelled}")
+    kw["net"] = mode
+
+
+def _net(key: str, v: Any, kw: dict[str, Any]) -> None:
+    if v not in NET_MODES:
+        raise SpecError(key, v, f"expected one of {', '.join(NET_MODES)}")
+    _set_net(key, v, kw, v)
+
+
+def _share_net(key: str, v: Any, kw: dict[str, Any]) -> None:
+    if v is not True:
+        raise SpecError(key, v, "is a flag: true or absent")
+    _set_net(key, "host", kw, True)
+
+
+def _netns(key: str, v: Any, kw: dict[str, Any]) -> None:
+    """A name in /run/netns (as `ip netns` makes them) or a path to a namespace file."""
+    if not isinstance(v, str) or not v or "\0" in v:
+        raise SpecError(key, v, "expected a name in /run/netns or a path")
+    if "/" in v:
+        path = host_path(key, v)
+    elif v in (".", ".."):
+        raise SpecError(key, v, "not a namespace name")
+    else:
+        path = "/run/netns/" + v
+    _netns_identity(key, path, v)
+    _set_net(key, "netns", kw, v)
+    kw["netns"] = path
+
+
+def _publish(key: str, v: Any, kw: dict[str, Any]) -> None:
+    from . import usernet
+    if not isinstance(v, str):
+        raise SpecError(key, v, "expected [HOST_ADDR:]HOST_PORT:JAIL_PORT[/udp]")
+    try:
+        p = usernet.parse_publish(v)
+    except usernet.UsernetError as e:
+        raise SpecError(key, v, str(e).split(": ", 1)[-1]) from None
+    kw["publish"] = tuple(kw.get("publish", ())) + (str(p),)
+
+
+def _allow_domain(key: str, v: Any, kw: dict[str, Any]) -> None:
+    from . import egress_rules
+    try:
+        egress_rules.parse_rule(v)
+    except egress_rules.RuleError as e:
+        raise SpecError(key, v, str(e).split(": ", 1)[-1]) from None
+    kw["allow_domain"] = tuple(kw.get("allow_domain", ())) + (v,)
 
 
 def _bind(kind: str) -> Applier:
@@ -510,7 +628,19 @@ OPTIONS: dict[str, Option] = {
     "chmod": Option("list", "set DST's mode once everything is made (no set-id bits)",
                     _data("chmod"), "MODE:DST"),
     "hostname": Option("value", "the jail's hostname (default isol8r)", _set("hostname"), "NAME"),
-    "share-net": Option("flag", "keep the host's network namespace", _share("net")),
+    "net": Option("value", "the network: none (loopback only, the default), host (the host's "
+                  "network, as --share-net), user (outbound TCP and UDP through a user-mode "
+                  "stack, DNS, --publish; docs/network.md)", _net, "MODE"),
+    "share-net": Option("flag", "keep the host's network namespace (the same as --net host)",
+                        _share_net),
+    "netns": Option("value", "join this network namespace (a name in /run/netns or a path) "
+                    "instead of a new one", _netns, "NAME|PATH"),
+    "publish": Option("list", "with --net user: forward a host port to a port in the jail",
+                      _publish, "[HOST_ADDR:]HOST_PORT:JAIL_PORT[/udp]"),
+    "allow-domain": Option("list", "the jail's only way out: an egress proxy (HTTP, SOCKS5) that "
+                           "admits these names (*.example.org, pypi.org:443, an address); "
+                           "HTTP_PROXY, HTTPS_PROXY and ALL_PROXY are set", _allow_domain,
+                           "PATTERN[:PORT]"),
     "share-pid": Option("flag", "keep the host's PID namespace", _share("pid")),
     "share-ipc": Option("flag", "keep the host's IPC namespace", _share("ipc")),
     "share-uts": Option("flag", "keep the host's UTS namespace (hostname)", _share("uts")),
@@ -644,6 +774,7 @@ def _validate(s: Spec) -> None:
             raise SpecError(opt, m.dst, "cannot mount over the jail's root")
         if m.src is not None and not os.path.exists(m.src):
             raise SpecError(opt, m.src, "no such file or directory")
+    _validate_net(s, has_mount)
     if "user" not in s.namespaces and os.geteuid() != 0:
         raise SpecError("--no-userns", True, "needs isol8r to run as root")
     if s.unsafe_map_host_root and "user" not in s.namespaces:
@@ -659,6 +790,24 @@ def _validate(s: Spec) -> None:
     for name, soft, hard in s.rlimits:
         if name not in RLIMITS or soft > hard:
             raise SpecError("--rlimit", f"{name}={soft}:{hard}", "bad resource limit")
+
+
+def _validate_net(s: Spec, has_mount: bool) -> None:
+    if s.net not in (*NET_MODES, "netns"):
+        raise SpecError("--net", s.net, f"expected one of {', '.join(NET_MODES)}")
+    if (s.net in ("host", "netns")) == ("net" in s.namespaces):
+        raise SpecError("--net", s.net, "does not match the namespaces (a new network namespace "
+                        "for none and user, none for host and --netns)")
+    if (s.net == "netns") != (s.netns is not None):
+        raise SpecError("--netns", s.netns or "", "give --netns NAME|PATH for a joined namespace")
+    if s.publish and s.net != "user":
+        raise SpecError("--publish", s.publish[0], "needs --net user")
+    if s.allow_domain and s.net != "none":
+        raise SpecError("--allow-domain", s.allow_domain[0], "needs --net none (the default): "
+                        "the proxy is the jail's only way out")
+    if s.net == "user" and not has_mount:
+        raise SpecError("--net", "user", "needs the mount namespace, for the jail's "
+                        "/etc/resolv.conf (not --share-mount)")
 
 
 def _check_privilege(s: Spec) -> None:

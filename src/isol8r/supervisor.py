@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import mounts, pipeline, protocol, rlimits, userns, wire
+from . import mounts, net, pipeline, protocol, rlimits, userns, wire
 from .errors import Isol8rError, SetupError, SpecError
 from .protocol import Exec, Failure, Go, Request, Status, Terminal, Timing
 from .result import Result
@@ -50,6 +50,8 @@ class Jail:
     cgroup: Any = None
     program_group: Any = None  # where the program alone is counted from its exec (memory peak)
     stood_in: int = 0  # a caller's signal that --no-init's PID 1 would have dropped: see forward
+    usernet: Any = None  # --net user: the usernet.UserNet stack of this jail, ended with it
+    egress: Any = None  # --allow-domain: the Popen of this jail's egress proxy, ended with it
 
     def forward(self, sig: int) -> None:
         """Pass a caller's signal on (the Forwarder's target)."""
@@ -78,6 +80,12 @@ class Jail:
                 raise
 
     def close(self, remove_cgroup: bool = True) -> None:
+        if self.usernet is not None:  # its published ports are free once this returns
+            self.usernet, net = None, self.usernet
+            net.stop()
+        if self.egress is not None:  # it writes its denials as it ends (read by result())
+            self.egress, proxy = None, self.egress
+            _stop_egress(proxy, self.pid)
         self.chan.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
@@ -149,6 +157,12 @@ def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = 
     the pre-warmed jail given, fitted to spec (fit). Returns it with the rlimits that stand in
     for cgroup limits no cgroup could hold."""
     jail: Jail | None = None
+    try:
+        check_publish(spec)
+    except BaseException:
+        if warm is not None:
+            discard(warm[0])
+        raise
     if warm is not None:
         jail, (cg, derived, notes) = warm
     if jail is None:
@@ -168,10 +182,156 @@ def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = 
             if cg is not None:
                 cg.remove()
             raise
+    start_usernet(jail, spec, verbose)
+    start_egress(jail, spec)
     jail.notes.extend(notes)
     jail.notes.extend(_setid_wall_notes(spec))
     jail.limits.update(_limits_applied(spec, derived, cg))
     return jail, derived
+
+
+def check_publish(spec: Spec) -> None:
+    """--publish: a host port in use is a one-line error before any jail is made."""
+    if not spec.publish:
+        return
+    from . import usernet
+    try:
+        usernet.check_ports_free([usernet.parse_publish(p) for p in spec.publish])
+    except usernet.UsernetError as e:
+        raise SetupError(str(e), 0) from None
+
+
+def start_usernet(jail: Jail, spec: Spec, verbose: bool = False) -> None:
+    """--net user: the user-mode stack for the jail's network namespace, started before its
+    Request is sent (the program never runs before the network is up), also for a warm jail,
+    which waited without one. A failure discards the jail: one-line SetupError."""
+    if spec.net != "user":
+        return
+    from . import usernet
+    try:
+        jail.usernet = usernet.start(
+            jail.pid, publish=[usernet.parse_publish(p) for p in spec.publish],
+            userns=jail.pid if "user" in spec.namespaces else None)
+    except BaseException as e:
+        discard(jail)
+        if isinstance(e, (usernet.UsernetError, OSError)):
+            raise SetupError(f"--net user: {e}", 0) from None
+        raise
+    if verbose:
+        net = jail.usernet
+        jail.notes.append(f"--net user: {net.backend} (pid {net.pid}, ready in "
+                          f"{net.startup * 1e3:.1f} ms), DNS {net.dns}" +
+                          "".join(f", --publish {p}" for p in net.publish))
+
+
+EGRESS_DIR = "/run/isol8r/egress"  # a jail proxy's denials, <jail pid>.json, until result()
+
+
+def start_egress(jail: Jail, spec: Spec) -> None:
+    """--allow-domain: a listening socket on the jail's own loopback (made from inside its
+    network namespace, which has nothing else), served by a proxy process in the host's
+    (isol8r.daemon.egress --jail), before the jail's Request is sent. Root only for now: the
+    supervisor enters the jail's namespace to make the socket). The proxy becomes nobody once
+    it has started (daemon/egress.py serve_jail): it needs no privilege to resolve, connect
+    and relay."""
+    if not spec.allow_domain:
+        return
+    try:
+        sock = _listen_in(jail.pid, "127.0.0.1", pipeline.EGRESS_PORT)
+        try:
+            os.makedirs(EGRESS_DIR, mode=0o700, exist_ok=True)
+            out = egress_file(jail.pid)
+            if os.path.exists(out):
+                os.unlink(out)  # a stale one of an earlier process of this pid
+            import sys
+            from pathlib import Path
+            env = dict(os.environ)
+            pkg_parent = str(Path(__file__).resolve().parent.parent)
+            env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
+                                              if env.get("PYTHONPATH") else "")
+            jail.egress = subprocess.Popen(
+                [sys.executable, "-s", "-m", "isol8r.daemon.egress", "--jail",
+                 str(sock.fileno()), *spec.allow_domain], pass_fds=[sock.fileno()],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
+                start_new_session=True, cwd="/",
+                # the CLI's forwarder blocks SIGTERM while a jail starts: not in the proxy
+                preexec_fn=_unblock_signals
+                if signal.pthread_sigmask(signal.SIG_BLOCK, ()) else None)
+        finally:
+            sock.close()
+    except OSError as e:
+        discard(jail)
+        raise SetupError("--allow-domain: start the egress proxy", e.errno or errno.EIO,
+                         str(e.filename or "")) from None
+
+
+def egress_file(pid: int) -> str:
+    return f"{EGRESS_DIR}/{pid}.json"
+
+
+def _listen_in(pid: int, host: str, port: int) -> socket.socket:
+    """A TCP listener made in the network namespace of pid, from this thread (which goes back
+    to its own namespace before this returns)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        linux.setns(target, linux.CLONE_NEWNET)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind((host, port))
+                sock.listen(128)
+            except OSError:
+                sock.close()
+                raise
+        finally:
+            linux.setns(own, linux.CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(own)
+    return sock
+
+
+def _unblock_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def _stop_egress(proc: subprocess.Popen[bytes], pid: int) -> None:
+    """SIGTERM (SIGKILL after two seconds) to the jail's proxy, by the pid this module
+    started; its denials go to egress_file(pid), where result() reads them, in this process
+    or in the caller of a fork server."""
+    assert proc.stdout is not None
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        data, _ = proc.communicate(timeout=2)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        data, _ = proc.communicate()
+    if not data:  # ended before it served (a short run): nothing was asked of it
+        data = b'{"denied": []}'
+    try:
+        fd = os.open(egress_file(pid) + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                     os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as f:
+            f.write(data)
+        os.rename(egress_file(pid) + ".part", egress_file(pid))
+    except OSError:
+        pass
+
+
+def net_denied(spec: Spec, pid: int | None) -> list[dict[str, Any]] | None:
+    """--allow-domain: the denials the jail's proxy wrote as it ended (and the file gone)."""
+    if not spec.allow_domain or pid is None:
+        return None
+    import json
+    try:
+        with open(egress_file(pid)) as f:
+            data = json.load(f)
+        os.unlink(egress_file(pid))
+    except (OSError, ValueError):
+        return None
+    return list(data.get("denied", []))
 
 
 def _setid_wall_notes(spec: Spec) -> list[str]:
@@ -244,11 +404,15 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
                          "could inherit a lock another thread holds; use the fork server "
                          "(isol8r.run's default)")
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    own_pid = os.getpid()
     clone_fd = cgroup.clone_fd() if cgroup is not None else -1
     started = time.monotonic()
     with _clone_lock:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+        own_net = -1
         try:
+            if plan.netns is not None:
+                own_net = _enter_netns(plan.netns, parent, child)
             pid, pidfd = linux.clone3(plan.clone_flags, clone_fd)
             if pid == 0:
                 pipeline.child_main(plan, child.fileno())
@@ -257,6 +421,8 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
             child.close()
             raise SetupError("clone3", e.errno or errno.EIO, _clone_hint(e.errno)) from None
         finally:
+            if own_net >= 0 and os.getpid() == own_pid:
+                net.leave_netns(own_net)
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
     child.close()
     jail = Jail(spec, pid, pidfd, parent, started, cgroup=cgroup)
@@ -284,6 +450,19 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         step = getattr(e, "syscall", None) or "write id maps / cgroup / open the binds"
         raise SetupError(step, e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
+
+
+def _enter_netns(netns: tuple[str, int, int], *socks: socket.socket) -> int:
+    """--netns: this thread into the jail's network namespace for the clone; a one-line
+    SetupError naming it when it is gone or replaced."""
+    try:
+        return net.enter_netns(*netns)
+    except OSError as e:
+        for s in socks:
+            s.close()
+        raise SetupError(f"--netns {netns[0]}", e.errno or errno.EIO,
+                         "replaced since the jail was planned" if e.errno == errno.ESTALE
+                         else "") from None
 
 
 def _add_program_group(jail: Jail) -> None:
@@ -458,8 +637,11 @@ class JailWatch:
         # init's report is enough once nothing of the jail runs: init emptied its PID namespace
         # before reporting, or it has exited (which, as PID 1, it does only once every other
         # process of the namespace is gone); unless the cgroup's counters are wanted
+        # (--net user: the server ends the stack before it reports, so the published ports are
+        # free when the Result is returned)
         return self.program is not None and (self.emptied or self.exited) \
-            and self.jail.cgroup is None
+            and self.jail.cgroup is None and self.jail.spec.net != "user" \
+            and not self.jail.spec.allow_domain
 
     def reaped(self, status: int, utime: float, stime: float, maxrss: int, usage: Any) -> None:
         """The fork server's report: it reaped the jail's init and read its cgroup."""
@@ -857,6 +1039,7 @@ def result(spec: Spec, out: Outcome, io: IOWatch | None) -> Result:
         res.exit_code = os.WEXITSTATUS(st)
     if io is not None:
         io.fill(res)
+    res.net_denied = net_denied(spec, out.pid)
     res.verdict = out.verdict or _verdict(spec, res, out.oom)
     if res.verdict == "seccomp":
         from . import seccomp

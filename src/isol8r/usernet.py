@@ -189,6 +189,13 @@ def start(netns: int | str, *, backend: str | None = None, publish: Sequence[Pub
     if not shutil.which(backend):
         raise UsernetError(f"{backend} is not installed (Debian package "
                            f"{'passt' if backend == 'pasta' else 'slirp4netns'})")
+    if os.geteuid() != 0 and not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        try:
+            mode = f"mode {os.stat('/dev/net/tun').st_mode & 0o7777:04o}"
+        except OSError as e:
+            mode = e.strerror or "missing"
+        raise UsernetError(f"{backend} needs /dev/net/tun, which this user cannot open ({mode}; "
+                           "most distributions make it 0666)")
     publish = tuple(publish)
     if not prefix:
         check_ports_free(publish)
@@ -212,8 +219,16 @@ def start(netns: int | str, *, backend: str | None = None, publish: Sequence[Pub
 
 
 def _spawn(argv: list[str], fds: list[int]) -> subprocess.Popen[bytes]:
+    # A caller that blocks signals while it starts a jail (the CLI's signal forwarder) would
+    # hand the stack a blocked SIGTERM, and stop() would wait for nothing: unblock them there.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, pass_fds=fds, start_new_session=True)
+                            stderr=subprocess.PIPE, pass_fds=fds, start_new_session=True,
+                            preexec_fn=_unblock_signals if blocked else None)
+
+
+def _unblock_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def _fail(proc: subprocess.Popen[bytes], backend: str, what: str,

@@ -639,9 +639,48 @@ def serve_in_thread(proxy: EgressProxy) -> threading.Thread:
     return t
 
 
+NOBODY = 65534
+
+
+def serve_jail(fd: int, patterns: list[str]) -> int:
+    """`--jail FD PATTERN...`: a jail's proxy (--allow-domain), started by its supervisor.
+
+    FD listens on the jail's own loopback (the supervisor made it inside the jail's network
+    namespace); this process stays in the host's, where it resolves and connects, as nobody
+    with no capabilities once it has started. It serves until SIGTERM, then writes its
+    denials to stdout as one JSON document (the supervisor puts them in the Result's
+    net_denied) and exits.
+    """
+    import importlib
+    importlib.import_module("encodings.idna")  # getaddrinfo's codec, while it still can be
+    import json
+    import os
+    import signal
+    import sys
+    proxy = EgressProxy(Policy.parse(patterns, host_addresses()))
+    proxy.adopt(socket.socket(fileno=fd))
+    signal.signal(signal.SIGTERM, lambda _s, _f: proxy.stop())
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a supervisor may have blocked SIGTERM
+    if os.geteuid() == 0:  # nobody, no groups: a uid change from root clears the capabilities
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    try:
+        proxy.serve()
+    finally:
+        proxy.close()
+        denied = [{"host": d.host, "port": d.port, "reason": d.reason, "time": d.time}
+                  for d in proxy.denials]
+        sys.stdout.write(json.dumps({"denied": denied, "count": proxy.denied_count}))
+        sys.stdout.flush()
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """`python -m isol8r.daemon.egress HOST:PORT PATTERN...`: a proxy by hand (PORT 0: any)."""
     import sys
+    if argv[:1] == ["--jail"] and len(argv) >= 2:
+        return serve_jail(int(argv[1]), argv[2:])
     if len(argv) < 1:
         print("usage: python -m isol8r.daemon.egress HOST:PORT PATTERN[:PORT]...", file=sys.stderr)
         return 2

@@ -1,0 +1,437 @@
+"""Issue 16, the network modes of a real jail: --net none|host|user, --publish, --netns.
+
+No packet may leave the machine. --net user's stack follows the default route of the namespace
+it runs in, so every jail with a stack is run from inside an "island" (tests/nethelp.py): the
+test runs the whole isol8r call (the library or the CLI, each its own process, and so its own
+stack) under `ip netns exec HOST`, where HOST is a namespace the test made whose only link
+leads to a fake internet namespace (HTTP on 8080, DNS on 53) and nowhere else. The CLI runs
+with ISOL8R_CLI_SERVER=0 there: a CLI server started elsewhere would run the jail, and its
+stack, in its own network namespace, not the island's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import isol8r
+from conftest import ROOT, cli, needs_root, py
+from nethelp import Island, ip, island, netns, stop, subnet
+
+pytestmark = needs_root
+
+ENV = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}",
+           ISOL8R_CLI_SERVER="0")
+IFACES = "import json, socket; print(json.dumps(sorted(n for _, n in socket.if_nameindex())))"
+
+
+@pytest.fixture(scope="module")
+def isle() -> Iterator[Island]:
+    with island(mib=1) as i:
+        yield i
+
+
+def in_island(isle: Island, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Python code (with isol8r importable) in the island's host namespace."""
+    return subprocess.run(["ip", "netns", "exec", isle.host, sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def island_cli(isle: Island, *args: str, **kw: Any) -> subprocess.Popen[str]:
+    """`isol8r run ARGS` in the island's host namespace, its stdout and stderr piped."""
+    return subprocess.Popen(["ip", "netns", "exec", isle.host, sys.executable, "-m", "isol8r",
+                             "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV, **kw)
+
+
+def stacks(ns: str) -> list[int]:
+    """The user-mode stacks (slirp4netns, pasta) running in network namespace ns."""
+    ino = os.stat(f"/run/netns/{ns}").st_ino
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            if comm in ("slirp4netns", "pasta") and os.stat(f"/proc/{pid}/ns/net").st_ino == ino:
+                out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
+def port_free(isle: Island, port: int) -> bool:
+    out = in_island(isle, "import socket\ns = socket.socket()\n"
+                    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                    f"s.bind(('0.0.0.0', {port})); s.listen(); print('free')")
+    return out.stdout == "free\n"
+
+
+# ---- none and host --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{}, {"net": "none"}])
+def test_the_default_and_none_have_only_loopback(options: dict[str, Any]) -> None:
+    r = py(IFACES, **options)
+    assert json.loads(r.stdout) == ["lo"], r
+
+
+@pytest.mark.parametrize("options", [{"net": "host"}, {"share_net": True}])
+def test_net_host_sees_the_hosts_interfaces(options: dict[str, Any]) -> None:
+    r = py(IFACES, **options)
+    assert json.loads(r.stdout) == sorted(n for _, n in socket.if_nameindex()), r
+    assert len(json.loads(r.stdout)) > 1
+
+
+def test_net_host_on_the_cli() -> None:
+    p = cli("run", "--net", "host", "--", "/usr/bin/python3", "-c", IFACES)
+    assert (p.returncode, json.loads(p.stdout)) == \
+        (0, sorted(n for _, n in socket.if_nameindex())), p.stderr
+
+
+# ---- user ---------------------------------------------------------------------------------------
+
+JAIL_CLIENT = """
+import socket, sys
+addr = socket.getaddrinfo("pypi.test", 8080, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+s = socket.create_connection(("pypi.test", 8080), timeout=10)
+s.sendall(b"GET /from-the-jail HTTP/1.0\\r\\nHost: pypi.test\\r\\n\\r\\n")
+out = b""
+while c := s.recv(65536):
+    out += c
+print(addr, out.decode().splitlines()[-1])
+"""
+
+
+def test_net_user_reaches_the_upstream_by_name_through_the_jails_dns(isle: Island) -> None:
+    """Three runs from one process: the later ones get warm jails of the shape, which waited
+    without a stack; each gets its own when it is handed out, and none is left running."""
+    before = stacks(isle.host)
+    out = in_island(isle, "import isol8r\n"
+                    "for _ in range(3):\n"
+                    f" r = isol8r.run(['/usr/bin/python3', '-c', {JAIL_CLIENT!r}], net='user',\n"
+                    "                capture_output=True, timeout=30)\n"
+                    " print(r.verdict, r.stdout.decode() + r.stderr.decode(), end='')\n")
+    want = f"ok {isle.addr} hello /from-the-jail host=pypi.test\n"
+    assert out.stdout == want * 3, (out.stdout, out.stderr)
+    assert stacks(isle.host) == before == [], "a stack was left running"
+
+
+def test_net_user_on_the_cli_generates_resolv_conf_and_says_which_stack(isle: Island) -> None:
+    p = island_cli(isle, "-v", "--net", "user", "--", "/bin/sh", "-c",
+                   "cat /etc/resolv.conf; /usr/bin/python3 -c \"$0\"", JAIL_CLIENT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    dns = "10.0.2.3" if "slirp4netns" in err else "169.254.1.1"
+    assert out == (f"nameserver {dns}\noptions edns0\n"
+                   f"{isle.addr} hello /from-the-jail host=pypi.test\n"), err
+    assert "isol8r: --net user: " in err and "DNS " + dns in err, err
+    assert stacks(isle.host) == []
+
+
+def test_net_user_cannot_reach_the_hosts_loopback(isle: Island) -> None:
+    """Neither the stack's gateway (10.0.2.2) nor 127.0.0.1 leads to a service on the host's
+    loopback; the twin, --net host, reaches it, so the probe can see it."""
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", isle.host, sys.executable, "-c",
+         "import socket\ns = socket.create_server(('127.0.0.1', 18093))\n"
+         "print('ready', flush=True)\nwhile True:\n c, _ = s.accept(); c.sendall(b'HOST'); "
+         "c.close()"], stdout=subprocess.PIPE, text=True)
+    probe = ("import socket\nfor a in ('10.0.2.2', '127.0.0.1'):\n"
+             " try:\n  print(a, socket.create_connection((a, 18093), timeout=2).recv(9))\n"
+             " except OSError as e:\n  print(a, 'no')")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        for net, want in (("user", "no"), ("host", "b'HOST'")):
+            out = subprocess.run(
+                ["ip", "netns", "exec", isle.host, sys.executable, "-c",
+                 "import isol8r, sys\nr = isol8r.run(['/usr/bin/python3', '-c', sys.argv[1]], "
+                 f"net={net!r}, capture_output=True, timeout=30)\n"
+                 "print(r.stdout.decode(), end='')", probe],
+                capture_output=True, text=True, timeout=60, env=ENV)
+            assert out.stdout.splitlines()[1:] == [f"127.0.0.1 {want}"], (net, out)
+            assert out.stdout.splitlines()[0] == "10.0.2.2 no", (net, out)
+    finally:
+        stop(holder)  # type: ignore[arg-type]
+
+
+# ---- publish ------------------------------------------------------------------------------------
+
+SERVER = ("import socket\ns = socket.create_server(('0.0.0.0', 8000))\nprint('ready', flush=True)\n"
+          "c, _ = s.accept(); c.recv(100); c.sendall(b'from the jail'); c.close()")
+
+
+def test_publish_forwards_a_port_to_the_jail_and_frees_it(isle: Island) -> None:
+    p = island_cli(isle, "--net", "user", "--publish", "18090:8000",
+                   "--publish", "127.0.0.1:18091:8000", "--", "/usr/bin/python3", "-c", SERVER)
+    try:
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], 30)
+        assert ready and p.stdout.readline() == "ready\n", p.stderr.read() if p.stderr else ""
+        assert not port_free(isle, 18090) and not port_free(isle, 18091)
+        assert len(stacks(isle.host)) == 1
+        out = in_island(isle, "import socket\n"
+                        "s = socket.create_connection(('127.0.0.1', 18091), timeout=10)\n"
+                        "s.sendall(b'hi'); print(s.recv(100).decode())")
+        assert out.stdout == "from the jail\n", out.stderr
+        assert p.wait(timeout=30) == 0
+    finally:
+        if p.poll() is None:
+            stop(p)  # type: ignore[arg-type]
+        p.communicate()
+    assert port_free(isle, 18090) and port_free(isle, 18091)
+    assert stacks(isle.host) == []
+
+
+def test_a_published_port_in_use_is_a_one_line_error_before_the_program_starts(
+        isle: Island) -> None:
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", isle.host, sys.executable, "-c",
+         "import socket, time\ns = socket.create_server(('0.0.0.0', 18092))\n"
+         "print('ready', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        p = island_cli(isle, "--net", "user", "--publish", "18092:80", "--", "/bin/sh", "-c",
+                       "echo started")
+        out, err = p.communicate(timeout=60)
+        assert (p.returncode, out, err) == \
+            (125, "", "isol8r: --publish 18092:80: host port 18092 is in use\n")
+        lib = in_island(isle, "import isol8r\ntry:\n"
+                        " isol8r.run(['/bin/true'], net='user', publish=['18092:80'])\n"
+                        "except isol8r.SetupError as e:\n print(e)")
+        assert lib.stdout == "--publish 18092:80: host port 18092 is in use\n", lib.stderr
+        assert stacks(isle.host) == []
+    finally:
+        stop(holder)  # type: ignore[arg-type]
+
+
+# ---- netns --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def named() -> Iterator[str]:
+    """A named namespace with a veth pair d0-d1 in it, d0 holding 10.203.N.1/24."""
+    with netns("join") as ns:
+        ip("-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+        ip("-n", ns, "addr", "add", f"10.203.{subnet()}.1/24", "dev", "d0")
+        ip("-n", ns, "link", "set", "d0", "up")
+        yield ns
+
+
+@pytest.mark.parametrize("how", ["name", "path"])
+def test_netns_joins_a_named_namespace(named: str, how: str) -> None:
+    value = named if how == "name" else f"/run/netns/{named}"
+    r = py(IFACES, netns=value)
+    assert json.loads(r.stdout) == ["d0", "d1", "lo"], r
+    r = py("print(open('/proc/net/fib_trie').read())", netns=value)
+    assert f"10.203.{subnet()}.1" in r.stdout.decode(), r
+    p = cli("run", "--netns", value, "--", "/usr/bin/python3", "-c", IFACES)
+    assert (p.returncode, json.loads(p.stdout or "0")) == (0, ["d0", "d1", "lo"]), p.stderr
+    assert json.loads(py(IFACES).stdout) == ["lo"]  # the next jail has a namespace of its own
+
+
+def test_the_supervisor_leaves_the_joined_namespace(named: str) -> None:
+    """In-process (no fork server): the thread that cloned the jail is back in its own."""
+    mine = os.readlink("/proc/thread-self/ns/net")
+    r = isol8r.run(["/usr/bin/python3", "-c", IFACES], netns=named, capture_output=True,
+                   fork_server=False)
+    assert json.loads(r.stdout) == ["d0", "d1", "lo"]
+    assert os.readlink("/proc/thread-self/ns/net") == mine
+
+
+# ---- bad values ---------------------------------------------------------------------------------
+
+BAD = [
+    (["--net", "bogus"], "--net bogus: expected one of none, host, user"),
+    (["--net", "user", "--share-net"], "--share-net: conflicts with --net user"),
+    # (the options are read in the table's order, whatever the command line's)
+    (["--share-net", "--net", "none"], "--share-net: conflicts with --net none"),
+    (["--netns", "isol8r-no-such-ns"], "--netns isol8r-no-such-ns: no network namespace there "
+     "(/run/netns/isol8r-no-such-ns: No such file or directory)"),
+    (["--netns", "/etc/passwd"], "--netns /etc/passwd: not a network namespace (a name in "
+     "/run/netns, or a path such as /proc/PID/ns/net)"),
+    (["--netns", "/proc/self/ns/net", "--net", "user"],
+     "--netns /proc/self/ns/net: conflicts with --net user"),
+    (["--publish", "80:80"], "--publish 80:80: needs --net user"),
+    (["--net", "user", "--publish", "80"],
+     "--publish 80: expected [HOST_ADDR:]HOST_PORT:JAIL_PORT[/udp]"),
+    (["--net", "user", "--publish", "0:80"], "--publish 0:80: bad port '0' (1-65535)"),
+    (["--net", "user", "--publish", "1:2/sctp"],
+     "--publish 1:2/sctp: protocol must be tcp or udp, not 'sctp'"),
+    (["--net", "user", "--publish", "300.1.1.1:1:2"],
+     "--publish 300.1.1.1:1:2: bad host address '300.1.1.1'"),
+    (["--allow-domain", "*"], "--allow-domain *: a bare '*' would allow every host; name the "
+     "hosts"),
+    (["--allow-domain", "*.org"], "--allow-domain *.org: '*.org' is too broad: the wildcard "
+     "must sit above a domain with a dot"),
+    (["--net", "user", "--allow-domain", "pypi.org"], "--allow-domain pypi.org: needs --net "
+     "none (the default): the proxy is the jail's only way out"),
+    (["--net", "user", "--share-mount"],
+     "--net user: needs the mount namespace, for the jail's /etc/resolv.conf (not "
+     "--share-mount)"),
+]
+
+
+@pytest.mark.parametrize("args, line", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_values_are_one_line_errors(args: list[str], line: str) -> None:
+    p = cli("run", *args, "--", "/bin/true", env_extra={"ISOL8R_CLI_SERVER": "0"})
+    assert (p.returncode, p.stdout, p.stderr) == (125, "", f"isol8r: {line}\n")
+    options: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        key = args[i][2:].replace("-", "_")
+        if i + 1 < len(args) and not args[i + 1].startswith("--"):
+            options.setdefault(key, []).append(args[i + 1]) if key == "publish" else \
+                options.__setitem__(key, args[i + 1])
+            i += 2
+        else:
+            options[key] = True
+            i += 1
+    with pytest.raises(isol8r.SpecError) as e:
+        isol8r.run(["/bin/true"], **options)
+    assert str(e.value).lstrip("-") == line.lstrip("-")  # the library names `net`, not `--net`
+
+
+def test_a_netns_gone_after_the_spec_is_a_one_line_error() -> None:
+    """Removed between the Spec and the run: the jail's Shape names it, nothing starts."""
+    with netns("gone") as ns:
+        s = isol8r.Spec.from_options(["/bin/true"], {"netns": ns})
+    for fork_server in (True, False):
+        with pytest.raises(isol8r.SpecError) as e:
+            isol8r.run(s, fork_server=fork_server)
+        assert str(e.value) == (f"--netns /run/netns/{ns}: no network namespace there "
+                                f"(/run/netns/{ns}: No such file or directory)")
+
+
+def test_nothing_is_left_behind(isle: Island) -> None:
+    """No stack in the island, none of this session's named namespaces but the island's (the
+    session's own check covers mounts, cgroups and the named namespaces at its end)."""
+    assert stacks(isle.host) == []
+    mine = f"isol8r-test-{os.getpid()}-"
+    assert sorted(n for n in os.listdir("/run/netns") if n.startswith(mine)) == \
+        sorted([isle.host, isle.inet])
+
+
+def test_a_netns_replaced_after_planning_is_refused_at_the_clone() -> None:
+    """The Shape holds the namespace by identity: one recreated under the same name between
+    the plan and the clone is refused, one line naming it, and nothing is started."""
+    from isol8r import pipeline, supervisor
+    with netns("stale") as ns:
+        s = isol8r.Spec.from_options(["/bin/true"], {"netns": ns})
+        plan = pipeline.prepare(pipeline.shape(s))
+        ip("netns", "del", ns)
+        ip("netns", "add", ns)
+        mine = os.readlink("/proc/thread-self/ns/net")
+        with pytest.raises(isol8r.SetupError) as e:
+            supervisor.spawn(s, plan)
+        assert str(e.value) == (f"--netns /run/netns/{ns}: ESTALE (Stale file handle): "
+                                "replaced since the jail was planned")
+        assert os.readlink("/proc/thread-self/ns/net") == mine
+
+
+# ---- allow-domain -------------------------------------------------------------------------------
+
+FETCH = """
+import json, os, socket, urllib.request
+out = {"proxy": os.environ["HTTP_PROXY"]}
+for url in ("http://pypi.test:8080/allowed", "http://evil.test:8080/denied"):
+    try:
+        out[url] = urllib.request.urlopen(url, timeout=10).read().decode().strip()
+    except Exception as e:
+        out[url] = str(getattr(e, "code", e))
+try:
+    socket.create_connection((os.environ["UPSTREAM"], 8080), timeout=3)
+    out["direct"] = "connected"
+except OSError as e:
+    out["direct"] = e.strerror
+print(json.dumps(out))
+"""
+
+
+def run_allow(isle: Island, rules: list[str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    out = in_island(isle, "import isol8r, json, sys\n"
+                    f"r = isol8r.run(['/usr/bin/python3', '-c', {FETCH!r}], allow_domain={rules!r},"
+                    f" env={{'UPSTREAM': {isle.addr!r}}}, capture_output=True, timeout=30)\n"
+                    "print(json.dumps([json.loads(r.stdout), r.net_denied]))")
+    assert out.returncode == 0, out.stderr
+    got, denied = json.loads(out.stdout)
+    return got, denied
+
+
+def test_allow_domain_admits_the_named_host_only_and_lists_the_denials(isle: Island) -> None:
+    """The proxy on the jail's loopback admits pypi.test (and its private address, which an
+    address rule names); evil.test is refused and listed; a direct connection has no route."""
+    got, denied = run_allow(isle, ["pypi.test", isle.addr])
+    assert got == {"proxy": "http://127.0.0.1:3128",
+                   "http://pypi.test:8080/allowed": "hello /allowed host=pypi.test:8080",
+                   "http://evil.test:8080/denied": "403",
+                   "direct": "Network is unreachable"}, got
+    assert [(d["host"], d["port"], d["reason"]) for d in denied] == \
+        [("evil.test", 8080, "not in allow-list")]
+
+
+def test_allow_domain_refuses_a_name_that_resolves_to_a_private_address(isle: Island) -> None:
+    """The twin of the test above without the address rule: pypi.test resolves to the fake
+    internet's 10.202.N.1, a private address, and a name rule alone never opens one."""
+    got, denied = run_allow(isle, ["pypi.test"])
+    assert got["http://pypi.test:8080/allowed"] == "403", got
+    assert ("pypi.test", 8080, f"resolves to a private address {isle.addr}") in \
+        [(d["host"], d["port"], d["reason"]) for d in denied]
+    left = os.listdir("/run/isol8r/egress") if os.path.isdir("/run/isol8r/egress") else []
+    assert left == [], "a proxy's denials file was left behind"
+
+
+def test_the_jails_proxy_runs_as_nobody_without_capabilities_and_ends_with_it() -> None:
+    """Seen from the host while the jail runs: the proxy (the one `isol8r.daemon.egress --jail`
+    process, started by the fork server) runs under uid and gid 65534 with no capability; it is
+    gone when the run returns."""
+    import threading
+    results: list[isol8r.Result] = []
+    t = threading.Thread(target=lambda: results.append(isol8r.run(
+        ["/bin/sleep", "3"], allow_domain=["pypi.org"])))
+    t.start()
+    try:
+        found: dict[str, str] = {}
+        deadline = time.monotonic() + 10
+        while not found and time.monotonic() < deadline:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                st = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+                if b"isol8r.daemon.egress" in argv and b"--jail" in argv \
+                        and st["Uid"].split()[0] == "65534":  # after its start-up
+                    found = dict(st, pid=pid)
+            time.sleep(0.05)
+    finally:
+        t.join()
+    assert found, "no proxy of this jail found"
+    assert found["Uid"].split() == ["65534"] * 4 and found["Gid"].split() == ["65534"] * 4
+    assert found["Groups"].strip() == "" and int(found["CapEff"], 16) == 0 \
+        and int(found["CapPrm"], 16) == 0
+    assert results[0].verdict == "ok" and results[0].net_denied == []
+    assert not Path(f"/proc/{found['pid']}").exists()
+
+
+@pytest.mark.skipif(os.access("/dev/net/tun", os.R_OK | os.W_OK) and
+                    os.stat("/dev/net/tun").st_mode & 0o006 == 0o006,
+                    reason="/dev/net/tun is open to every user here")
+def test_an_unprivileged_net_user_without_dev_net_tun_is_a_one_line_error() -> None:
+    """Where /dev/net/tun is not open to every user (0600 on this VM), a user's stack cannot
+    open it, and says so instead of slirp4netns' `child failed(1)`."""
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        "/usr/bin/python3", "-m", "isol8r", "run", "--net", "user", "--",
+                        "/bin/true"], capture_output=True, text=True, timeout=60, cwd="/",
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")})
+    assert p.returncode == 125 and p.stdout == "", p
+    assert p.stderr.startswith("isol8r: --net user: slirp4netns needs /dev/net/tun, which this "
+                               "user cannot open (mode ") and p.stderr.count("\n") == 1, p
