@@ -141,6 +141,13 @@ def island(mib: int = 50) -> Iterator[Island]:
                     etc.parent.rmdir()
 
 
+def in_host(isle: Island, code: str, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run Python code in the island's host namespace (`ip netns exec`), capture its output."""
+    return subprocess.run(["ip", "netns", "exec", isle.host, sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
 @contextlib.contextmanager
 def jail_netns() -> Iterator[int]:
     """A stand-in for a jail's network namespace: `unshare --net sleep`; yields its pid."""

@@ -25,7 +25,7 @@ import pytest
 
 import isol8r
 from conftest import ROOT, cli, needs_root, py
-from nethelp import Island, ip, island, netns, stop, subnet
+from nethelp import Island, in_host, ip, island, netns, stop, subnet
 
 pytestmark = needs_root
 
@@ -42,8 +42,7 @@ def isle() -> Iterator[Island]:
 
 def in_island(isle: Island, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Python code (with isol8r importable) in the island's host namespace."""
-    return subprocess.run(["ip", "netns", "exec", isle.host, sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=timeout, env=ENV)
+    return in_host(isle, code, timeout, ENV)
 
 
 def island_cli(isle: Island, *args: str, **kw: Any) -> subprocess.Popen[str]:

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import needs_root
 from isol8r.usernet import (UsernetError, check_ports_free, parse_publish, resolv_conf, start)
-from nethelp import Island, in_netns, island, jail_netns, serve_fake_internet, stop
+from nethelp import Island, in_host, in_netns, island, jail_netns, serve_fake_internet, stop
 
 pytestmark = needs_root
 
@@ -34,11 +34,6 @@ def isle() -> Iterator[Island]:
     with island(mib=50) as i:
         yield i
 
-
-def host_run(isle: Island, code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Python code in the island's host namespace (where the stack binds published ports)."""
-    return subprocess.run(["ip", "netns", "exec", isle.host, sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 GET = """
@@ -114,15 +109,15 @@ def test_published_ports_reach_the_jail_and_are_freed(isle: Island, backend: str
                        prefix=("ip", "netns", "exec", isle.host)):
                 for addr, port in (("10.201.%d.1" % int(isle.addr.split(".")[2]), 18080),
                                    ("127.0.0.1", 18081)):
-                    out = host_run(isle, "import socket\n"
-                                   f"s = socket.create_connection(({addr!r}, {port}), timeout=5)\n"
-                                   "s.sendall(b'hi'); print(s.recv(100).decode())")
+                    out = in_host(isle, "import socket\n"
+                                  f"s = socket.create_connection(({addr!r}, {port}), timeout=5)\n"
+                                  "s.sendall(b'hi'); print(s.recv(100).decode())")
                     assert out.stdout == "from the jail\n", (addr, out.stderr)
-            out = host_run(isle, "import socket\n"
-                           "for p in (18080, 18081):\n"  # TIME_WAIT may stay, a listener not
-                           " s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, "
-                           "socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', p)); s.listen()\n"
-                           "print('free')")
+            out = in_host(isle, "import socket\n"
+                          "for p in (18080, 18081):\n"  # TIME_WAIT may stay, a listener not
+                          " s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, "
+                          "socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', p)); s.listen()\n"
+                          "print('free')")
             assert out.stdout == "free\n", out.stderr
         finally:
             stop(server)

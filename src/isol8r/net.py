@@ -52,3 +52,35 @@ def leave_netns(own: int) -> None:
         linux.setns(own, linux.CLONE_NEWNET)
     finally:
         os.close(own)
+
+
+def listening(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on (host, port), IPv6 when host has a colon; port 0: the kernel
+    picks one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def listen_in(pid: int, host: str, port: int) -> socket.socket:
+    """A TCP listener made in the network namespace of pid, from this thread (which goes back
+    to its own namespace before this returns): --allow-domain's proxy serves the jail's own
+    loopback from the host's namespace."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        linux.setns(target, linux.CLONE_NEWNET)
+        try:
+            return listening(host, port)
+        finally:
+            linux.setns(own, linux.CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(own)

@@ -237,7 +237,7 @@ def start_egress(jail: Jail, spec: Spec) -> None:
     if not spec.allow_domain:
         return
     try:
-        sock = _listen_in(jail.pid, "127.0.0.1", pipeline.EGRESS_PORT)
+        sock = net.listen_in(jail.pid, "127.0.0.1", pipeline.EGRESS_PORT)
         try:
             os.makedirs(EGRESS_DIR, mode=0o700, exist_ok=True)
             out = egress_file(jail.pid)
@@ -267,29 +267,6 @@ def start_egress(jail: Jail, spec: Spec) -> None:
 
 def egress_file(pid: int) -> str:
     return f"{EGRESS_DIR}/{pid}.json"
-
-
-def _listen_in(pid: int, host: str, port: int) -> socket.socket:
-    """A TCP listener made in the network namespace of pid, from this thread (which goes back
-    to its own namespace before this returns)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        linux.setns(target, linux.CLONE_NEWNET)
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                sock.bind((host, port))
-                sock.listen(128)
-            except OSError:
-                sock.close()
-                raise
-        finally:
-            linux.setns(own, linux.CLONE_NEWNET)
-    finally:
-        os.close(target)
-        os.close(own)
-    return sock
 
 
 def _unblock_signals() -> None:

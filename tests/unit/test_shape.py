@@ -224,6 +224,8 @@ def test_the_pool_key_is_the_shape() -> None:
     k = pipeline.shape(s)
     assert isinstance(k, Shape) and k == spec.shape(s) and hash(k) == hash(spec.shape(s))
     assert {k: 1}[spec.shape(s)] == 1
+    from isol8r.daemon import pool
+    assert pool.key(s) == k  # the warm pool's own key function, not a copy of it
 
 
 def test_shape_is_frozen() -> None:

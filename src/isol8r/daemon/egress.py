@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
+from isol8r import net
 from isol8r.egress_rules import Address, Policy, address_of, normalize_host, split_host_port
 
 Resolver = Callable[[str], Iterable[str]]
@@ -163,15 +164,7 @@ class EgressProxy:
 
     def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Open a listening socket; returns its address (port 0: one the kernel picks)."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-            sock.listen(128)
-        except OSError:
-            sock.close()
-            raise
+        sock = net.listening(host, port)
         self.adopt(sock)
         name = sock.getsockname()
         return name[0], name[1]
@@ -410,14 +403,18 @@ class EgressProxy:
         self.denied_count += 1
         self.denials.append(Denial(host, port, reason, time.time()))
 
-    def _fail(self, conn: _Conn, status: int, socks_code: int, reason: str) -> None:
-        """Answer with an error and close once it is sent (never leaves the client waiting)."""
+    def _drop_upstream(self, conn: _Conn) -> None:
+        """Close a connection's upstream side, if it has one (a failed or abandoned attempt)."""
         if conn.upstream is not None:
             if conn.masks.get(conn.upstream.fileno()):
                 self._sel.unregister(conn.upstream)
             conn.masks.pop(conn.upstream.fileno(), None)
             conn.upstream.close()
             conn.upstream = None
+
+    def _fail(self, conn: _Conn, status: int, socks_code: int, reason: str) -> None:
+        """Answer with an error and close once it is sent (never leaves the client waiting)."""
+        self._drop_upstream(conn)
         conn.to_up.clear()
         if conn.kind == "socks":
             conn.to_client[:] = bytes([5, socks_code, 0, 1, 0, 0, 0, 0, 0, 0])
@@ -598,12 +595,7 @@ class EgressProxy:
         self._try_next(conn)
 
     def _try_next(self, conn: _Conn) -> None:
-        if conn.upstream is not None:
-            if conn.masks.get(conn.upstream.fileno()):
-                self._sel.unregister(conn.upstream)
-            conn.masks.pop(conn.upstream.fileno(), None)
-            conn.upstream.close()
-            conn.upstream = None
+        self._drop_upstream(conn)
         if not conn.addrs:
             self._fail(conn, 502, _SOCKS_REFUSED, f"{conn.host}:{conn.port}: connection failed")
             return

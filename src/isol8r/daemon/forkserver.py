@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import pipeline, protocol, supervisor, wire
 from ..errors import Isol8rError, SetupError
 from ..protocol import Failure, Lease, Leased, Reaped
-from .pool import PREWARM, Pool
 from ..result import Result
 from ..spec import Spec
+from .pool import PREWARM, Pool
 
 if TYPE_CHECKING:
     import asyncio
@@ -586,7 +586,7 @@ class _Session:
     def next_tick(self, now: float) -> float | None:
         assert self.watch is not None
         if self.watch.done:
-            return (self.watch.exited_at or now) + max(self.spec.kill_grace, 0.5)
+            return (self.watch.exited_at or now) + self.spec.drain_grace
         if self.watch.exited and self.watch.exited_at is not None:
             return self.watch.exited_at + WAIT_MARGIN  # the reap report's deadline
         return self.watch.tick(now)
@@ -601,7 +601,7 @@ class _Session:
             return False
         if w.exited_at is None:
             w.exited_at = time.monotonic()
-        return self.stdio.io.done or time.monotonic() > w.exited_at + max(self.spec.kill_grace, 0.5)
+        return self.stdio.io.done or time.monotonic() > w.exited_at + self.spec.drain_grace
 
     def close(self) -> None:
         if self.watch is not None and self.outcome is None:
