@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml bin/isol8r
 	@# setuptools is for builds (pip brings its own, isolated); its .pth costs every start ~1 ms
 	$(BIN)/pip uninstall -q -y setuptools
 	touch $(STAMP)
-	@# bytecode once, so a CLI start does not compile (PYTHONDONTWRITEBYTECODE may be set)
-	$(BIN)/python -m compileall -q src >/dev/null
 
+# bytecode for every module, also one added since the venv was made, so a CLI start does not
+# compile (PYTHONDONTWRITEBYTECODE may be set); compileall skips what is up to date
 install: $(STAMP)
+	@$(BIN)/python -m compileall -q src >/dev/null
 	@echo "isol8r is $(CURDIR)/$(BIN)/isol8r; to put it on PATH: make link (PREFIX=$(PREFIX))"
 
 # a symlink, so the command keeps using this checkout's venv

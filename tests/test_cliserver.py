@@ -91,6 +91,22 @@ def test_a_server_of_older_code_is_replaced() -> None:
     cliserver.stop()  # its own code changed back: stop it rather than leave a stale one
 
 
+def test_a_new_source_file_makes_the_server_stale() -> None:
+    """The server stats the paths it found at start-up, not a fresh walk: a module added since
+    must still be seen (its directory's mtime changes)."""
+    assert cli("run", "--", "/bin/true").returncode == 0
+    old = server_pid()
+    new_file = ROOT / "src" / "isol8r" / "daemon" / "stale_probe_test.py"
+    try:
+        new_file.write_text("")
+        assert cli("run", "--", "/bin/true").returncode == 0
+        new = server_pid()
+    finally:
+        new_file.unlink()
+    assert old is not None and new is not None and new != old
+    cliserver.stop()
+
+
 def _settled(pid: int, want: tuple[int, int], wait: float = 10.0) -> tuple[int, int]:
     """The server's (open descriptors, child processes), polled until they are back to want."""
     from conftest import children

@@ -346,18 +346,29 @@ def serve(sock_path: str, ready_fd: int, command: Callable[[list[str]], int]) ->
         listener.close()
 
 
-def _code() -> list[tuple[str, int, int]]:
-    """What the server runs: the package's sources and the interpreter, by mtime and size."""
+def _sources() -> list[str]:
+    """What the server runs: the package's directories and sources, and the interpreter."""
     out = []
     for d, dirs, files in os.walk(_package()):
         dirs[:] = [n for n in dirs if n != "__pycache__" and n != "data"]
-        for name in files:
-            if name.endswith(".py"):
-                st = os.stat(os.path.join(d, name))
-                out.append((os.path.join(d, name), st.st_mtime_ns, st.st_size))
-    st = os.stat(sys.executable)
-    out.append((sys.executable, st.st_mtime_ns, st.st_size))
+        out.append(d)
+        out += [os.path.join(d, name) for name in files if name.endswith(".py")]
+    out.append(sys.executable)
     return sorted(out)
+
+
+def _code(paths: list[str]) -> list[tuple[int, int]]:
+    """The (mtime, size) of each of paths, checked before every run: one stat each and no
+    directory walk (a run waits for it). A source added, removed or renamed changes its
+    directory's mtime, so the list of paths found at start-up is enough."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((-1, -1))
+    return out
 
 
 def _same_world(pid: int) -> bool:
@@ -382,7 +393,8 @@ class _Listener:
         self.conns: list[_Conn] = []
         self.idle: list[_Worker] = []
         self.stoppers: list[Any] = []
-        self.code = _code()
+        self.sources = _sources()
+        self.code = _code(self.sources)
         tmp = f"{sock_path}.{os.getpid()}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         old = os.umask(0o077)
@@ -492,7 +504,7 @@ class _Conn:
         if req is None or len(fds) != len(req.targets) + 1:
             self.end(sel)
             return
-        if _code() != self.listener.code:
+        if _code(self.listener.sources) != self.listener.code:
             self.listener.retire()  # first: the client's next connect must not reach this server
             self.reply(Stale())
             self.end(sel)
