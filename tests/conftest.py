@@ -98,7 +98,10 @@ def host_left_as_it_was() -> Iterator[None]:
     cliserver.stop()  # the CLI server the tests' `isol8r run` started, if any: it waits
     assert sock is None or not os.path.exists(sock), "the CLI server did not stop"
     assert mounts() == m, "the test session changed the host's mount table"
-    assert isol8r_cgroups() == c, f"cgroups left behind: {sorted(set(isol8r_cgroups()) - set(c))}"
+    # more than before is a leak; fewer is another isol8r process of this host that ended since
+    # (a CLI server of another checkout removes its empty isol8r/ group when it stops)
+    left = sorted(set(isol8r_cgroups()) - set(c))
+    assert not left, f"cgroups left behind: {left}"
     assert netns() == n, "named network namespaces left behind"
 
 
