@@ -32,7 +32,16 @@ own process instead.
   status  say whether this installation's server is running
   stop    stop it (runs under way finish first)
 """
-_SUBCOMMANDS = ("mkroot", "check-root", "policy", "profiles", "server")
+# Commands other than run, each served by a main(argv) -> int of the module that owns it (one
+# line each: "name": "module:function", the module relative to this package). Imported when
+# the command is used.
+SUBCOMMANDS = {
+    "mkroot": "rootfs:mkroot_main",
+    "check-root": "rootfs:check_root_main",
+    "policy": "cli:policy_main",
+    "profiles": "profiles:main",
+    "server": "daemon.cliserver:main",
+}
 _PARSER: Any = None
 
 
@@ -159,7 +168,7 @@ def _normalized(args: list[str]) -> list[str]:
     if not args:
         return ["run"]
     first = args[0]
-    if first in _SUBCOMMANDS or first in ("run", "-h", "--help", "--version"):
+    if first in SUBCOMMANDS or first in ("run", "-h", "--help", "--version"):
         return args
     if first.startswith("-") or "/" in first:
         return ["run", *args]
@@ -172,7 +181,7 @@ class UsageError(Exception):
 
 def _unknown_command(word: str) -> str:
     import difflib
-    commands = ("run", *_SUBCOMMANDS)
+    commands = ("run", *SUBCOMMANDS)
     close = difflib.get_close_matches(word, commands, n=1, cutoff=0.6)
     hint = f"did you mean '{close[0]}'? " if close else f"commands: {', '.join(commands)}; "
     return (f"unknown command {_shown(word)!r}: {hint}"
@@ -212,7 +221,7 @@ def main(argv: Sequence[str] | None = None, served: bool = False) -> int:
     if args[0] == "--version":
         _write(sys.stdout, f"isol8r {version()}\n")
         return 0
-    if args[0] in _SUBCOMMANDS:
+    if args[0] in SUBCOMMANDS:
         return _delegate(args[0], args[1:])
     if served or not os.isatty(0):  # a served run's client puts its terminal back itself
         return _run(build_parser().parse_args(args), served)
@@ -342,32 +351,23 @@ def _write(stream: Any, text: str) -> None:
 
 
 def _delegate(cmd: str, argv: list[str]) -> int:
-    """Subcommands that live with their concern: mkroot and check-root, policy, profiles, the
-    CLI server."""
+    """A command of SUBCOMMANDS, run by the module that owns it; a SpecError is one line."""
+    import importlib
+
     from .errors import SpecError
+    if cmd == "server" and argv in (["-h"], ["--help"]):
+        _write(sys.stdout, SERVER_HELP)
+        return 0
+    module, function = SUBCOMMANDS[cmd].split(":")
     try:
-        if cmd == "server":
-            if argv in (["-h"], ["--help"]):
-                _write(sys.stdout, SERVER_HELP)
-                return 0
-            from .daemon import cliserver
-            return cliserver.main(argv)
-        if cmd == "mkroot":
-            from . import rootfs
-            return rootfs.mkroot_main(argv)
-        if cmd == "check-root":
-            from . import rootfs
-            return rootfs.check_root_main(argv)
-        if cmd == "policy":
-            return _policy(argv)
-        from . import profiles
-        return profiles.main(argv)
+        return int(getattr(importlib.import_module(f".{module}", __package__), function)(argv))
     except SpecError as e:
         say(str(e))
         return SETUP_FAILED
 
 
-def _policy(argv: list[str]) -> int:
+def policy_main(argv: list[str]) -> int:
+    """isol8r policy show|check NAME|FILE."""
     p = _parser_class()(prog="isol8r policy")
     p.add_argument("action", choices=("show", "check"))
     p.add_argument("target", metavar="NAME|FILE")
