@@ -16,12 +16,13 @@ if TYPE_CHECKING:
 
     from .errors import ExecError, Isol8rError, JailFailed, SetupError, SpecError
     from .result import Result
+    from .sandbox import AsyncSandbox, Sandbox
     from .spec import Spec
 
-__all__ = ["run", "run_async", "Spec", "Result", "Isol8rError", "SpecError", "SetupError", "ExecError",
+__all__ = ["run", "run_async", "Sandbox", "AsyncSandbox", "Spec", "Result", "Isol8rError", "SpecError", "SetupError", "ExecError",
            "JailFailed"]
 __version__ = "0.1.0"
-_LAZY = {"Spec": "spec", "Result": "result", "Isol8rError": "errors", "SpecError": "errors",
+_LAZY = {"Sandbox": "sandbox", "AsyncSandbox": "sandbox", "Spec": "spec", "Result": "result", "Isol8rError": "errors", "SpecError": "errors",
          "SetupError": "errors", "ExecError": "errors", "JailFailed": "errors"}
 
 
@@ -57,7 +58,7 @@ def run(cmd: Sequence[str] | Spec, *, capture_output: bool = False, input: bytes
     from . import supervisor
     from .daemon import forkserver
 
-    data, decode = _habits(capture_output, input, stdin, stdout, stderr, text, encoding, errors,
+    data, decode = habits(capture_output, input, stdin, stdout, stderr, text, encoding, errors,
                            universal_newlines, env, options)
     spec = spec_of(cmd, timeout, options)
     if fork_server:
@@ -67,7 +68,7 @@ def run(cmd: Sequence[str] | Spec, *, capture_output: bool = False, input: bytes
     else:
         result = supervisor.run(spec, stdin=stdin, stdout=stdout, stderr=stderr, input=data,
                                 capture_output=capture_output, forward_signals=forward_signals)
-    return _finish(result, decode, check)
+    return finish(result, decode, check)
 
 
 async def run_async(cmd: Sequence[str] | Spec, *, capture_output: bool = False,
@@ -82,15 +83,15 @@ async def run_async(cmd: Sequence[str] | Spec, *, capture_output: bool = False,
     from . import supervisor
     from .daemon import forkserver
 
-    data, decode = _habits(capture_output, input, stdin, stdout, stderr, text, encoding, errors,
+    data, decode = habits(capture_output, input, stdin, stdout, stderr, text, encoding, errors,
                            universal_newlines, env, options)
     spec = spec_of(cmd, timeout, options)
     stdio = supervisor.open_stdio(spec, stdin, stdout, stderr, data, capture_output, lambda _v: None)
     result = await forkserver.run_async(forkserver.shared_client(), spec, stdio)
-    return _finish(result, decode, check)
+    return finish(result, decode, check)
 
 
-def _habits(capture_output: bool, input: bytes | str | None, stdin: Any, stdout: Any,
+def habits(capture_output: bool, input: bytes | str | None, stdin: Any, stdout: Any,
             stderr: Any, text: bool | None, encoding: str | None, errors: str | None,
             universal_newlines: bool | None, env: Any,
             options: dict[str, Any]) -> tuple[bytes | None, tuple[str, str] | None]:
@@ -126,7 +127,7 @@ def _habits(capture_output: bool, input: bytes | str | None, stdin: Any, stdout:
     return input, decode
 
 
-def _finish(result: Result, decode: tuple[str, str] | None, check: bool) -> Result:
+def finish(result: Result, decode: tuple[str, str] | None, check: bool) -> Result:
     from .errors import JailFailed
     if decode is not None:  # as subprocess's text mode: decoded, universal newlines
         for name in ("stdout", "stderr"):

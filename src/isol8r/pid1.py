@@ -46,7 +46,7 @@ def serve(program: int, exec_pipe: int, report: Callable[[bytes], None],
         report(Exec(time.monotonic_ns()).encode())
     status, ru = _wait_for(program)
     ended = time.monotonic_ns()
-    emptied = _empty_namespace()
+    emptied = empty_namespace()
     report(Status(status, ru.ru_utime, ru.ru_stime, ru.ru_maxrss, ended, emptied).encode())
     linger()
     if os.WIFSIGNALED(status):
@@ -54,7 +54,7 @@ def serve(program: int, exec_pipe: int, report: Callable[[bytes], None],
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255)
 
 
-def _empty_namespace() -> bool:
+def empty_namespace() -> bool:
     """As PID 1 of the jail's own PID namespace: kill every other process in it and reap them,
     so the report that follows means nothing of the jail still runs (the namespaces' teardown
     then goes on without the caller waiting for it). Returns True when done, False when this init

@@ -38,7 +38,7 @@ from typing import Any, Callable, NoReturn
 
 from . import caps, mounts, net, pid1, protocol, rlimits, userns, wire
 from .errors import exec_status
-from .protocol import Failure, Go, Request, Terminal, Timing
+from .protocol import Command, Exec, Failure, Forked, Go, Open, Opened, Request, Terminal, Timing
 from .spec import Shape, Spec
 from .spec import shape as spec_shape
 from .sys import linux
@@ -74,6 +74,8 @@ class Plan:
     # --netns: (path, device, inode) of the network namespace the child is cloned into (the
     # cloning thread enters it for the clone: net.cloned_into)
     netns: tuple[str, int, int] | None = None
+    # a sandbox's jail: its init stays, and forks one command per Command message (_hold)
+    hold: bool = False
 
 
 def environment(spec: Spec) -> dict[str, str]:
@@ -99,7 +101,8 @@ def proxy_env() -> dict[str, str]:
     return env
 
 
-def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Plan:
+def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None,
+            hold: bool = False) -> Plan:
     """Parent side: call each concern's planning function; nothing here touches the system.
     The Shape is the jail's only description here (a Spec field not in it cannot reach a warm
     jail); bpf, when given, is the default filter, loaded ahead if the shape says so."""
@@ -138,6 +141,7 @@ def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Pl
         parent_pidfd=linux.own_pidfd(),
         bpf=bpf if shape.default_filter else None,
         netns=shape.netns,
+        hold=hold,
     )
 
 
@@ -242,6 +246,8 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
         ch.step("sethostname", socket.sethostname, plan.hostname)
     if plan.loopback:
         ch.step("loopback up", net.loopback_up)
+    if plan.hold:
+        _hold(plan, ch, procs)
     if not plan.init:
         _program(plan, ch, ch.fd, lambda: _socket_alive(ch.fd), procs)
     r, w = os.pipe2(os.O_CLOEXEC)
@@ -255,6 +261,117 @@ def _setup(plan: Plan, ch: _Channel) -> NoReturn:
     quiet_stdio()
     _close_all_but((0, 1, 2, ch.fd, r))
     pid1.serve(pid, r, ch.send, lambda: _wait_closed(ch.fd))
+
+
+def _hold(plan: Plan, ch: _Channel, procs: int) -> NoReturn:
+    """A sandbox's init: jail root with the jail's capabilities, which runs no program of its
+    own. It says it is ready (Exec), then forks a command init per Command: PID 1 of a new PID
+    namespace (so the command's leftovers end with it, and a SIGKILL of it ends them all),
+    which does what a fresh jail's init does (_command). The owner closing the channel ends the
+    sandbox: every process of the jail is killed and reaped, then this exits."""
+    if procs >= 0:
+        os.close(procs)  # each command has a memory group of its own
+    quiet_stdio()
+    _close_all_but((0, 1, 2, ch.fd))
+    ch.send(Exec(time.monotonic_ns()).encode())
+    kids: dict[int, int] = {}  # pidfd -> pid of each command init
+    while True:
+        p = select.poll()
+        p.register(ch.fd, select.POLLIN)
+        for fd in kids:
+            p.register(fd, select.POLLIN)
+        for fd, _ in p.poll():
+            if fd in kids:
+                try:
+                    os.waitpid(kids.pop(fd), 0)
+                except ChildProcessError:
+                    pass
+                os.close(fd)
+                continue
+            data, fds = _receive(ch.fd, 4096, 64)
+            if not data:
+                pid1.empty_namespace()
+                os._exit(0)
+            try:
+                cmd = Command.decode(data)
+                if len(fds) != 1 + cmd.groups + cmd.program:
+                    raise protocol.ProtocolError("Command", f"{len(fds)} descriptors")
+            except protocol.ProtocolError:
+                for x in fds:
+                    os.close(x)
+                continue
+            chan, groups = fds[0], fds[1:1 + cmd.groups]
+            prog = fds[-1] if cmd.program else -1
+            try:
+                pid, pidfd = linux.clone3(linux.CLONE_NEWPID)
+            except OSError as e:
+                _Channel(chan, False, False).send(
+                    Failure("clone3 (a command's PID namespace)", e.errno or errno.EIO).encode())
+                pid, pidfd = -1, -1
+            if pid == 0:
+                _command(plan, chan, groups, prog)
+            if pidfd >= 0:
+                sock = socket.socket(fileno=chan)
+                try:
+                    sock.sendmsg([Forked().encode()], wire.rights([pidfd]))
+                except OSError:
+                    pass
+                finally:
+                    sock.detach()
+                kids[pidfd] = pid
+            for x in fds:
+                os.close(x)
+
+
+def _command(plan: Plan, chan: int, groups: list[int], prog: int) -> NoReturn:
+    """A command's init in a sandbox: into the command's cgroups, then as a fresh jail's init:
+    fork the program's process (_program), drop to CAP_KILL, serve as PID 1 (pid1.serve)."""
+    ch = _Channel(chan, False, plan.verbose)
+    try:
+        try:
+            _close_all_but((0, 1, 2, chan, *groups, prog))
+            for fd in groups:
+                ch.step("enter the command's cgroup", os.write, fd, b"0")
+                os.close(fd)
+            r, w = os.pipe2(os.O_CLOEXEC)
+            me = os.getpid()
+            pid = linux.fork_raw()
+            if pid == 0:
+                os.close(r)
+                _program(plan, _Channel(w, True, plan.verbose), chan, lambda: os.getppid() == me,
+                         prog)
+            os.close(w)
+            if prog >= 0:
+                os.close(prog)
+            ch.step("init: drop privileges", caps.drop_for_init)
+            _close_all_but((0, 1, 2, chan, r))
+            pid1.serve(pid, r, ch.send, lambda: _wait_closed(chan))
+        except Failure as f:
+            ch.fail(f)
+        except BaseException as e:
+            ch.fail(Failure("internal error", errno.EIO, f"{type(e).__name__}: {e}"))
+    finally:
+        os._exit(125)
+
+
+def _open_for(ch: _Channel, chan: int, msg: Open) -> NoReturn:
+    """A sandbox's file operation: open the path as the jail's user, inside the jail, and hand
+    the descriptor to the owner (Opened); the owner reads or writes it."""
+    fd = -1
+
+    def do_open() -> None:
+        nonlocal fd
+        fd = os.open(msg.path, msg.flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, msg.mode)
+    ch.step(f"open {os.fsdecode(msg.path)}", do_open)
+
+    def send() -> None:
+        sock = socket.socket(fileno=chan)
+        try:
+            sock.sendmsg([Opened().encode()], wire.rights([fd]))
+        finally:
+            sock.detach()
+    ch.step("hand the file to the owner", send)
+    os._exit(0)
 
 
 def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], bool],
@@ -281,9 +398,13 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
         if not data:
             os._exit(125)  # the supervisor went away before it sent work: a pre-warmed jail
         try:
-            req = Request.decode(data)
+            req = protocol.expect(data, Request, Open) if plan.hold else Request.decode(data)
         except protocol.ProtocolError as e:
             raise Failure("receive the request", errno.EPROTO, str(e)) from None
+        if isinstance(req, Open):
+            for x in fds:
+                os.close(x)
+            _open_for(ch, chan, req)
         argv, env, targets = req.argv, req.env, req.targets
         ch.step(f"chdir {req.cwd}", os.chdir, req.cwd)
         path = _resolve(argv[0], req.search_path)

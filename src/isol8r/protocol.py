@@ -5,6 +5,8 @@ Three sockets carry them (docs/design.md, "Wire protocols"):
   the fork server caller <-> server: Lease; Leased, Failure, Reaped
   the CLI server  client <-> server <-> worker: Run, Stop, Signal; Started, Stale, Local,
                   Failure, Exit; Armed (worker -> server)
+  a sandbox       owner -> server: Hold; owner -> its init: Command; per command: Forked
+                  (init -> owner), then Request or Open; Opened and the handshake's records
 
 A message is one tag byte and a body. The jail's records (Failure, Timing, Exec, Status) have
 text bodies with NUL-separated fields and no newline: the program's process sends its records
@@ -374,6 +376,72 @@ class Terminal(Msg):
         return cls()
 
 
+# ---- a sandbox (a jail that stays): its owner <-> its init, and one command's channel ----------
+
+
+class Command(Msg):
+    """Owner -> a sandbox's init, on the sandbox's handshake channel: start one command. Its
+    init forks a command init (PID 1 of a PID namespace of its own) that forks the program's
+    process, which then waits for a Request (or an Open) on the command's channel, exactly as a
+    fresh jail's does. Descriptors: the command's channel, then `groups` cgroup.procs files the
+    command init enters (the command's limits), then the program's memory group's when
+    `program` is set."""
+
+    __slots__ = ("groups", "program")
+    TAG = b"N"
+    TYPES = (int, bool)
+
+    def __init__(self, groups: int, program: bool) -> None:
+        self.groups, self.program = groups, program
+
+
+class Forked(Msg):
+    """A sandbox's init -> owner, on the command's channel: the command init was forked.
+    Descriptor: its pidfd (signals, exit), which the owner watches as a fresh jail's."""
+
+    __slots__ = ()
+    TAG = b"F"
+
+    def encode(self) -> bytes:
+        return b"F"
+
+    @classmethod
+    def of_body(cls, body: Any) -> "Forked":
+        if len(body):
+            raise _bad("Forked", "has no body")
+        return cls()
+
+
+class Open(Msg):
+    """Owner -> a command's program process, in place of a Request: open path (relative to the
+    sandbox's working directory) with flags and mode, as the jail's user, inside the jail's
+    root, and send the descriptor back (Opened). The path is resolved by the kernel inside the
+    jail, so a symlink the jail planted cannot lead out of it."""
+
+    __slots__ = ("path", "flags", "mode")
+    TAG = b"U"
+    TYPES = (bytes, int, int)
+
+    def __init__(self, path: bytes, flags: int, mode: int) -> None:
+        self.path, self.flags, self.mode = path, flags, mode
+
+
+class Opened(Msg):
+    """A command's program process -> owner: the descriptor Open asked for, as SCM_RIGHTS."""
+
+    __slots__ = ()
+    TAG = b"V"
+
+    def encode(self) -> bytes:
+        return b"V"
+
+    @classmethod
+    def of_body(cls, body: Any) -> "Opened":
+        if len(body):
+            raise _bad("Opened", "has no body")
+        return cls()
+
+
 # ---- the fork server: caller <-> server -------------------------------------------------------
 
 
@@ -415,6 +483,14 @@ class Lease(Msg):
         for name, value in fields.items():
             object.__setattr__(spec, name, value)
         return cls(spec, verbose)
+
+
+class Hold(Lease):
+    """Caller -> server: like Lease, but a sandbox's jail (pipeline.Plan.hold): its init stays
+    and forks one command per Command message; never taken from or added to the warm pool."""
+
+    __slots__ = ()
+    TAG = b"B"
 
 
 class Leased(Msg):
@@ -544,5 +620,5 @@ class Armed(Msg):
 
 
 CLASSES = (Failure, Go, Request, Timing, Exec, Status, Terminal, Lease, Leased, Reaped, Run, Stop,
-           Signal, Started, Stale, Local, Exit, Armed)  # every message, by socket (module doc)
+           Signal, Started, Stale, Local, Exit, Armed, Hold, Command, Forked, Open, Opened)  # every message, by socket (module doc)
 _BY_TAG: dict[int, Any] = {cls.TAG[0]: cls for cls in CLASSES}

@@ -151,11 +151,11 @@ def fit(jail: Jail, spec: Spec) -> Fitted | None:
     return fitted
 
 
-def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = None
-          ) -> tuple[Jail, dict[str, tuple[int, int]]]:
+def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = None,
+          hold: bool = False) -> tuple[Jail, dict[str, tuple[int, int]]]:
     """A jail of spec's shape, set up and waiting for its Request, in its cgroup: a new one, or
     the pre-warmed jail given, fitted to spec (fit). Returns it with the rlimits that stand in
-    for cgroup limits no cgroup could hold."""
+    for cgroup limits no cgroup could hold. hold: a sandbox's jail (pipeline.Plan.hold)."""
     jail: Jail | None = None
     try:
         check_publish(spec)
@@ -170,7 +170,7 @@ def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = 
             _check_root(spec.rootfs)
         cg, derived, notes = _limits(spec)
         try:
-            plan = pipeline.prepare(pipeline.shape(spec), verbose, bpf_for(spec))
+            plan = pipeline.prepare(pipeline.shape(spec), verbose, bpf_for(spec), hold)
             if spec.overlay_dir is not None:
                 try:
                     mounts.prepare_overlay_dir(spec.overlay_dir,
@@ -540,6 +540,14 @@ def _limits(spec: Spec, group: Any = None) -> tuple[Any, dict[str, tuple[int, in
             notes.append(f"--share-pid and no cgroup ({e.reason}): processes the program leaves "
                          "behind (a daemon) are not ended with the run")
         return None, derived, notes
+
+
+def command_limits(spec: Spec) -> tuple[Any, dict[str, tuple[int, int]], list[str], dict[str, Any]]:
+    """One command of a sandbox: its own cgroup when it asks for a cgroup limit (else None),
+    the rlimits standing in for what no cgroup holds, notes, and the limits as a Result shows
+    them: what lease() does for a jail, for a process of a jail that stays."""
+    cg, derived, notes = _limits(spec)
+    return cg, derived, notes, _limits_applied(spec, derived, cg)
 
 
 def _limits_applied(spec: Spec, derived: dict[str, tuple[int, int]], cg: Any) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import pipeline, protocol, supervisor, wire
 from ..errors import Isol8rError, SetupError
-from ..protocol import Failure, Lease, Leased, Reaped
+from ..protocol import Failure, Hold, Lease, Leased, Reaped
 from ..result import Result
 from ..spec import Spec
 from .pool import PREWARM, Pool
@@ -131,6 +131,7 @@ class _Lease:
     def __init__(self, jail: supervisor.Jail, sock: socket.socket, spec: Spec) -> None:
         self.jail, self.sock, self.spec = jail, sock, spec
         self.caller_gone = self.exited = False
+        self.hold = False  # a sandbox's jail: its end does not top the pool up
 
     def register(self, sel: selectors.BaseSelector) -> None:
         sel.register(self.jail.pidfd, selectors.EVENT_READ, self)
@@ -224,7 +225,8 @@ class Server:
                     r.finish(sel)
                     # Top the pool up now, not when the jail was leased: a clone and a jail's
                     # setup take a core for a few ms, which the run itself should have had.
-                    self.pool.refill(r.spec)
+                    if not r.hold:
+                        self.pool.refill(r.spec)
                 except Exception as e:
                     sys.stderr.write(f"isol8r fork server: reap: {type(e).__name__}: {e}\n")
         self.pool.close()
@@ -272,14 +274,15 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
     for fd in fds[1:]:
         os.close(fd)
     try:
-        req = protocol.expect(data, Lease)
+        req = protocol.expect(data, Lease, Hold)
         spec = req.spec
         warm = None
-        taken = server.pool.take(spec) if not req.verbose else None  # -v: a fresh jail's times
+        hold = isinstance(req, Hold)  # a sandbox's jail: never from the pool
+        taken = server.pool.take(spec) if not (req.verbose or hold) else None  # -v: fresh times
         if taken is not None:
             fitted = server.pool.fit(taken, spec)  # an unfit jail is discarded: a fresh one then
             warm = (taken, fitted) if fitted is not None else None
-        jail, derived = supervisor.lease(spec, req.verbose, warm)
+        jail, derived = supervisor.lease(spec, req.verbose, warm, hold)
     except Isol8rError as e:  # a ProtocolError too
         _reply_error(sock, Failure.of(e))
         return True
@@ -297,6 +300,7 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
         return True
     jail.chan.close()  # the caller owns the channel now
     lease = _Lease(jail, sock, spec)
+    lease.hold = hold
     lease.register(server.sel)
     server.runs.append(lease)
     return True
@@ -414,16 +418,18 @@ class Client:
                     bury(self._proc.pid)
             self._proc = None
 
-    def lease(self, spec: Spec, verbose: bool, fresh: bool = False) -> socket.socket:
+    def lease(self, spec: Spec, verbose: bool, fresh: bool = False,
+              hold: bool = False) -> socket.socket:
         """Ask for a jail of spec's shape; returns the per-run socket the answer comes on.
-        A server that went away (killed, say) is replaced once; fresh: replace it now."""
+        A server that went away (killed, say) is replaced once; fresh: replace it now.
+        hold: a sandbox's jail (protocol.Hold)."""
         ctl = self.connect()
         if fresh:
             ctl = self.connect(restart=ctl)
         for attempt in (1, 2):
             mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
             try:
-                _send(ctl, Lease(spec, verbose), [theirs.fileno()])
+                _send(ctl, (Hold if hold else Lease)(spec, verbose), [theirs.fileno()])
                 return mine
             except OSError as e:
                 mine.close()

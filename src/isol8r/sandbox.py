@@ -1,0 +1,610 @@
+"""Sandboxes that stay: one jail, many commands, files in and out.
+
+A Sandbox is a jail made once (namespaces, root, mounts, workspace) whose init runs no program
+of its own (pipeline._hold). Each command is a Command message on the jail's channel: the init
+forks a command init, PID 1 of a PID namespace of its own, which forks the program's process
+exactly as a fresh jail's init does (session, uid switch, capabilities and no_new_privs, the
+default filter, the program's memory group, then the Request: cwd, descriptors, rlimits,
+seccomp, execve). The command's channel speaks the fresh jail's handshake, so the owner watches
+it with the same JailWatch and IOWatch, and gets the same Result. A command ends as a fresh jail
+does: when its program exits, its init kills what it left behind; a time limit's SIGKILL of its
+init ends its whole PID namespace. Its limits are its own (a cgroup of its own when it asks for
+one), and so is its memory peak (its program's memory group).
+
+Files go in and out through the jail itself: an Open message in place of a Request makes a
+command's program process open the path as the jail's user, inside the jail's root, and hand
+the descriptor back; a symlink the jail planted resolves inside the jail, as the jail's user.
+
+The sandbox's jail is the fork server's (protocol.Hold), so it ends with the process that owns
+it (the server kills every jail when its caller is gone), after idle_timeout seconds without a
+command, or at close().
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+import stat
+import threading
+import time
+from typing import Any, Mapping, Sequence
+
+from . import finish, habits, pipeline, protocol, spec_of, supervisor, wire
+from .daemon import forkserver
+from .errors import SetupError, SpecError
+from .protocol import Command, Exec, Failure, Leased, Open, Opened, Status, Timing
+from .result import Result
+from .spec import Spec, shape
+
+_SEQ = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
+# what a command may set for itself; everything else is the sandbox's (its jail's shape)
+_PER_COMMAND = ("memory", "pids", "cpus", "cpu_limit", "time_limit", "output_limit", "tty")
+_JAIL_LEVEL = ("net", "netns", "publish", "allow_domain")
+_CHUNK = 1 << 20
+
+
+def _jail_part(spec: Spec) -> Spec:
+    """The part of a command's Spec that is the sandbox's: its limits and terminal taken out."""
+    return spec.replace(argv=("/bin/true",), memory=None, pids=None, cpus=None, cpu_limit=None,
+                        time_limit=None, output_limit=None, tty=False)
+
+
+class Sandbox:
+    """A jail that stays: `with isol8r.Sandbox(**options) as sb: sb.run([...])`.
+
+    options are isol8r.run's (the CLI's long names with underscores). The jail's own options
+    (root, mounts, namespaces, user, seccomp policy, network) are fixed for its life; the limits
+    (memory, pids, cpus, cpu_limit, time_limit/timeout, output_limit) and env, cwd, rlimits and
+    tty are defaults that each command may override, and they hold per command.
+    """
+
+    def __init__(self, *, idle_timeout: float | None = None, **options: Any) -> None:
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise SpecError("idle_timeout", idle_timeout, "must be a positive number of seconds")
+        self._options = dict(options)
+        base = spec_of(["/bin/true"], None, dict(options))
+        if "pid" not in base.namespaces:
+            raise SpecError("share-pid", True, "a sandbox needs a PID namespace of its own")
+        self._base = base
+        self._jail_spec = _jail_part(base)
+        self._shape = shape(self._jail_spec)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._active = 0
+        self._last = time.monotonic()
+        self._idle = idle_timeout
+        self._timer: threading.Timer | None = None
+        self._client = forkserver.shared_client()
+        self._sock, self._chan, self._pidfd, self.pid = self._hold()
+        if idle_timeout is not None:
+            self._arm(idle_timeout)
+
+    # ---- lifetime ---------------------------------------------------------------------------
+
+    def _hold(self) -> tuple[socket.socket, socket.socket, int, int]:
+        """Lease the sandbox's jail from the fork server and wait until its init is ready."""
+        client = self._client
+        sock = client.lease(self._jail_spec, False, hold=True)
+        try:
+            if not forkserver.select_readable(sock, forkserver.WAIT_MARGIN):
+                raise client.replace("no answer to a lease")
+            data, fds = forkserver.recv(sock)
+            if not data:
+                raise SetupError("fork server", errno.EPIPE, "it closed the connection")
+            try:
+                info = protocol.expect(data, Leased, Failure)
+                if isinstance(info, Leased) and len(fds) != 2:
+                    raise protocol.ProtocolError("Leased", f"{len(fds)} descriptors, not 2")
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            if isinstance(info, Failure):
+                raise info.error()
+            chan, pidfd = socket.socket(fileno=fds[0]), fds[1]
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            _await_ready(chan)
+        except BaseException:
+            chan.close()
+            os.close(pidfd)
+            sock.close()
+            raise
+        return sock, chan, pidfd, info.pid
+
+    def close(self) -> None:
+        """End the sandbox: every process in it is killed, then its mounts, namespaces and
+        cgroups go; returns once the fork server has reaped it. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+        self._chan.close()  # its init kills every process of the jail and exits
+        try:
+            if forkserver.select_readable(self._sock, forkserver.WAIT_MARGIN):
+                try:
+                    forkserver.recv(self._sock)  # Reaped: the jail and its groups are gone
+                except OSError:
+                    pass
+        finally:
+            self._sock.close()
+            os.close(self._pidfd)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed:
+                self.close()
+        except Exception:
+            pass
+
+    def _arm(self, after: float) -> None:
+        self._timer = threading.Timer(after, self._idle_check)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _idle_check(self) -> None:
+        assert self._idle is not None
+        with self._lock:
+            if self._closed:
+                return
+            left = self._last + self._idle - time.monotonic()
+            busy = self._active > 0
+            if busy or left > 0:
+                self._arm(self._idle if busy else left)
+                return
+        self.close()
+
+    def _begin(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise SetupError("sandbox", errno.ESRCH, "it is closed")
+            self._active += 1
+
+    def _end(self) -> None:
+        with self._lock:
+            self._active -= 1
+            self._last = time.monotonic()
+
+    # ---- commands ---------------------------------------------------------------------------
+
+    def command_spec(self, cmd: Sequence[str] | Spec, timeout: float | None = None,
+                     options: Mapping[str, Any] | None = None) -> Spec:
+        """The Spec of one command: the sandbox's options, this command's on top. An option of
+        the sandbox's jail (root, mounts, user, namespaces, seccomp, network) is refused."""
+        if isinstance(cmd, Spec):
+            spec = spec_of(cmd, timeout, dict(options or {}))
+        else:
+            spec = spec_of(cmd, timeout, {**self._options, **(options or {})})
+        theirs, ours = shape(_jail_part(spec)), self._shape
+        for name in (*ours.__dataclass_fields__, *_JAIL_LEVEL):
+            a = getattr(theirs if name in ours.__dataclass_fields__ else spec, name)
+            b = getattr(ours if name in ours.__dataclass_fields__ else self._base, name)
+            if a != b:
+                raise SpecError(name.replace("_", "-"), a, "is the sandbox's, fixed when it was "
+                                "made; a command can set only its limits, env, cwd, rlimits "
+                                "and tty")
+        return spec
+
+    def run(self, cmd: Sequence[str] | Spec, *, capture_output: bool = False,
+            input: bytes | str | None = None, stdin: Any = None, stdout: Any = None,
+            stderr: Any = None, timeout: float | None = None, check: bool = False,
+            text: bool | None = None, encoding: str | None = None, errors: str | None = None,
+            universal_newlines: bool | None = None,
+            env: Mapping[str, str] | Sequence[str] | None = None, **options: Any) -> Result:
+        """Run cmd in the sandbox and return its Result, as isol8r.run does (same arguments;
+        options: this command's limits, env, cwd, rlimits, tty). Safe from several threads."""
+        data, decode = habits(capture_output, input, stdin, stdout, stderr, text, encoding,
+                              errors, universal_newlines, env, options)
+        spec = self.command_spec(cmd, timeout, options)
+        stdio = supervisor.open_stdio(spec, stdin, stdout, stderr, data, capture_output,
+                                      lambda _v: None)
+        return finish(self.run_spec(spec, stdio), decode, check)
+
+    def run_spec(self, spec: Spec, stdio: supervisor.Stdio) -> Result:
+        """One command of spec (command_spec's) with the descriptors of stdio (open_stdio's)."""
+        try:
+            self._begin()
+        except BaseException:
+            _close_after_start(stdio)
+            stdio.io.close()
+            raise
+        try:
+            return _Command(self, spec, stdio).run()
+        finally:
+            self._end()
+
+    def _fork(self, groups: list[int], program: int) -> tuple[socket.socket, int, list[bytes]]:
+        """Ask the init for a command: its channel, its init's pidfd, the records that came
+        before the pidfd (a failure of the command's setup)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
+        try:
+            fds = [theirs.fileno(), *groups, *([program] if program >= 0 else [])]
+            with self._lock:
+                if self._closed:
+                    raise SetupError("sandbox", errno.ESRCH, "it is closed")
+                try:
+                    wire.send(self._chan, Command(len(groups), program >= 0).encode(), fds)
+                except OSError as e:
+                    raise SetupError("sandbox", e.errno or errno.EPIPE,
+                                     "its init is gone (killed, or idle past its timeout)") from None
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        early: list[bytes] = []
+        try:
+            while True:
+                if not forkserver.select_readable(mine, forkserver.WAIT_MARGIN):
+                    raise SetupError("sandbox", errno.ETIMEDOUT, "its init did not start the "
+                                     f"command within {forkserver.WAIT_MARGIN:g} s")
+                rec, anc, _, _ = mine.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
+                got = wire.fds_of(anc)
+                if rec[:1] == protocol.Forked.TAG and len(got) == 1:
+                    return mine, got[0], early
+                for fd in got:
+                    os.close(fd)
+                if not rec:
+                    return mine, -1, early
+                early.append(rec)
+        except BaseException:
+            mine.close()
+            raise
+
+    # ---- files ------------------------------------------------------------------------------
+
+    def _path(self, path: str | os.PathLike[str]) -> bytes:
+        p = os.fsencode(path)
+        if not p or b"\0" in p:
+            raise SpecError("path", os.fsdecode(p), "give a non-empty path without NUL")
+        return p if p.startswith(b"/") else os.fsencode(self._base.cwd) + b"/" + p
+
+    def open_fd(self, path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+        """A descriptor of path inside the sandbox, opened by a process of the jail as the
+        jail's user (its permissions, its root: a symlink cannot lead out). Raises OSError."""
+        p = self._path(path)
+        self._begin()
+        try:
+            chan, pidfd, early = self._fork([], -1)
+            try:
+                if pidfd >= 0:
+                    wire.send(chan, Open(p, flags, mode).encode())
+                return _await_opened(chan, early, os.fsdecode(p))
+            finally:
+                chan.close()
+                if pidfd >= 0:
+                    os.close(pidfd)
+        finally:
+            self._end()
+
+    def _open_regular(self, path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+        fd = self.open_fd(path, flags, mode)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise OSError(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL,
+                          "not a regular file", os.fsdecode(path))
+        os.set_blocking(fd, True)
+        return fd
+
+    def write_file(self, path: str | os.PathLike[str], data: bytes | str,
+                   mode: int = 0o644) -> None:
+        """Write data (str: UTF-8) to path in the sandbox, created (mode) or truncated."""
+        if isinstance(data, str):
+            data = data.encode()
+        fd = self._open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view[:_CHUNK]):]
+        finally:
+            os.close(fd)
+
+    def read_file(self, path: str | os.PathLike[str]) -> bytes:
+        """The contents of the regular file at path in the sandbox."""
+        fd = self._open_regular(path, os.O_RDONLY)
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, _CHUNK)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+
+    def upload(self, host_path: str | os.PathLike[str], path: str | os.PathLike[str],
+               mode: int | None = None) -> None:
+        """Copy a host file into the sandbox (mode: the host file's permission bits)."""
+        with open(host_path, "rb") as src:
+            perm = stat.S_IMODE(os.fstat(src.fileno()).st_mode) & 0o777 if mode is None else mode
+            fd = self._open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, perm)
+            try:
+                while True:
+                    chunk = src.read(_CHUNK)
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+
+    def download(self, path: str | os.PathLike[str], host_path: str | os.PathLike[str]) -> None:
+        """Copy a regular file of the sandbox to host_path (created or truncated)."""
+        fd = self._open_regular(path, os.O_RDONLY)
+        try:
+            with open(host_path, "wb") as dst:
+                while True:
+                    chunk = os.read(fd, _CHUNK)
+                    if not chunk:
+                        break
+                    dst.write(chunk)
+        finally:
+            os.close(fd)
+
+    def listdir(self, path: str | os.PathLike[str] = ".") -> list[str]:
+        """The names in a directory of the sandbox, sorted."""
+        fd = self.open_fd(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+
+
+class AsyncSandbox:
+    """Sandbox for asyncio: `async with isol8r.AsyncSandbox(**options) as sb: await sb.run(...)`.
+    Each call runs in a worker thread (a command's watching blocks); commands may overlap."""
+
+    def __init__(self, *, idle_timeout: float | None = None, **options: Any) -> None:
+        self._args = (idle_timeout, options)
+        self.sandbox: Sandbox | None = None
+
+    async def start(self) -> "AsyncSandbox":
+        import asyncio
+        idle, options = self._args
+        self.sandbox = await asyncio.to_thread(lambda: Sandbox(idle_timeout=idle, **options))
+        return self
+
+    async def __aenter__(self) -> "AsyncSandbox":
+        return await self.start()
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.close()
+
+    def _sb(self) -> Sandbox:
+        if self.sandbox is None:
+            raise SetupError("sandbox", errno.ESRCH, "not started: use `async with` or start()")
+        return self.sandbox
+
+    async def close(self) -> None:
+        import asyncio
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.close)
+
+    async def run(self, cmd: Sequence[str] | Spec, **kwargs: Any) -> Result:
+        import asyncio
+        sb = self._sb()
+        return await asyncio.to_thread(lambda: sb.run(cmd, **kwargs))
+
+    async def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
+        import asyncio
+        await asyncio.to_thread(self._sb().write_file, path, data, mode)
+
+    async def read_file(self, path: str) -> bytes:
+        import asyncio
+        return await asyncio.to_thread(self._sb().read_file, path)
+
+    async def upload(self, host_path: str, path: str) -> None:
+        import asyncio
+        await asyncio.to_thread(self._sb().upload, host_path, path)
+
+    async def download(self, path: str, host_path: str) -> None:
+        import asyncio
+        await asyncio.to_thread(self._sb().download, path, host_path)
+
+    async def listdir(self, path: str = ".") -> list[str]:
+        import asyncio
+        return await asyncio.to_thread(self._sb().listdir, path)
+
+
+# ---- one command ----------------------------------------------------------------------------
+
+
+class _Command:
+    """The owner's side of one command: its groups, its fork, its Request, its watch."""
+
+    def __init__(self, sb: Sandbox, spec: Spec, stdio: supervisor.Stdio) -> None:
+        self.sb, self.spec, self.stdio = sb, spec, stdio
+        self.group: Any = None
+        self.program: Any = None
+        self.watch: supervisor.JailWatch | None = None
+
+    def run(self) -> Result:
+        spec, stdio = self.spec, self.stdio
+        try:
+            jail, derived = self._start()
+        except BaseException:
+            _close_after_start(stdio)
+            stdio.io.close()
+            self._remove()
+            raise
+        watch = self.watch
+        assert watch is not None
+        sel = selectors.DefaultSelector()
+        try:
+            try:
+                if watch.error is None and jail.pidfd >= 0:
+                    req = pipeline.request(spec, [t for _, t in stdio.child], derived,
+                                           supervisor.bpf_for(spec))
+                    try:
+                        supervisor.activate(jail, req, [src for src, _ in stdio.child])
+                    except SetupError:
+                        pass  # its error record is read below, as a fresh jail's would be
+            finally:
+                _close_after_start(stdio)
+            watch.register(sel) if jail.pidfd >= 0 else \
+                sel.register(jail.chan, selectors.EVENT_READ, (watch, "chan"))
+            stdio.io.register(sel)
+            supervisor.drive(sel, self._next_tick, self._finished)
+            outcome = watch.finish()
+        finally:
+            sel.close()
+            stdio.io.close()
+            if watch.jail.pidfd >= 0:
+                watch.jail.close(remove_cgroup=False)
+            self._remove()
+        return supervisor.result(spec, outcome, stdio.io)
+
+    def _start(self) -> tuple[supervisor.Jail, dict[str, tuple[int, int]]]:
+        from . import cgroups
+        spec = self.spec
+        cg, derived, notes, applied = supervisor.command_limits(spec)
+        self.group = cg
+        try:
+            self.program = cgroups.Cgroup.program_group(cg, parent=spec.cgroup_parent)
+        except cgroups.CgroupUnavailable as e:
+            notes.append(f"memory_peak is wait4's ru_maxrss: {e.reason}")
+        fds: list[int] = []
+        try:
+            if cg is not None:
+                fds = [os.open(os.path.join(p, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+                       for p in cg.paths]
+            prog = os.open(self.program.procs_file(), os.O_WRONLY | os.O_CLOEXEC) \
+                if self.program is not None else -1
+            if prog >= 0:
+                fds.append(prog)
+            started = time.monotonic()
+            chan, pidfd, early = self.sb._fork(fds[:len(fds) - (prog >= 0)], prog)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        jail = supervisor.Jail(spec, _host_pid(pidfd), pidfd, chan, started, applied, notes,
+                               cgroup=cg, program_group=self.program)
+        self.watch = supervisor.JailWatch(jail, None, reaper=False)
+        self.watch.terminal = self.stdio.io.terminal
+        self.stdio.io.on_limit = self.watch.limit_hit
+        for rec in early:
+            self.watch.on_record(rec)
+        if pidfd < 0 and self.watch.error is None:
+            self.watch.error = Failure("sandbox", errno.EPIPE, "its init is gone")
+        return jail, derived
+
+    def _usage(self) -> Any:
+        try:
+            return self.group.usage() if self.group is not None else None
+        except OSError:
+            return None
+
+    def _finished(self) -> bool:
+        w = self.watch
+        assert w is not None
+        if w.reaped_report is None:
+            if w.program is not None and (w.emptied or w.exited):
+                st, ut, syst, rss = w.program
+                w.reaped(st, ut, syst, rss, self._usage())
+            elif (w.exited or w.jail.pidfd < 0) and not w.chan_open:
+                # ended before its init reported (its limit's SIGKILL, or a failed setup)
+                w.reaped(9, 0.0, 0.0, 0, self._usage())
+        if not w.done:
+            return False
+        if w.exited_at is None:
+            w.exited_at = time.monotonic()
+        return self.stdio.io.done or time.monotonic() > w.exited_at + self.spec.drain_grace
+
+    def _next_tick(self, now: float) -> float | None:
+        w = self.watch
+        assert w is not None
+        if w.done:
+            return (w.exited_at or now) + self.spec.drain_grace
+        return w.tick(now)
+
+    def _remove(self) -> None:
+        for g in (self.program, self.group):
+            if g is not None:
+                try:
+                    g.remove()
+                except OSError:
+                    pass
+        self.program = self.group = None
+
+
+def _close_after_start(stdio: supervisor.Stdio) -> None:
+    for fd in stdio.close_after_start:
+        os.close(fd)
+    stdio.close_after_start = []
+
+
+def _host_pid(pidfd: int) -> int:
+    """The host pid of a pidfd's process (its fdinfo), for the audit log's seccomp records."""
+    if pidfd < 0:
+        return 0
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _await_ready(chan: socket.socket) -> None:
+    """The sandbox init's Exec record (ready), or the setup's failure raised."""
+    deadline = time.monotonic() + forkserver.WAIT_MARGIN * 2
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not forkserver.select_readable(chan, left):
+            raise SetupError("sandbox", errno.ETIMEDOUT, "its jail was not ready in time")
+        try:
+            rec = chan.recv(65536)
+        except ConnectionResetError:
+            continue
+        if not rec:
+            raise SetupError("sandbox", errno.EPIPE, "its jail ended during its setup")
+        msg = protocol.expect(rec, Timing, Failure, Exec)
+        if isinstance(msg, Failure):
+            raise msg.error()
+        if isinstance(msg, Exec):
+            return
+
+
+def _await_opened(chan: socket.socket, early: list[bytes], path: str) -> int:
+    """The descriptor a command's Open sent back, or its failure as an OSError."""
+    pending = list(early)
+    while True:
+        fds: list[int] = []
+        if pending:
+            rec = pending.pop(0)
+        else:
+            if not forkserver.select_readable(chan, forkserver.WAIT_MARGIN):
+                raise SetupError("sandbox", errno.ETIMEDOUT, f"open {path}: no answer")
+            rec, anc, _, _ = chan.recvmsg(65536, socket.CMSG_SPACE(4))
+            fds = wire.fds_of(anc)
+        if not rec:
+            raise SetupError("sandbox", errno.EPIPE, f"open {path}: the command ended")
+        msg = protocol.expect(rec, Timing, Failure, Exec, Status, Opened)
+        if isinstance(msg, Opened) and len(fds) == 1:
+            return fds[0]
+        for fd in fds:
+            os.close(fd)
+        if isinstance(msg, Failure):
+            if msg.step.startswith("open "):
+                raise OSError(msg.err, os.strerror(msg.err), path)
+            raise msg.error()
