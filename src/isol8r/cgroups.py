@@ -472,6 +472,13 @@ class Cgroup:
         d = self._dirs.get("peak")
         return None if d is None else _int_opt(os.path.join(d, "memory.max_usage_in_bytes"))
 
+    def reset_peak(self) -> None:
+        """Start the program group's high-water mark again (v1: write 0), so an empty group
+        can count the next program of a sandbox, instead of a new one made for it."""
+        d = self._dirs.get("peak")
+        if d is not None:
+            _write(os.path.join(d, "memory.max_usage_in_bytes"), "0")
+
     def path(self, controller: str = "") -> str | None:
         """The directory holding this controller's files (v2: the one group), None if not used."""
         return self._dirs.get("" if self.version == 2 else controller)

@@ -76,6 +76,9 @@ class Sandbox:
         self._last = time.monotonic()
         self._idle = idle_timeout
         self._timer: threading.Timer | None = None
+        self._layout: Any = None  # the host's cgroup layout, read once
+        self._warm: dict[Any, _Slot] = {}  # a command asked for ahead, per kinds of limit
+        self._free: list[Any] = []  # empty program groups, for the next commands without limits
         self._client = forkserver.shared_client()
         self._sock, self._chan, self._pidfd, self.pid = self._hold()
         if idle_timeout is not None:
@@ -125,6 +128,10 @@ class Sandbox:
             self._closed = True
             if self._timer is not None:
                 self._timer.cancel()
+            warm, self._warm = list(self._warm.values()), {}
+            free, self._free = self._free, []
+        for slot in warm:
+            slot.chan.close()
         self._chan.close()  # its init kills every process of the jail and exits
         try:
             if forkserver.select_readable(self._sock, forkserver.WAIT_MARGIN):
@@ -135,6 +142,10 @@ class Sandbox:
         finally:
             self._sock.close()
             os.close(self._pidfd)
+            for slot in warm:
+                slot.discard()
+            for g in free:
+                _remove(g)
 
     @property
     def closed(self) -> bool:
@@ -229,9 +240,108 @@ class Sandbox:
         finally:
             self._end()
 
-    def _fork(self, groups: list[int], program: int) -> tuple[socket.socket, int, list[bytes]]:
-        """Ask the init for a command: its channel, its init's pidfd, the records that came
-        before the pidfd (a failure of the command's setup)."""
+    def _program_group(self, cg: Any, spec: Spec) -> Any:
+        """The program's memory group of a command: an empty one kept from an earlier command
+        without limits, or a new one (inside the command's group when it has one)."""
+        from . import cgroups
+        if cg is None:
+            with self._lock:
+                if self._free:
+                    return self._free.pop()
+        if self._layout is None:
+            self._layout = cgroups.detect()
+        return cgroups.Cgroup.program_group(cg, parent=spec.cgroup_parent, layout=self._layout)
+
+    def _slot(self, spec: Spec) -> "_Slot":
+        """A command asked for now: its groups made (spec's kinds of limit), the Command sent;
+        the Forked answer is read when it is taken (_take)."""
+        from . import cgroups
+        cg, _, notes, _ = supervisor.command_limits(spec)
+        slot = _Slot(_kinds(spec), cg, notes)
+        try:
+            try:
+                slot.program = self._program_group(cg, spec)
+            except cgroups.CgroupUnavailable as e:
+                slot.notes.append(f"memory_peak is wait4's ru_maxrss: {e.reason}")
+            except OSError as e:
+                slot.notes.append(f"memory_peak is wait4's ru_maxrss: {e}")
+            fds: list[int] = []
+            try:
+                if cg is not None:
+                    fds = [os.open(os.path.join(p, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+                           for p in cg.paths]
+                prog = os.open(slot.program.procs_file(), os.O_WRONLY | os.O_CLOEXEC) \
+                    if slot.program is not None else -1
+                if prog >= 0:
+                    fds.append(prog)
+                slot.chan = self._ask(fds[:len(fds) - (prog >= 0)], prog)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        except BaseException:
+            slot.discard()
+            raise
+        return slot
+
+    def _take(self, spec: Spec) -> "_Slot":
+        """The command asked for ahead for spec's kinds of limit (its group given spec's
+        values), else a new one; its init's pidfd read."""
+        kinds = _kinds(spec)
+        with self._lock:
+            slot = self._warm.pop(kinds, None)
+        if slot is not None and slot.group is not None:
+            try:
+                supervisor.command_limits(spec, slot.group)
+            except Exception:  # a memory limit below what it holds already: a new one
+                slot.chan.close()
+                slot.discard()
+                slot = None
+        if slot is None:
+            slot = self._slot(spec)
+        try:
+            slot.pidfd, slot.early = self._forked(slot.chan)
+        except BaseException:
+            slot.discard()
+            raise
+        return slot
+
+    def _refill(self, spec: Spec) -> None:
+        """Ask for the next command of spec's kinds ahead, while this one runs: a warm command
+        costs the next run only its Request (as a warm jail does a fresh run)."""
+        kinds = _kinds(spec)
+        with self._lock:
+            if self._closed or kinds in self._warm:
+                return
+            self._warm[kinds] = _PENDING
+        try:
+            slot = self._slot(spec)
+        except Exception:
+            with self._lock:
+                self._warm.pop(kinds, None)
+            return
+        with self._lock:
+            if not self._closed and self._warm.get(kinds) is _PENDING:
+                self._warm[kinds] = slot
+                return
+        slot.chan.close()
+        slot.discard()
+
+    def _done(self, slot: "_Slot", clean: bool) -> None:
+        """A command's groups after its end: an empty program group kept for the next command
+        without limits; the rest removed."""
+        if clean and slot.group is None and slot.program is not None:
+            try:
+                slot.program.reset_peak()
+                with self._lock:
+                    if not self._closed:
+                        self._free.append(slot.program)
+                        slot.program = None
+            except OSError:
+                pass
+        slot.discard()
+
+    def _ask(self, groups: list[int], program: int) -> socket.socket:
+        """Send the init a Command; returns the command's channel."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
         try:
             fds = [theirs.fileno(), *groups, *([program] if program >= 0 else [])]
@@ -248,24 +358,34 @@ class Sandbox:
             raise
         finally:
             theirs.close()
+        return mine
+
+    def _forked(self, mine: socket.socket) -> tuple[int, list[bytes]]:
+        """The command init's pidfd (-1 if none came), and the records sent before it."""
         early: list[bytes] = []
+        while True:
+            if not forkserver.select_readable(mine, forkserver.WAIT_MARGIN):
+                raise SetupError("sandbox", errno.ETIMEDOUT, "its init did not start the "
+                                 f"command within {forkserver.WAIT_MARGIN:g} s")
+            rec, anc, _, _ = mine.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
+            got = wire.fds_of(anc)
+            if rec[:1] == protocol.Forked.TAG and len(got) == 1:
+                return got[0], early
+            for fd in got:
+                os.close(fd)
+            if not rec:
+                return -1, early
+            early.append(rec)
+
+    def _fork(self, groups: list[int], program: int) -> tuple[socket.socket, int, list[bytes]]:
+        """A command started now (files): its channel, its init's pidfd, early records."""
+        mine = self._ask(groups, program)
         try:
-            while True:
-                if not forkserver.select_readable(mine, forkserver.WAIT_MARGIN):
-                    raise SetupError("sandbox", errno.ETIMEDOUT, "its init did not start the "
-                                     f"command within {forkserver.WAIT_MARGIN:g} s")
-                rec, anc, _, _ = mine.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
-                got = wire.fds_of(anc)
-                if rec[:1] == protocol.Forked.TAG and len(got) == 1:
-                    return mine, got[0], early
-                for fd in got:
-                    os.close(fd)
-                if not rec:
-                    return mine, -1, early
-                early.append(rec)
+            pidfd, early = self._forked(mine)
         except BaseException:
             mine.close()
             raise
+        return mine, pidfd, early
 
     # ---- files ------------------------------------------------------------------------------
 
@@ -427,13 +547,53 @@ class AsyncSandbox:
 # ---- one command ----------------------------------------------------------------------------
 
 
+_PENDING: Any = object()  # a slot being made for these kinds (_refill)
+
+
+def _kinds(spec: Spec) -> Any:
+    """Which cgroup limits a command's group has (None: no group): slots of one kind are
+    interchangeable once their values are written."""
+    if not spec.wants_cgroup:
+        return None
+    return (spec.memory is not None, spec.pids is not None, spec.cpus is not None,
+            spec.cpu_limit is not None, spec.cgroup_parent)
+
+
+class _Slot:
+    """One command of a sandbox from its Command on: its groups, channel, init's pidfd."""
+
+    def __init__(self, kinds: Any, group: Any, notes: list[str]) -> None:
+        self.kinds, self.group, self.notes = kinds, group, notes
+        self.program: Any = None
+        self.chan: socket.socket | None = None  # type: ignore[assignment]
+        self.pidfd = -1
+        self.early: list[bytes] = []
+
+    def discard(self) -> None:
+        """Remove its groups (killing what is left in them); its channel is closed by whoever
+        holds it (a Jail, or the sandbox for a slot never taken)."""
+        for g in (self.program, self.group):
+            if g is not None:
+                _remove(g)
+        self.program = self.group = None
+        if self.pidfd >= 0 and self.chan is not None and self.chan.fileno() < 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+def _remove(group: Any) -> None:
+    try:
+        group.remove()
+    except OSError:
+        pass
+
+
 class _Command:
-    """The owner's side of one command: its groups, its fork, its Request, its watch."""
+    """The owner's side of one command: its slot, its Request, its watch."""
 
     def __init__(self, sb: Sandbox, spec: Spec, stdio: supervisor.Stdio) -> None:
         self.sb, self.spec, self.stdio = sb, spec, stdio
-        self.group: Any = None
-        self.program: Any = None
+        self.slot: _Slot | None = None
         self.watch: supervisor.JailWatch | None = None
 
     def run(self) -> Result:
@@ -443,11 +603,15 @@ class _Command:
         except BaseException:
             _close_after_start(stdio)
             stdio.io.close()
-            self._remove()
+            if self.slot is not None:
+                if self.slot.chan is not None:
+                    self.slot.chan.close()
+                self.slot.discard()
             raise
         watch = self.watch
-        assert watch is not None
+        assert watch is not None and self.slot is not None
         sel = selectors.DefaultSelector()
+        clean = False
         try:
             try:
                 if watch.error is None and jail.pidfd >= 0:
@@ -459,56 +623,45 @@ class _Command:
                         pass  # its error record is read below, as a fresh jail's would be
             finally:
                 _close_after_start(stdio)
-            watch.register(sel) if jail.pidfd >= 0 else \
+            self.sb._refill(spec)
+            if jail.pidfd >= 0:
+                watch.register(sel)
+            else:
                 sel.register(jail.chan, selectors.EVENT_READ, (watch, "chan"))
             stdio.io.register(sel)
             supervisor.drive(sel, self._next_tick, self._finished)
+            clean = watch.emptied
             outcome = watch.finish()
         finally:
             sel.close()
             stdio.io.close()
-            if watch.jail.pidfd >= 0:
-                watch.jail.close(remove_cgroup=False)
-            self._remove()
+            jail.close(remove_cgroup=False)
+            self.slot.pidfd = -1
+            self.sb._done(self.slot, clean)
         return supervisor.result(spec, outcome, stdio.io)
 
     def _start(self) -> tuple[supervisor.Jail, dict[str, tuple[int, int]]]:
-        from . import cgroups
         spec = self.spec
-        cg, derived, notes, applied = supervisor.command_limits(spec)
-        self.group = cg
-        try:
-            self.program = cgroups.Cgroup.program_group(cg, parent=spec.cgroup_parent)
-        except cgroups.CgroupUnavailable as e:
-            notes.append(f"memory_peak is wait4's ru_maxrss: {e.reason}")
-        fds: list[int] = []
-        try:
-            if cg is not None:
-                fds = [os.open(os.path.join(p, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
-                       for p in cg.paths]
-            prog = os.open(self.program.procs_file(), os.O_WRONLY | os.O_CLOEXEC) \
-                if self.program is not None else -1
-            if prog >= 0:
-                fds.append(prog)
-            started = time.monotonic()
-            chan, pidfd, early = self.sb._fork(fds[:len(fds) - (prog >= 0)], prog)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        jail = supervisor.Jail(spec, _host_pid(pidfd), pidfd, chan, started, applied, notes,
-                               cgroup=cg, program_group=self.program)
+        started = time.monotonic()
+        self.slot = slot = self.sb._take(spec)
+        _, derived, notes, applied = supervisor.command_limits(spec, slot.group) \
+            if slot.group is not None else supervisor.command_limits(spec)
+        jail = supervisor.Jail(spec, _host_pid(slot.pidfd), slot.pidfd, slot.chan, started,
+                               applied, notes + slot.notes, cgroup=slot.group,
+                               program_group=slot.program)
         self.watch = supervisor.JailWatch(jail, None, reaper=False)
         self.watch.terminal = self.stdio.io.terminal
         self.stdio.io.on_limit = self.watch.limit_hit
-        for rec in early:
+        for rec in slot.early:
             self.watch.on_record(rec)
-        if pidfd < 0 and self.watch.error is None:
+        if slot.pidfd < 0 and self.watch.error is None:
             self.watch.error = Failure("sandbox", errno.EPIPE, "its init is gone")
         return jail, derived
 
     def _usage(self) -> Any:
+        g = self.slot.group if self.slot is not None else None
         try:
-            return self.group.usage() if self.group is not None else None
+            return g.usage() if g is not None else None
         except OSError:
             return None
 
@@ -534,15 +687,6 @@ class _Command:
         if w.done:
             return (w.exited_at or now) + self.spec.drain_grace
         return w.tick(now)
-
-    def _remove(self) -> None:
-        for g in (self.program, self.group):
-            if g is not None:
-                try:
-                    g.remove()
-                except OSError:
-                    pass
-        self.program = self.group = None
 
 
 def _close_after_start(stdio: supervisor.Stdio) -> None:

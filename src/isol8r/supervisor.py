@@ -542,11 +542,13 @@ def _limits(spec: Spec, group: Any = None) -> tuple[Any, dict[str, tuple[int, in
         return None, derived, notes
 
 
-def command_limits(spec: Spec) -> tuple[Any, dict[str, tuple[int, int]], list[str], dict[str, Any]]:
-    """One command of a sandbox: its own cgroup when it asks for a cgroup limit (else None),
-    the rlimits standing in for what no cgroup holds, notes, and the limits as a Result shows
-    them: what lease() does for a jail, for a process of a jail that stays."""
-    cg, derived, notes = _limits(spec)
+def command_limits(spec: Spec, group: Any = None
+                   ) -> tuple[Any, dict[str, tuple[int, int]], list[str], dict[str, Any]]:
+    """One command of a sandbox: its own cgroup when it asks for a cgroup limit (else None;
+    group: one made ahead for it, given spec's values), the rlimits standing in for what no
+    cgroup holds, notes, and the limits as a Result shows them: what lease() does for a jail,
+    for a process of a jail that stays."""
+    cg, derived, notes = _limits(spec, group)
     return cg, derived, notes, _limits_applied(spec, derived, cg)
 
 
