@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
     from .errors import ExecError, Isol8rError, JailFailed, SetupError, SpecError
     from .result import Result
-    from .sandbox import AsyncSandbox, Sandbox
     from .spec import Spec
 
 __all__ = ["run", "run_async", "Sandbox", "AsyncSandbox", "Spec", "Result", "Isol8rError", "SpecError", "SetupError", "ExecError",

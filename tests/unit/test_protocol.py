@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from isol8r import protocol, wire  # noqa: E402
 from isol8r.errors import ExecError, Isol8rError, ProtocolError, SetupError, SpecError  # noqa: E402
 from isol8r.protocol import (  # noqa: E402
-    Armed, Exec, Exit, Failure, Go, Lease, Leased, Local, Reaped, Request, Run, Signal, Stale,
-    Started, Status, Stop, Terminal, Timing)
+    Armed, Command, Exec, Exit, Failure, Forked, Go, Hold, Lease, Leased, Local, Open, Opened,
+    Reaped, Request, Run, Signal, Stale, Started, Status, Stop, Terminal, Timing)
 from isol8r.spec import Spec  # noqa: E402
 
 SPEC = Spec.from_options(["/bin/echo", "hi"], {"bind": ["/usr:/mnt"], "memory": "64M",
@@ -45,6 +45,8 @@ MESSAGES = [
     Run([b"run", b"--", b"/bin/true"], [(b"HOME", b"/root")], [0, 1, 2], None),
     Run([b"run", b"--", b"\xff"], [], [], 1234),
     Stop(), Signal(2), Started(77), Stale(), Local(), Exit(0), Exit(137), Armed(),
+    Hold(SPEC, False), Command(0, False), Command(3, True), Forked(),
+    Open(b"/tmp/a\xff", os.O_WRONLY | os.O_CREAT, 0o644), Opened(),
 ]
 
 

@@ -1,0 +1,237 @@
+"""isol8r.Sandbox: one jail that stays, many commands, files in and out, checked from inside."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from conftest import isol8r_cgroups, needs_root
+
+import isol8r
+from isol8r.errors import SetupError, SpecError
+
+pytestmark = needs_root
+
+
+@pytest.fixture
+def sb() -> Iterator[isol8r.Sandbox]:
+    with isol8r.Sandbox() as box:
+        yield box
+
+
+def comms(sb: isol8r.Sandbox) -> list[str]:
+    """The command names of every process a command of sb can see in its /proc."""
+    r = sb.run(["/bin/sh", "-c", "cat /proc/[0-9]*/comm 2>/dev/null"], capture_output=True,
+               text=True)
+    return r.stdout.split()
+
+
+def test_run_gives_a_result_like_isol8r_run(sb: isol8r.Sandbox) -> None:
+    r = sb.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], capture_output=True)
+    assert (r.exit_code, r.verdict, r.stdout, r.stderr) == (3, "nonzero-exit", b"out\n", b"err\n")
+    assert r.wall_time is not None and r.memory_peak
+    ok = sb.run(["/bin/echo", "hi"], capture_output=True, text=True)
+    assert (ok.verdict, ok.stdout) == ("ok", "hi\n")
+    fed = sb.run(["/bin/cat"], input=b"fed", capture_output=True)
+    assert fed.stdout == b"fed"
+    with pytest.raises(isol8r.JailFailed):
+        sb.run(["/bin/false"], check=True)
+
+
+def test_files_persist_between_commands(sb: isol8r.Sandbox) -> None:
+    sb.run(["/bin/sh", "-c", "echo made > /tmp/by-a-command"])
+    assert sb.read_file("/tmp/by-a-command") == b"made\n"
+    sb.write_file("/tmp/by-the-owner", "written")
+    assert sb.run(["/bin/cat", "/tmp/by-the-owner"], capture_output=True).stdout == b"written"
+    assert {"by-a-command", "by-the-owner"} <= set(sb.listdir("/tmp"))
+    # owned by the jail's user, who can change it
+    assert sb.run(["/bin/sh", "-c", "echo more >> /tmp/by-the-owner"]).exit_code == 0
+
+
+def test_upload_and_download(sb: isol8r.Sandbox, tmp_path: Path) -> None:
+    src = tmp_path / "prog.sh"
+    src.write_text("#!/bin/sh\necho from-upload\n")
+    src.chmod(0o755)
+    sb.upload(src, "/tmp/prog.sh")
+    assert sb.run(["/tmp/prog.sh"], capture_output=True).stdout == b"from-upload\n"
+    sb.run(["/bin/sh", "-c", "seq 1 100000 > /tmp/big"])
+    sb.download("/tmp/big", tmp_path / "big")
+    assert (tmp_path / "big").read_bytes() == b"".join(b"%d\n" % i for i in range(1, 100001))
+    with pytest.raises(FileNotFoundError):
+        sb.read_file("/tmp/none")
+    with pytest.raises(IsADirectoryError):
+        sb.read_file("/tmp")
+
+
+def test_a_planted_symlink_does_not_lead_out(sb: isol8r.Sandbox, tmp_path: Path) -> None:
+    secret = Path("/tmp") / f"isol8r-secret-{uuid.uuid4().hex}"
+    secret.write_text("host secret")
+    try:
+        target = tmp_path / "host-file"
+        target.write_text("host data")
+        target.chmod(0o666)
+        sb.run(["/bin/sh", "-c", f"ln -s {secret} /tmp/to-secret; ln -s {target} /tmp/to-host;"
+                " ln -s /proc/sys/kernel/core_pattern /tmp/to-sysctl;"
+                " ln -s ../../../../../../.. /tmp/up"])
+        with pytest.raises(FileNotFoundError):
+            sb.read_file("/tmp/to-secret")  # the link resolves in the jail's root: no such file
+        with pytest.raises(FileNotFoundError):
+            sb.read_file(f"/tmp/up{secret}")
+        with pytest.raises(OSError):
+            sb.write_file("/tmp/to-host", "overwritten")
+        assert target.read_text() == "host data"
+        core = Path("/proc/sys/kernel/core_pattern").read_text()
+        with pytest.raises(OSError):
+            sb.write_file("/tmp/to-sysctl", "|/tmp/pwn")  # as the jail's user: refused
+        assert Path("/proc/sys/kernel/core_pattern").read_text() == core
+        with pytest.raises(PermissionError):
+            sb.read_file("/proc/1/environ")  # the sandbox's init is jail root, not its user
+    finally:
+        secret.unlink()
+
+
+def test_each_command_has_the_walls_of_a_fresh_jail(sb: isol8r.Sandbox) -> None:
+    for _ in range(3):
+        sb.run(["/bin/sh", "-c", "echo warm-up > /tmp/x"])
+    status = sb.run(["/bin/cat", "/proc/self/status"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["Uid"].split()[0] == "65534"
+    assert int(fields["CapEff"], 16) == 0 and int(fields["CapBnd"], 16) == 0
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"
+    fresh = isol8r.run(["/bin/cat", "/proc/self/status"], capture_output=True, text=True).stdout
+    fresh_fields = dict(line.split(":\t", 1) for line in fresh.splitlines() if ":\t" in line)
+    for name in ("Uid", "Gid", "CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp"):
+        assert fields[name] == fresh_fields[name], name
+
+
+def test_a_background_process_dies_when_its_time_limit_fires(sb: isol8r.Sandbox) -> None:
+    r = sb.run(["/bin/sh", "-c", "sleep 1000 & sleep 1000"], timeout=0.5)
+    assert r.verdict == "time-limit"
+    assert "sleep" not in comms(sb)
+
+
+def test_leftovers_end_with_their_command(sb: isol8r.Sandbox) -> None:
+    r = sb.run(["/bin/sh", "-c", "setsid sleep 1000 & echo started"], capture_output=True)
+    assert r.stdout == b"started\n"
+    assert "sleep" not in comms(sb)
+
+
+def test_per_command_limits_and_verdicts(sb: isol8r.Sandbox) -> None:
+    big = sb.run(["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+                 memory="32M", capture_output=True)
+    assert big.verdict == "memory-limit"
+    small = sb.run(["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=1M", "count=1"],
+                   memory="32M", capture_output=True)
+    assert small.verdict == "ok"
+    spin = sb.run(["/bin/sh", "-c", "while :; do :; done"], cpu_limit=0.3)
+    assert spin.verdict == "cpu-limit"
+    out = sb.run(["/bin/sh", "-c", "yes | head -c 100000"], output_limit=1000,
+                 capture_output=True)
+    assert out.verdict == "output-limit" and len(out.stdout) <= 1000
+    assert sb.run(["/bin/true"]).verdict == "ok"  # no limit left over from the others
+
+
+def test_memory_peak_is_the_commands_own(sb: isol8r.Sandbox) -> None:
+    peaks = []
+    for _ in range(3):
+        sb.run(["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=48M", "count=1"])
+        peaks.append(sb.run(["/bin/true"]).memory_peak)
+    assert all(p is not None and p < 8 << 20 for p in peaks), peaks
+    r = sb.run(["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=48M", "count=1"])
+    assert r.memory_peak is not None and r.memory_peak >= 48 << 20
+
+
+def test_jail_options_cannot_change_per_command(sb: isol8r.Sandbox) -> None:
+    with pytest.raises(SpecError, match="rootfs|sandbox"):
+        sb.run(["/bin/true"], rootfs="/")
+    with pytest.raises(SpecError):
+        sb.run(["/bin/true"], user=0)
+    assert sb.run(["/bin/sh", "-c", "echo $A; pwd"], env={"A": "x"}, cwd="/tmp",
+                  capture_output=True).stdout == b"x\n/tmp\n"
+
+
+def test_several_commands_at_once(sb: isol8r.Sandbox) -> None:
+    results: list[isol8r.Result] = []
+
+    def one(i: int) -> None:
+        results.append(sb.run(["/bin/sh", "-c", f"sleep 0.3; echo {i}"], capture_output=True))
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.stdout for r in results) == [b"0\n", b"1\n", b"2\n", b"3\n"]
+
+
+def test_sandboxes_do_not_see_each_other() -> None:
+    with isol8r.Sandbox() as a, isol8r.Sandbox() as b:
+        a.write_file("/tmp/only-in-a", "a")
+        done = threading.Event()
+        runner = threading.Thread(target=lambda: (a.run(["/bin/sleep", "3"], timeout=5),
+                                                  done.set()))
+        runner.start()
+        try:
+            time.sleep(0.3)
+            assert "only-in-a" not in b.listdir("/tmp")
+            assert "sleep" not in comms(b)
+            kill = b.run(["/bin/sh", "-c", "kill -9 -1; echo $?"], capture_output=True)
+            assert kill.exit_code in (0, 137, -9) or kill.signal == 9
+            assert not done.is_set()  # a's command was not killed by b's
+        finally:
+            runner.join()
+
+
+def test_close_leaves_nothing() -> None:
+    groups = set(isol8r_cgroups())
+    sb = isol8r.Sandbox()
+    sb.run(["/bin/true"], memory="64M")
+    sb.run(["/bin/true"])
+    pid = sb.pid
+    assert os.path.exists(f"/proc/{pid}")
+    sb.close()
+    sb.close()  # idempotent
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not set(isol8r_cgroups()) - groups
+    with pytest.raises(SetupError):
+        sb.run(["/bin/true"])
+
+
+def test_idle_timeout_ends_the_sandbox() -> None:
+    sb = isol8r.Sandbox(idle_timeout=0.3)
+    try:
+        assert sb.run(["/bin/true"]).verdict == "ok"
+        deadline = time.monotonic() + 10
+        while not sb.closed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sb.closed
+        with pytest.raises(SetupError):
+            sb.run(["/bin/true"])
+    finally:
+        sb.close()
+
+
+def test_bad_options_are_one_line_errors() -> None:
+    with pytest.raises(SpecError):
+        isol8r.Sandbox(idle_timeout=0)
+    with pytest.raises(SpecError):
+        isol8r.Sandbox(share_pid=True)
+    with pytest.raises(SpecError):
+        isol8r.Sandbox(no_such_option=1)
+
+
+def test_async_sandbox() -> None:
+    async def main() -> list[bytes]:
+        async with isol8r.AsyncSandbox() as sb:
+            await sb.write_file("/tmp/a", b"async")
+            rs = await asyncio.gather(*(sb.run(["/bin/cat", "/tmp/a"], capture_output=True)
+                                        for _ in range(3)))
+            assert await sb.read_file("/tmp/a") == b"async"
+            return [r.stdout for r in rs]
+    assert asyncio.run(main()) == [b"async"] * 3
