@@ -479,6 +479,20 @@ class Cgroup:
         if d is not None:
             _write(os.path.join(d, "memory.max_usage_in_bytes"), "0")
 
+    def reset_counters(self) -> bool:
+        """Start an empty group's CPU time and memory high-water marks again (v1: write 0), so
+        a sandbox's next command can have it rather than a new one. False where that cannot
+        be done (v2): make a new group then. pids.peak cannot be reset: a caller that reuses
+        a group does not report it."""
+        if self.version != 1:
+            return False
+        for ctl, file in (("memory", "memory.max_usage_in_bytes"), ("peak", "memory.max_usage_in_bytes"),
+                          ("cpuacct", "cpuacct.usage")):
+            d = self._dirs.get(ctl)
+            if d is not None:
+                _write(os.path.join(d, file), "0")
+        return True
+
     def path(self, controller: str = "") -> str | None:
         """The directory holding this controller's files (v2: the one group), None if not used."""
         return self._dirs.get("" if self.version == 2 else controller)

@@ -22,6 +22,7 @@ command, or at close().
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import selectors
@@ -77,8 +78,10 @@ class Sandbox:
         self._idle = idle_timeout
         self._timer: threading.Timer | None = None
         self._layout: Any = None  # the host's cgroup layout, read once
-        self._warm: dict[Any, _Slot] = {}  # a command asked for ahead, per kinds of limit
+        self._warm: dict[Any, list[_Slot]] = {}  # commands asked for ahead, per kinds of limit
+        self._making: dict[Any, int] = {}  # slots being made, per kinds
         self._free: list[Any] = []  # empty program groups, for the next commands without limits
+        self._groups: dict[Any, list[tuple[Any, Any]]] = {}  # empty command groups, per kinds
         self._client = forkserver.shared_client()
         self._sock, self._chan, self._pidfd, self.pid = self._hold()
         if idle_timeout is not None:
@@ -128,8 +131,12 @@ class Sandbox:
             self._closed = True
             if self._timer is not None:
                 self._timer.cancel()
-            warm, self._warm = list(self._warm.values()), {}
+            warm = [slot for slots in self._warm.values() for slot in slots]
+            self._warm = {}
             free, self._free = self._free, []
+            free += [g for pairs in self._groups.values() for pair in pairs for g in pair
+                     if g is not None]
+            self._groups = {}
         for slot in warm:
             slot.chan.close()
         self._chan.close()  # its init kills every process of the jail and exits
@@ -253,23 +260,41 @@ class Sandbox:
         return cgroups.Cgroup.program_group(cg, parent=spec.cgroup_parent, layout=self._layout)
 
     def _slot(self, spec: Spec) -> "_Slot":
-        """A command asked for now: its groups made (spec's kinds of limit), the Command sent;
-        the Forked answer is read when it is taken (_take)."""
+        """A command asked for now: its groups (kept from an earlier command of the same kinds
+        of limit, else made), the Command sent; the Forked answer is read when it is taken."""
         from . import cgroups
-        cg, _, notes, _ = supervisor.command_limits(spec)
-        slot = _Slot(_kinds(spec), cg, notes)
-        try:
+        kinds = _kinds(spec)
+        kept = None
+        if kinds is not None:
+            with self._lock:
+                pairs = self._groups.get(kinds)
+                kept = pairs.pop() if pairs else None
+        slot = None
+        if kept is not None:
             try:
-                slot.program = self._program_group(cg, spec)
-            except cgroups.CgroupUnavailable as e:
-                slot.notes.append(f"memory_peak is wait4's ru_maxrss: {e.reason}")
-            except OSError as e:
-                slot.notes.append(f"memory_peak is wait4's ru_maxrss: {e}")
+                _, _, notes, _ = supervisor.command_limits(spec, kept[0])
+                slot = _Slot(kinds, kept[0], notes)
+                slot.program, slot.reused = kept[1], True
+            except Exception:  # a memory limit below what it holds: a new group
+                for g in kept:
+                    if g is not None:
+                        _remove(g)
+        if slot is None:
+            cg, _, notes, _ = supervisor.command_limits(spec)
+            slot = _Slot(kinds, cg, notes)
+        try:
+            if slot.program is None:
+                try:
+                    slot.program = self._program_group(slot.group, spec)
+                except cgroups.CgroupUnavailable as e:
+                    slot.notes.append(f"memory_peak is wait4's ru_maxrss: {e.reason}")
+                except OSError as e:
+                    slot.notes.append(f"memory_peak is wait4's ru_maxrss: {e}")
             fds: list[int] = []
             try:
-                if cg is not None:
+                if slot.group is not None:
                     fds = [os.open(os.path.join(p, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
-                           for p in cg.paths]
+                           for p in slot.group.paths]
                 prog = os.open(slot.program.procs_file(), os.O_WRONLY | os.O_CLOEXEC) \
                     if slot.program is not None else -1
                 if prog >= 0:
@@ -288,7 +313,8 @@ class Sandbox:
         values), else a new one; its init's pidfd read."""
         kinds = _kinds(spec)
         with self._lock:
-            slot = self._warm.pop(kinds, None)
+            slots = self._warm.get(kinds)
+            slot = slots.pop(0) if slots else None  # the oldest: the most likely ready
         if slot is not None and slot.group is not None:
             try:
                 supervisor.command_limits(spec, slot.group)
@@ -306,29 +332,48 @@ class Sandbox:
         return slot
 
     def _refill(self, spec: Spec) -> None:
-        """Ask for the next command of spec's kinds ahead, while this one runs: a warm command
-        costs the next run only its Request (as a warm jail does a fresh run)."""
+        """Keep WARM commands of spec's kinds asked for ahead, asked for once a command has
+        ended (as the fork server tops its pool up): the next run then costs its Request only,
+        and the slot's setup does not take a core from the command that runs."""
         kinds = _kinds(spec)
-        with self._lock:
-            if self._closed or kinds in self._warm:
-                return
-            self._warm[kinds] = _PENDING
-        try:
-            slot = self._slot(spec)
-        except Exception:
+        while True:
             with self._lock:
-                self._warm.pop(kinds, None)
-            return
-        with self._lock:
-            if not self._closed and self._warm.get(kinds) is _PENDING:
-                self._warm[kinds] = slot
+                if self._closed or len(self._warm.get(kinds, ())) + \
+                        self._making.get(kinds, 0) >= WARM:
+                    return
+                self._making[kinds] = self._making.get(kinds, 0) + 1
+            try:
+                slot = self._slot(spec)
+            except Exception:
+                slot = None
+            with self._lock:
+                self._making[kinds] -= 1
+                if slot is not None and not self._closed:
+                    self._warm.setdefault(kinds, []).append(slot)
+                    continue
+            if slot is None:
                 return
-        slot.chan.close()
-        slot.discard()
+            assert slot.chan is not None
+            slot.chan.close()
+            slot.discard()
+            return
 
-    def _done(self, slot: "_Slot", clean: bool) -> None:
-        """A command's groups after its end: an empty program group kept for the next command
-        without limits; the rest removed."""
+    def _done(self, slot: "_Slot", clean: bool, oom: bool = False) -> None:
+        """A command's groups after its end: kept, emptied and their counters started again,
+        for the next command of the same kinds of limit (none after an OOM kill, whose count
+        cannot be reset); else removed."""
+        if clean and not oom and slot.group is not None:
+            try:
+                if slot.group.reset_counters():
+                    if slot.program is not None:
+                        slot.program.reset_peak()
+                    with self._lock:
+                        if not self._closed:
+                            self._groups.setdefault(slot.kinds, []).append(
+                                (slot.group, slot.program))
+                            slot.group = slot.program = None
+            except OSError:
+                pass
         if clean and slot.group is None and slot.program is not None:
             try:
                 slot.program.reset_peak()
@@ -547,7 +592,7 @@ class AsyncSandbox:
 # ---- one command ----------------------------------------------------------------------------
 
 
-_PENDING: Any = object()  # a slot being made for these kinds (_refill)
+WARM = 2  # commands asked for ahead per kinds of limit: one ready while the next is made
 
 
 def _kinds(spec: Spec) -> Any:
@@ -565,6 +610,7 @@ class _Slot:
     def __init__(self, kinds: Any, group: Any, notes: list[str]) -> None:
         self.kinds, self.group, self.notes = kinds, group, notes
         self.program: Any = None
+        self.reused = False  # its groups served an earlier command: their pids.peak is not its
         self.chan: socket.socket | None = None  # type: ignore[assignment]
         self.pidfd = -1
         self.early: list[bytes] = []
@@ -611,7 +657,7 @@ class _Command:
         watch = self.watch
         assert watch is not None and self.slot is not None
         sel = selectors.DefaultSelector()
-        clean = False
+        clean = oom = False
         try:
             try:
                 if watch.error is None and jail.pidfd >= 0:
@@ -623,7 +669,6 @@ class _Command:
                         pass  # its error record is read below, as a fresh jail's would be
             finally:
                 _close_after_start(stdio)
-            self.sb._refill(spec)
             if jail.pidfd >= 0:
                 watch.register(sel)
             else:
@@ -632,12 +677,14 @@ class _Command:
             supervisor.drive(sel, self._next_tick, self._finished)
             clean = watch.emptied
             outcome = watch.finish()
+            oom = outcome.oom
         finally:
             sel.close()
             stdio.io.close()
             jail.close(remove_cgroup=False)
             self.slot.pidfd = -1
-            self.sb._done(self.slot, clean)
+            self.sb._done(self.slot, clean, oom)
+        self.sb._refill(spec)
         return supervisor.result(spec, outcome, stdio.io)
 
     def _start(self) -> tuple[supervisor.Jail, dict[str, tuple[int, int]]]:
@@ -661,9 +708,12 @@ class _Command:
     def _usage(self) -> Any:
         g = self.slot.group if self.slot is not None else None
         try:
-            return g.usage() if g is not None else None
+            usage = g.usage() if g is not None else None
         except OSError:
             return None
+        if usage is not None and self.slot is not None and self.slot.reused:
+            usage = dataclasses.replace(usage, pids_peak=None)
+        return usage
 
     def _finished(self) -> bool:
         w = self.watch
