@@ -38,7 +38,7 @@ from typing import Any, Callable, NoReturn
 
 from . import caps, mounts, net, pid1, protocol, rlimits, userns, wire
 from .errors import exec_status
-from .protocol import Command, Exec, Failure, Forked, Go, Open, Opened, Request, Terminal, Timing
+from .protocol import Command, Failure, Forked, Go, Open, Opened, Request, Terminal, Timing
 from .spec import Shape, Spec
 from .spec import shape as spec_shape
 from .sys import linux
@@ -267,13 +267,14 @@ def _hold(plan: Plan, ch: _Channel, procs: int) -> NoReturn:
     """A sandbox's init: jail root with the jail's capabilities, which runs no program of its
     own. It says it is ready (Exec), then forks a command init per Command: PID 1 of a new PID
     namespace (so the command's leftovers end with it, and a SIGKILL of it ends them all),
-    which does what a fresh jail's init does (_command). The owner closing the channel ends the
-    sandbox: every process of the jail is killed and reaped, then this exits."""
+    which does what a fresh jail's init does (_command). It sends nothing of its own: the
+    first Forked says it is ready (so a warm one waits in the fork server's pool silently).
+    The owner closing the channel ends the sandbox: every process of the jail is killed and
+    reaped, then this exits."""
     if procs >= 0:
         os.close(procs)  # each command has a memory group of its own
     quiet_stdio()
     _close_all_but((0, 1, 2, ch.fd))
-    ch.send(Exec(time.monotonic_ns()).encode())
     kids: dict[int, int] = {}  # pidfd -> pid of each command init
     while True:
         p = select.poll()

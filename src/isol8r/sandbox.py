@@ -84,6 +84,11 @@ class Sandbox:
         self._groups: dict[Any, list[tuple[Any, Any]]] = {}  # empty command groups, per kinds
         self._client = forkserver.shared_client()
         self._sock, self._chan, self._pidfd, self.pid = self._hold()
+        try:
+            self._ready()
+        except BaseException:
+            self.close()
+            raise
         if idle_timeout is not None:
             self._arm(idle_timeout)
 
@@ -113,14 +118,25 @@ class Sandbox:
         except BaseException:
             sock.close()
             raise
-        try:
-            _await_ready(chan)
-        except BaseException:
-            chan.close()
-            os.close(pidfd)
-            sock.close()
-            raise
         return sock, chan, pidfd, info.pid
+
+    def _ready(self) -> None:
+        """The first command asked for ahead: its Forked says the jail is set up (its init
+        reads no Command before); a setup failure is raised as the jail reported it."""
+        try:
+            slot = self._slot(self._base)
+            slot.pidfd, slot.early = self._forked(slot.chan)
+        except SetupError:
+            raise _setup_error(self._chan) or SetupError("sandbox", errno.EPIPE,
+                                                         "its jail ended during its setup")
+        if slot.pidfd < 0:
+            assert slot.chan is not None
+            slot.chan.close()
+            slot.discard()
+            raise _setup_error(self._chan) or SetupError("sandbox", errno.EPIPE,
+                                                         "its jail ended during its setup")
+        with self._lock:
+            self._warm.setdefault(_kinds(self._base), []).append(slot)
 
     def close(self) -> None:
         """End the sandbox: every process in it is killed, then its mounts, namespaces and
@@ -325,7 +341,8 @@ class Sandbox:
         if slot is None:
             slot = self._slot(spec)
         try:
-            slot.pidfd, slot.early = self._forked(slot.chan)
+            if slot.pidfd < 0:  # the first slot's was read by _ready
+                slot.pidfd, slot.early = self._forked(slot.chan)
         except BaseException:
             slot.discard()
             raise
@@ -759,23 +776,37 @@ def _host_pid(pidfd: int) -> int:
     return 0
 
 
-def _await_ready(chan: socket.socket) -> None:
-    """The sandbox init's Exec record (ready), or the setup's failure raised."""
-    deadline = time.monotonic() + forkserver.WAIT_MARGIN * 2
+def _setup_error(chan: socket.socket) -> Exception | None:
+    """The failure a sandbox's jail reported on its channel before it ended, if any."""
+    while True:
+        try:
+            rec = chan.recv(65536, socket.MSG_DONTWAIT)
+        except ConnectionResetError:
+            continue
+        except OSError:
+            return None
+        if not rec:
+            return None
+        try:
+            msg = protocol.expect(rec, Timing, Failure)
+        except protocol.ProtocolError as e:
+            return e
+        if isinstance(msg, Failure):
+            return msg.error()
+
+
+def _await_status(chan: socket.socket) -> None:
+    """Wait for a file command's end (its Status, or EOF), at most WAIT_MARGIN."""
+    deadline = time.monotonic() + forkserver.WAIT_MARGIN
     while True:
         left = deadline - time.monotonic()
         if left <= 0 or not forkserver.select_readable(chan, left):
-            raise SetupError("sandbox", errno.ETIMEDOUT, "its jail was not ready in time")
+            return
         try:
             rec = chan.recv(65536)
-        except ConnectionResetError:
-            continue
-        if not rec:
-            raise SetupError("sandbox", errno.EPIPE, "its jail ended during its setup")
-        msg = protocol.expect(rec, Timing, Failure, Exec)
-        if isinstance(msg, Failure):
-            raise msg.error()
-        if isinstance(msg, Exec):
+        except OSError:
+            return
+        if not rec or rec[:1] == Status.TAG:
             return
 
 
@@ -795,6 +826,7 @@ def _await_opened(chan: socket.socket, early: list[bytes], path: str) -> int:
             raise SetupError("sandbox", errno.EPIPE, f"open {path}: the command ended")
         msg = protocol.expect(rec, Timing, Failure, Exec, Status, Opened)
         if isinstance(msg, Opened) and len(fds) == 1:
+            _await_status(chan)  # its process's copy is closed: no ETXTBSY for an exec next
             return fds[0]
         for fd in fds:
             os.close(fd)

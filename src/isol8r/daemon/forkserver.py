@@ -131,7 +131,7 @@ class _Lease:
     def __init__(self, jail: supervisor.Jail, sock: socket.socket, spec: Spec) -> None:
         self.jail, self.sock, self.spec = jail, sock, spec
         self.caller_gone = self.exited = False
-        self.hold = False  # a sandbox's jail: its end does not top the pool up
+        self.hold = False  # a sandbox's jail: its end tops up the pool's sandbox jails
 
     def register(self, sel: selectors.BaseSelector) -> None:
         sel.register(self.jail.pidfd, selectors.EVENT_READ, self)
@@ -225,8 +225,7 @@ class Server:
                     r.finish(sel)
                     # Top the pool up now, not when the jail was leased: a clone and a jail's
                     # setup take a core for a few ms, which the run itself should have had.
-                    if not r.hold:
-                        self.pool.refill(r.spec)
+                    self.pool.refill(r.spec, r.hold)
                 except Exception as e:
                     sys.stderr.write(f"isol8r fork server: reap: {type(e).__name__}: {e}\n")
         self.pool.close()
@@ -277,8 +276,8 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
         req = protocol.expect(data, Lease, Hold)
         spec = req.spec
         warm = None
-        hold = isinstance(req, Hold)  # a sandbox's jail: never from the pool
-        taken = server.pool.take(spec) if not (req.verbose or hold) else None  # -v: fresh times
+        hold = isinstance(req, Hold)  # a sandbox's jail: warm ones of its own in the pool
+        taken = server.pool.take(spec, hold) if not req.verbose else None  # -v: a fresh jail's times
         if taken is not None:
             fitted = server.pool.fit(taken, spec)  # an unfit jail is discarded: a fresh one then
             warm = (taken, fitted) if fitted is not None else None

@@ -36,6 +36,11 @@ def key(spec: Spec) -> Key:
     return pipeline.shape(spec)
 
 
+def _key(spec: Spec, hold: bool) -> Any:
+    """The pool's key: the Shape, and a sandbox's jails (hold) apart from the others."""
+    return (key(spec), True) if hold else key(spec)
+
+
 def poolable(spec: Spec) -> bool:
     """Not --overlay-dir (two mounted overlays must not share an upper dir), not --rw-root (a
     waiting jail would create mount points in a tree its owner may be changing), not --file
@@ -63,7 +68,7 @@ class _Waiting:
     """A warm jail while it waits: namespaces, root, identity and capabilities done, its
     Request not yet sent. Its channel and pidfd are watched in the server's selector."""
 
-    def __init__(self, pool: Pool, key: Key, jail: supervisor.Jail,
+    def __init__(self, pool: Pool, key: Any, jail: supervisor.Jail,
                  sources: dict[str, tuple[int, int] | None]) -> None:
         self.pool, self.key, self.jail, self.born = pool, key, jail, time.monotonic()
         self.sources = sources  # the host paths it opened, and what they were then
@@ -84,13 +89,14 @@ class Pool:
 
     def __init__(self, sel: selectors.BaseSelector, size: int) -> None:
         self.sel, self.size = sel, size
-        self.warm: dict[Key, list[_Waiting]] = {}
+        self.warm: dict[Any, list[_Waiting]] = {}
 
-    def take(self, spec: Spec) -> supervisor.Jail | None:
-        """A waiting jail of spec's shape, no longer the pool's; None when there is none."""
+    def take(self, spec: Spec, hold: bool = False) -> supervisor.Jail | None:
+        """A waiting jail of spec's shape, no longer the pool's; None when there is none.
+        hold: a sandbox's jail (pipeline.Plan.hold), kept apart from the others."""
         if self.size <= 0 or not poolable(spec):
             return None
-        waiting = self.warm.get(key(spec))
+        waiting = self.warm.get(_key(spec, hold))
         now = sources(spec) if waiting else {}
         while waiting:
             w = waiting.pop(0)
@@ -117,12 +123,13 @@ class Pool:
         """Kill, reap and clean up a jail of this pool's that will not run."""
         supervisor.discard(jail)
 
-    def refill(self, spec: Spec) -> None:
+    def refill(self, spec: Spec, hold: bool = False) -> None:
         """Start warm jails for this shape until the pool holds its size; cheap for the server:
         it clones and says go, the jail sets itself up on another core."""
         if self.size <= 0 or not poolable(spec):
             return
-        k = key(spec)
+        shape = key(spec)
+        k = _key(spec, hold)
         waiting = self.warm.setdefault(k, [])
         self.warm[k] = self.warm.pop(k)  # most recently used last
         while len(self.warm) > _MAX_SHAPES:
@@ -132,12 +139,12 @@ class Pool:
             opened = sources(spec)
             group: Any = None
             try:
-                if k.cgroup is not None:
+                if shape.cgroup is not None:
                     from .. import cgroups
                     group = cgroups.Cgroup.create(cgroups.Limits(spec.memory, spec.pids, spec.cpus),
                                                   parent=spec.cgroup_parent)
-                jail = supervisor.spawn(spec, pipeline.prepare(k, False, supervisor.bpf_for(spec)),
-                                        group)
+                jail = supervisor.spawn(spec, pipeline.prepare(shape, False, supervisor.bpf_for(spec),
+                                                               hold), group)
             except Isol8rError:  # no group here (the lease falls back and says so), or no jail
                 if group is not None:
                     group.remove()
