@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 import uuid
@@ -242,3 +243,35 @@ def test_async_sandbox() -> None:
             assert await sb.read_file("/tmp/a") == b"async"
             return [r.stdout for r in rs]
     assert asyncio.run(main()) == [b"async"] * 3
+
+
+def test_spawn_streams_wait_and_signals(sb: isol8r.Sandbox) -> None:
+    with sb.spawn(["/bin/cat"]) as p:
+        p.stdin.write(b"streamed\n")
+        p.stdin.close()
+        assert p.stdout.read() == b"streamed\n"
+        assert p.wait().verdict == "ok"
+    with sb.spawn(["/bin/sh", "-c", "echo ready; exec sleep 1000"]) as p:
+        assert p.stdout.readline() == b"ready\n"
+        assert p.poll() is None
+        with pytest.raises(TimeoutError):
+            p.wait(0.1)
+        p.send_signal(signal.SIGTERM)
+        r = p.wait(10)
+        assert (r.signal, r.verdict) == (signal.SIGTERM, "signaled")
+    with sb.spawn(["/bin/sleep", "1000"], timeout=0.3) as p:
+        assert p.wait(10).verdict == "time-limit"
+    assert "sleep" not in comms(sb)
+
+
+def test_spawn_with_a_terminal_of_the_jails_own(sb: isol8r.Sandbox) -> None:
+    with sb.spawn(["/bin/sh", "-c", "read x; tty; stty size; echo got $x"], pty=True) as p:
+        p.resize(33, 101)
+        p.stdin.write(b"typed\n")
+        out = p.stdout.read()
+        assert p.wait(10).verdict == "ok"
+    lines = out.replace(b"\r", b"").split(b"\n")
+    assert b"/dev/pts/0" in lines and b"33 101" in lines and b"got typed" in lines, out
+    with sb.spawn(["/bin/true"]) as plain:
+        with pytest.raises(ValueError):
+            plain.resize(10, 10)

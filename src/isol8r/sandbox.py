@@ -24,10 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
+import io
 import os
 import selectors
+import signal
 import socket
 import stat
+import struct
+import termios
 import threading
 import time
 from typing import Any, Mapping, Sequence
@@ -262,6 +267,51 @@ class Sandbox:
             return _Command(self, spec, stdio).run()
         finally:
             self._end()
+
+    def spawn(self, cmd: Sequence[str] | Spec, *, pty: bool = False, timeout: float | None = None,
+              env: Mapping[str, str] | Sequence[str] | None = None, **options: Any) -> "Process":
+        """Start cmd and return at once: a Process with its streams (stdin, stdout, stderr as
+        binary pipes; with pty=True one terminal of the jail's own /dev/pts for all three, its
+        master as stdin and stdout), wait(), send_signal(), resize(). options as run()'s."""
+        habits(False, None, None, None, None, None, None, None, None, env, options)
+        if pty:
+            options["tty"] = True
+        spec = self.command_spec(cmd, timeout, options)
+        ours: list[int] = []
+        try:
+            io = supervisor.IOWatch(spec.output_limit, lambda _v: None)
+            if pty:
+                stdio = supervisor.Stdio([(f, f) for f in spec.pass_fds], [], io)
+            else:
+                child = []
+                for target in (0, 1, 2):
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    child.append((r, 0) if target == 0 else (w, target))
+                    ours.append(w if target == 0 else r)
+                child.extend((fd, fd) for fd in spec.pass_fds)
+                stdio = supervisor.Stdio(child, [fd for fd, t in child if t in (0, 1, 2)], io)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        try:
+            self._begin()
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            _close_after_start(stdio)
+            raise
+        command = _Command(self, spec, stdio)
+        master = _Master() if pty else None
+        try:
+            command.master = master
+            command.begin()
+        except BaseException:
+            self._end()
+            for fd in ours:
+                os.close(fd)
+            raise
+        return Process(self, command, ours, master)
 
     def _program_group(self, cg: Any, spec: Spec) -> Any:
         """The program's memory group of a command: an empty one kept from an earlier command
@@ -606,6 +656,139 @@ class AsyncSandbox:
         return await asyncio.to_thread(self._sb().listdir, path)
 
 
+class _Master:
+    """spawn(pty=True): takes the jail terminal's master from JailWatch (in place of the CLI's
+    terminal.Relay), for the Process to hand to its caller."""
+
+    pid1: Any = None
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.ready = threading.Event()
+
+    def attach(self, sel: Any, fd: int) -> None:
+        self.fd = fd
+        self.ready.set()
+
+
+class _PtyReader(io.RawIOBase):
+    """The master of a jail's terminal, read: EIO (the terminal's last holder closed it) is
+    the end of the stream, as EOF is for a pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        try:
+            n = os.readv(self.fd, [buf])
+        except OSError as e:
+            if e.errno == errno.EIO:
+                return 0
+            raise
+        return n
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if not self.closed and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        super().close()
+
+
+class Process:
+    """A command started by Sandbox.spawn, still running: its streams, signals, terminal size,
+    and its Result once it ends (wait). Watched by a thread of its own."""
+
+    def __init__(self, sb: Sandbox, command: "_Command", ours: list[int],
+                 master: _Master | None) -> None:
+        self.sandbox, self.argv = sb, list(command.spec.argv)
+        self._command = command
+        self._result: Result | None = None
+        self._error: BaseException | None = None
+        self.stdin: Any = None
+        self.stdout: Any = None
+        self.stderr: Any = None
+        self._fd = -1
+        if ours:
+            self.stdin = os.fdopen(ours[0], "wb", buffering=0)
+            self.stdout = os.fdopen(ours[1], "rb", buffering=0)
+            self.stderr = os.fdopen(ours[2], "rb", buffering=0)
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name=f"isol8r sandbox {self.argv[0]}")
+        self._thread.start()
+        if master is not None:
+            master.ready.wait(forkserver.WAIT_MARGIN)
+            if master.fd >= 0:
+                self._fd = master.fd
+                self.stdout = io.BufferedReader(_PtyReader(os.dup(master.fd)))
+                self.stdin = os.fdopen(os.dup(master.fd), "wb", buffering=0)
+
+    def _watch(self) -> None:
+        try:
+            self._result = self._command.complete()
+        except BaseException as e:
+            self._error = e
+        finally:
+            self.sandbox._end()
+
+    def poll(self) -> Result | None:
+        """The Result if the command has ended, else None."""
+        return self.wait(0) if not self._thread.is_alive() else None
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """The command's Result (as run() gives it), once it has ended; TimeoutError when it
+        has not within timeout seconds."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"{self.argv[0]} still runs after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def send_signal(self, sig: int) -> None:
+        """Send sig to the command (its init passes it to the program's process group);
+        SIGKILL ends the command's whole PID namespace."""
+        jail = self._command.jail
+        if self._thread.is_alive():
+            jail.signal(sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the terminal's size (pty=True): the program's foreground group gets SIGWINCH."""
+        if self._fd < 0:
+            raise ValueError("resize: this command has no terminal (spawn it with pty=True)")
+        fcntl.ioctl(self._fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def close(self) -> None:
+        """Close this side's streams (the command sees EOF on its input)."""
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f is not None:
+                f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if self._thread.is_alive():
+            self.kill()
+        self._thread.join()
+        self.close()
+
+
 # ---- one command ----------------------------------------------------------------------------
 
 
@@ -658,8 +841,14 @@ class _Command:
         self.sb, self.spec, self.stdio = sb, spec, stdio
         self.slot: _Slot | None = None
         self.watch: supervisor.JailWatch | None = None
+        self.master: _Master | None = None  # spawn(pty=True): where the terminal's master goes
 
     def run(self) -> Result:
+        self.begin()
+        return self.complete()
+
+    def begin(self) -> None:
+        """Take a command, send it its Request (the program then execs)."""
         spec, stdio = self.spec, self.stdio
         try:
             jail, derived = self._start()
@@ -671,21 +860,33 @@ class _Command:
                     self.slot.chan.close()
                 self.slot.discard()
             raise
+        self.jail = jail
         watch = self.watch
+        assert watch is not None and self.slot is not None
+        try:
+            if watch.error is None and jail.pidfd >= 0:
+                req = pipeline.request(spec, [t for _, t in stdio.child], derived,
+                                       supervisor.bpf_for(spec))
+                try:
+                    supervisor.activate(jail, req, [src for src, _ in stdio.child])
+                except SetupError:
+                    pass  # its error record is read by complete(), as a fresh jail's would be
+        except BaseException:
+            stdio.io.close()
+            jail.close(remove_cgroup=False)
+            self.slot.pidfd = -1
+            self.sb._done(self.slot, False)
+            raise
+        finally:
+            _close_after_start(stdio)
+
+    def complete(self) -> Result:
+        """Watch the command to its end; its Result (or its setup's error)."""
+        spec, stdio, jail, watch = self.spec, self.stdio, self.jail, self.watch
         assert watch is not None and self.slot is not None
         sel = selectors.DefaultSelector()
         clean = oom = False
         try:
-            try:
-                if watch.error is None and jail.pidfd >= 0:
-                    req = pipeline.request(spec, [t for _, t in stdio.child], derived,
-                                           supervisor.bpf_for(spec))
-                    try:
-                        supervisor.activate(jail, req, [src for src, _ in stdio.child])
-                    except SetupError:
-                        pass  # its error record is read below, as a fresh jail's would be
-            finally:
-                _close_after_start(stdio)
             if jail.pidfd >= 0:
                 watch.register(sel)
             else:
@@ -714,7 +915,7 @@ class _Command:
                                applied, notes + slot.notes, cgroup=slot.group,
                                program_group=slot.program)
         self.watch = supervisor.JailWatch(jail, None, reaper=False)
-        self.watch.terminal = self.stdio.io.terminal
+        self.watch.terminal = self.master or self.stdio.io.terminal
         self.stdio.io.on_limit = self.watch.limit_hit
         for rec in slot.early:
             self.watch.on_record(rec)
