@@ -275,3 +275,13 @@ def test_spawn_with_a_terminal_of_the_jails_own(sb: isol8r.Sandbox) -> None:
     with sb.spawn(["/bin/true"]) as plain:
         with pytest.raises(ValueError):
             plain.resize(10, 10)
+
+
+def test_sandbox_defaults_are_per_command() -> None:
+    with isol8r.Sandbox(timeout=0.3, memory="32M", env={"A": "1"}) as sb:
+        assert sb.run(["/bin/sleep", "5"]).verdict == "time-limit"
+        assert sb.run(["/bin/sleep", "0.5"], timeout=5).verdict == "ok"
+        big = sb.run(["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=48M", "count=1"],
+                     capture_output=True)
+        assert big.verdict == "memory-limit"
+        assert sb.run(["/bin/sh", "-c", "echo $A"], capture_output=True).stdout == b"1\n"

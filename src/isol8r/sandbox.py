@@ -66,9 +66,15 @@ class Sandbox:
     tty are defaults that each command may override, and they hold per command.
     """
 
-    def __init__(self, *, idle_timeout: float | None = None, **options: Any) -> None:
-        if idle_timeout is not None and not idle_timeout > 0:
+    def __init__(self, *, idle_timeout: float | None = None, timeout: float | None = None,
+                 **options: Any) -> None:
+        if idle_timeout is not None and not (isinstance(idle_timeout, (int, float))
+                                             and idle_timeout > 0):
             raise SpecError("idle_timeout", idle_timeout, "must be a positive number of seconds")
+        if timeout is not None:  # every command's default time limit
+            if "time_limit" in options:
+                raise SpecError("timeout", timeout, "given twice (time_limit too)")
+            options["time_limit"] = timeout
         self._options = dict(options)
         base = spec_of(["/bin/true"], None, dict(options))
         if "pid" not in base.namespaces:
@@ -604,8 +610,9 @@ class AsyncSandbox:
     """Sandbox for asyncio: `async with isol8r.AsyncSandbox(**options) as sb: await sb.run(...)`.
     Each call runs in a worker thread (a command's watching blocks); commands may overlap."""
 
-    def __init__(self, *, idle_timeout: float | None = None, **options: Any) -> None:
-        self._args = (idle_timeout, options)
+    def __init__(self, *, idle_timeout: float | None = None, timeout: float | None = None,
+                 **options: Any) -> None:
+        self._args = (idle_timeout, {**options, **({"timeout": timeout} if timeout else {})})
         self.sandbox: Sandbox | None = None
 
     async def start(self) -> "AsyncSandbox":
