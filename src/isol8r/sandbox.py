@@ -67,7 +67,8 @@ class Sandbox:
     """
 
     def __init__(self, *, idle_timeout: float | None = None, timeout: float | None = None,
-                 **options: Any) -> None:
+                 env: Mapping[str, str] | Sequence[str] | None = None, **options: Any) -> None:
+        habits(False, None, None, None, None, None, None, None, None, env, options)
         if idle_timeout is not None and not (isinstance(idle_timeout, (int, float))
                                              and idle_timeout > 0):
             raise SpecError("idle_timeout", idle_timeout, "must be a positive number of seconds")
