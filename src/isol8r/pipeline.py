@@ -273,6 +273,7 @@ def _hold(plan: Plan, ch: _Channel, procs: int) -> NoReturn:
     reaped, then this exits."""
     if procs >= 0:
         os.close(procs)  # each command has a memory group of its own
+    ch.step("not dumpable", linux.prctl, linux.PR_SET_DUMPABLE, 0)  # no /proc/1/mem for anyone
     quiet_stdio()
     _close_all_but((0, 1, 2, ch.fd))
     kids: dict[int, int] = {}  # pidfd -> pid of each command init

@@ -84,6 +84,7 @@ class Sandbox:
         self._jail_spec = _jail_part(base)
         self._shape = shape(self._jail_spec)
         self._lock = threading.Lock()
+        self._owner = os.getpid()
         self._closed = False
         self._active = 0
         self._last = time.monotonic()
@@ -159,6 +160,12 @@ class Sandbox:
             self._closed = True
             if self._timer is not None:
                 self._timer.cancel()
+        if self._owner != os.getpid():  # a fork of the owner: its copies only
+            self._chan.close()
+            self._sock.close()
+            os.close(self._pidfd)
+            return
+        with self._lock:
             warm = [slot for slots in self._warm.values() for slot in slots]
             self._warm = {}
             free, self._free = self._free, []
