@@ -285,3 +285,14 @@ def test_sandbox_defaults_are_per_command() -> None:
                      capture_output=True)
         assert big.verdict == "memory-limit"
         assert sb.run(["/bin/sh", "-c", "echo $A"], capture_output=True).stdout == b"1\n"
+
+
+def test_warm_sandbox_jails_and_warm_jails_are_kept_apart() -> None:
+    """A sandbox's jail (whose init waits for Commands) and a fresh run's jail (whose program
+    waits for a Request) have one Shape here: the fork server's pool keeps them apart."""
+    for _ in range(3):
+        isol8r.Sandbox().close()  # its end tops up the pool's sandbox jails of this shape
+        assert isol8r.run(["/bin/echo", "fresh"], capture_output=True, timeout=10).stdout \
+            == b"fresh\n"
+    with isol8r.Sandbox() as sb:
+        assert sb.run(["/bin/echo", "kept"], capture_output=True, timeout=10).stdout == b"kept\n"
