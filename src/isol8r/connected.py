@@ -81,6 +81,8 @@ def party(j: Any, index: int) -> Party:
             raise SpecError("jails", index, "a jail given as options needs \"cmd\": its argv")
         io = {k: opts.pop(k, None) for k in ("name", "stdin", "stdout", "stderr", "input")}
         timeout = opts.pop("timeout", None)
+        if hasattr(opts.get("env"), "items"):  # as isol8r.run takes it: a mapping too
+            opts["env"] = [f"{k}={v}" for k, v in opts["env"].items()]
         if isinstance(io["input"], str):
             io["input"] = io["input"].encode()
         p = Party(spec_of(cmd, timeout, opts), io["name"] or "", io["stdin"], io["stdout"],
@@ -720,3 +722,102 @@ class _Run:
 
 def _rel(t: float | None, t0: float) -> float | None:
     return None if t is None else t - t0
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+USAGE = """isol8r run-connected --jail '[NAME=]OPTIONS -- PROGRAM ARGS' --jail ... [--pipe SRC.END:DST.END]...
+       [--grace SECONDS] [--timeout SECONDS] [--transcript SIZE] [--json FILE|-]"""
+
+
+def main(argv: list[str]) -> int:
+    """`isol8r run-connected`: jails joined by pipes (docs/interactive.md). Each --jail is an
+    `isol8r run` command line in one argument; without --pipe, two jails are joined stdout to
+    stdin both ways. Exit status: 0 when the verdict is ok, else the deciding side's (141 for
+    broken-pipe), 125 for bad input or a jail that could not be set up."""
+    import shlex
+
+    from . import cli
+    # the command line's parser class: bad usage is one line and exit 125, as for `isol8r run`
+    p = type(cli.build_parser())(prog="isol8r run-connected", usage=USAGE, allow_abbrev=False)
+    p.add_argument("--jail", action="append", default=[], metavar="'[NAME=]OPTIONS -- PROGRAM'",
+                   help="one jail: `isol8r run`'s options and command, quoted as one argument")
+    p.add_argument("--pipe", action="append", metavar="SRC.END:DST.END",
+                   help="a pipe from a jail's stdout, stderr or descriptor N to another's stdin "
+                        "or descriptor N; jails by index or name (default with two jails: "
+                        "0.stdout:1.stdin and 1.stdout:0.stdin)")
+    p.add_argument("--grace", default="1", metavar="SECONDS",
+                   help="how long the others may run once a side ended abnormally (1)")
+    p.add_argument("--timeout", metavar="SECONDS", help="the whole run's wall-clock limit")
+    p.add_argument("--transcript", metavar="SIZE",
+                   help="relay the pipes through isol8r and keep SIZE bytes of what crossed")
+    p.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE ('-': stdout)")
+    ns = p.parse_args(argv)
+    try:
+        parties = [_cli_party(text, n) for n, text in enumerate(ns.jail)]
+        grace = _seconds("--grace", ns.grace)
+        timeout = _seconds("--timeout", ns.timeout) if ns.timeout is not None else None
+        transcript = None
+        if ns.transcript is not None:
+            from .spec import parse_size
+            transcript = parse_size("--transcript", ns.transcript)
+        sink = cli.open_json(ns.json)
+        capture = ns.json == "-"
+        parties = [Party(q.spec, q.name, stdout=None if capture else 1,
+                         stderr=None if capture else 2) for q in parties]
+        result = run_connected(parties, ns.pipe, grace=grace, timeout=timeout,
+                               transcript=transcript, forward_signals=True)
+    except Isol8rError as e:
+        e = cli.as_typed(e)
+        cli.say(str(e))
+        return getattr(e, "exit_code", cli.SETUP_FAILED)
+    import sys
+    for name, killed, r in zip(result.names, result.killed, result.results):
+        sys.stderr.write(f"isol8r: {name}: {r.describe()}, {r.wall_time:.3f} s" +
+                         (" (ended by the run)" if killed else "") + "\n")
+    if result.transcript is not None:
+        labels = [x.label for x in result.pipes]
+        for c in result.transcript:
+            sys.stderr.write(f"isol8r:   +{c.at:.3f} {labels[c.pipe]} {c.data!r}\n")
+        if result.transcript_truncated:
+            sys.stderr.write("isol8r:   (transcript truncated)\n")
+    sys.stderr.write(f"isol8r: verdict {result.describe()}\n")
+    if sink is sys.stdout:
+        sys.stdout.write(result.to_json() + "\n")
+        sys.stdout.flush()
+    elif sink is not None:
+        with sink:
+            sink.write(result.to_json() + "\n")
+    return result.status
+
+
+def _cli_party(text: str, index: int) -> Party:
+    """One --jail: `NAME=` (optional), then an `isol8r run` command line."""
+    import re
+    import shlex
+
+    from . import cli
+    name = ""
+    m = re.match(r"([A-Za-z_][\w-]*)=", text)
+    if m:
+        name, text = m.group(1), text[m.end():]
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        raise SpecError("--jail", text, f"cannot split it: {e}") from None
+    ns = cli.build_parser().parse_args(["run", *words])
+    for flag, value in (("--json", ns.json), ("--dry-run", ns.dry_run), ("--verbose", ns.verbose)):
+        if value:
+            raise SpecError("--jail", text, f"{flag} is run-connected's, not a jail's")
+    from . import spec_of
+    return party(Party(spec_of(cli.spec_from_args(ns), None, {}), name), index)
+
+
+def _seconds(flag: str, value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        raise SpecError(flag, value, "a number of seconds") from None
+    if not s >= 0 or s == float("inf"):
+        raise SpecError(flag, value, "a number of seconds, 0 or more")
+    return s
