@@ -14,7 +14,7 @@ import os
 import selectors
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .errors import Isol8rError, SpecError
@@ -674,8 +674,9 @@ class _Run:
                     st.timed_out = True
                     session.watch.limit_hit("time-limit")
             self._observe(now)
-        marks = [t for t in (self.kill_at, self.deadline) if t is not None]
-        marks += [t for t in (s.next_tick(now) for s in self.sessions) if t is not None]
+        ticks = [s.next_tick(now) for s in self.sessions]
+        self._observe(now)  # a limit those ticks hit: noted now, before its jail has ended
+        marks = [t for t in (self.kill_at, self.deadline, *ticks) if t is not None]
         if self.drain_until is not None:
             marks.append(self.drain_until)
         return min(marks) if marks else None
@@ -735,8 +736,6 @@ def main(argv: list[str]) -> int:
     `isol8r run` command line in one argument; without --pipe, two jails are joined stdout to
     stdin both ways. Exit status: 0 when the verdict is ok, else the deciding side's (141 for
     broken-pipe), 125 for bad input or a jail that could not be set up."""
-    import shlex
-
     from . import cli
     # the command line's parser class: bad usage is one line and exit 125, as for `isol8r run`
     p = type(cli.build_parser())(prog="isol8r run-connected", usage=USAGE, allow_abbrev=False)
