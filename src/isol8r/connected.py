@@ -770,6 +770,11 @@ def main(argv: list[str]) -> int:
         e = cli.as_typed(e)
         cli.say(str(e))
         return getattr(e, "exit_code", cli.SETUP_FAILED)
+    finally:
+        # this process's fork server, stopped and waited for: the warm jails it made for the
+        # next run (and their cgroups) go now, not after this command has returned
+        from .daemon import forkserver
+        forkserver.shared_client().close()
     import sys
     for name, killed, r in zip(result.names, result.killed, result.results):
         sys.stderr.write(f"isol8r: {name}: {r.describe()}, {r.wall_time:.3f} s" +
