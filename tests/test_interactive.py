@@ -182,10 +182,10 @@ def test_run_timeout_ends_a_deadlock() -> None:
 
 
 def test_three_jails_in_a_chain_with_a_descriptor_number() -> None:
-    """A producer writes on its descriptor 3, a filter reads it on stdin, a consumer reads the
-    filter's stdout on descriptor 4."""
+    """A producer copies its input to its descriptor 3, a filter reads it on stdin, a consumer
+    reads the filter's stdout on descriptor 4."""
     r = isol8r.run_connected(
-        [["/bin/sh", "-c", "echo hello >&3"], ["/usr/bin/tr", "a-z", "A-Z"],
+        [{"cmd": ["/bin/sh", "-c", "cat >&3"], "input": "hello\n"}, ["/usr/bin/tr", "a-z", "A-Z"],
          {"cmd": ["/bin/sh", "-c", "cat <&4"], "name": "sink"}],
         pipes=["0.3:1.stdin", (1, "stdout", "sink", 4)])
     assert r.verdict == "ok", r.reason
