@@ -496,6 +496,8 @@ def run_connected(jails: Sequence[Any], pipes: Sequence[Any] | None = None, *,
 
 @dataclass
 class _State:
+    """What the run's loop learns of one side, for the grace, the timeout and the verdict."""
+
     ended_at: float | None = None
     failed_at: float | None = None
     ok: bool = True
@@ -505,6 +507,8 @@ class _State:
 
 
 class _Run:
+    """One connected run: the pipes, a Session per jail, the relays, one loop over them all."""
+
     def __init__(self, parties: list[Party], edges: list[Pipe], grace: float,
                  timeout: float | None, transcript: int | None) -> None:
         self.parties, self.edges, self.grace, self.timeout = parties, edges, grace, timeout
@@ -531,7 +535,11 @@ class _Run:
                 if not self.relaying:
                     ends[e.src][e.src_fd] = w
                     continue
-                r_in, w_in = os.pipe2(os.O_CLOEXEC)
+                try:
+                    r_in, w_in = os.pipe2(os.O_CLOEXEC)
+                except OSError:
+                    os.close(w)
+                    raise
                 ends[e.src][e.src_fd] = w_in
                 self.relays.append(Relay(k, r_in, w, self.transcript,
                                          lambda n, side=e.src: self._relayed(side, n)))
@@ -584,9 +592,9 @@ class _Run:
         answers: list[tuple[bytes, list[int]]] = []
         begun = 0
         try:
-            for p, e in zip(self.parties, ends):
-                stdios.append(self._stdio(p, e))
-            ends = []
+            for i, p in enumerate(self.parties):
+                stdios.append(self._stdio(p, ends[i]))
+                ends[i] = {}  # the stdio closes them now
             for p, stdio in zip(self.parties, stdios):
                 sock, answer = client.answered_lease(p.spec, False)
                 self.sessions.append(forkserver.Session(sock, p.spec, stdio, None))

@@ -218,3 +218,18 @@ def test_relay_witnesses_a_reader_that_closed_and_breaks_the_writers_pipe() -> N
     finally:
         os.close(w_in)
         relay.close()
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_bad_descriptor_argument_leaves_no_pipe_open() -> None:
+    """A jail's stderr that is no descriptor fails after the pipes were made (the second jail's
+    stdio), before any jail is leased: every pipe end is closed, none twice."""
+    from isol8r import run_connected
+    before = _open_fds()
+    with pytest.raises(ValueError, match="stderr=True"):
+        run_connected([["/bin/true"], {"cmd": ["/bin/true"], "stdout": 1, "stderr": True}],
+                      pipes=["0.stdout:1.stdin"], transcript=10)
+    assert _open_fds() == before
