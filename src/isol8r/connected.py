@@ -746,7 +746,10 @@ def main(argv: list[str]) -> int:
     broken-pipe), 125 for bad input or a jail that could not be set up."""
     from . import cli
     # the command line's parser class: bad usage is one line and exit 125, as for `isol8r run`
-    p = type(cli.build_parser())(prog="isol8r run-connected", usage=USAGE, allow_abbrev=False)
+    p = type(cli.build_parser())(prog="isol8r run-connected", usage=USAGE, allow_abbrev=False,
+                                 description="Run jails joined by pipes, each with its own "
+                                 "limits and result; the verdict names the side that failed "
+                                 "first (docs/interactive.md).")
     p.add_argument("--jail", action="append", default=[], metavar="'[NAME=]OPTIONS -- PROGRAM'",
                    help="one jail: `isol8r run`'s options and command, quoted as one argument")
     p.add_argument("--pipe", action="append", metavar="SRC.END:DST.END",
