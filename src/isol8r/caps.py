@@ -71,3 +71,24 @@ def drop_for_init() -> None:
     linux.capset(kill, kill, 0)
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     linux.prctl(linux.PR_SET_DUMPABLE, 0)
+
+
+def can_switch_uid() -> bool:
+    """Parent side, for a jail without a user namespace: this process may change its ids and
+    lock its capabilities (CAP_SETUID, CAP_SETGID, CAP_SETPCAP: a container's root), so the
+    jail's program still runs as --user with nothing kept."""
+    need = (1 << 6) | (1 << 7) | (1 << CAP_SETPCAP)
+    try:
+        return linux.capget()[0] & need == need
+    except OSError:
+        return False
+
+
+def drop_unprivileged() -> None:
+    """Child side, without a user namespace or the privilege to change ids: empty the sets
+    this process may still empty (ambient, inheritable, permitted, effective) and set
+    no_new_privs, under which an execve never gains a capability (not even by a set-id file or
+    a root's exec: the new sets cannot exceed the old permitted, which is empty)."""
+    linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+    linux.capset(0, 0, 0)
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
