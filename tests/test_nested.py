@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +72,179 @@ def test_masked_proc_runs() -> None:
     res = inner_result(p)
     assert p.returncode == 0, (res, p.stderr)
     assert res["stdout"] == "hi\n"
+
+
+# ---- each environment: what ran, which walls held, the probes that apply ----------------------
+
+# The program of every environment below: tries what a jailed program should not manage, and
+# prints each attempt's outcome ("ok" or the errno's name) as JSON.
+PROBE = r"""
+import ctypes, errno, json, os, socket, sys
+outside, ws = sys.argv[1], sys.argv[2]
+out = {}
+def t(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = errno.errorcode.get(e.errno, str(e.errno))
+def write(path):
+    with open(path, "w") as f:
+        f.write("x")
+t("write_outside", lambda: write(outside + "/probe"))
+t("write_ws", lambda: write(ws + "/probe"))
+t("write_etc", lambda: write("/etc/probe"))
+t("tcp_bind", lambda: socket.socket().bind(("127.0.0.1", 0)))
+t("signal_parent", lambda: os.kill(os.getppid(), 0))
+t("read_shadow", lambda: open("/etc/shadow").read())
+t("sysctl", lambda: write("/proc/sys/kernel/hostname"))
+libc = ctypes.CDLL(None, use_errno=True)
+def unshare():
+    if libc.unshare(0x10000000) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+t("unshare_user", unshare)
+out["pid"] = os.getpid()
+out["uid"] = os.getuid()
+print(json.dumps(out))
+"""
+
+
+def probe_argv(outside: str, ws: str) -> list[str]:
+    return ["--", "/usr/bin/python3", "-c", PROBE, outside, ws]
+
+
+def probes_of(res: dict[str, Any]) -> dict[str, Any]:
+    assert res["exit_code"] == 0, res
+    return json.loads(res["stdout"])
+
+
+def test_in_docker_profile_container() -> None:
+    """Docker's default profile, no CAP_SYS_ADMIN: no namespace can be made (clone with
+    namespace flags is refused), so the run is bare: Landlock, seccomp, no_new_privs, rlimits,
+    a new session; and says so."""
+    p = outer_run([*DOCKER, "--tmpfs", "/data", "--tmpfs", "/ws"],
+                  ["run", "--json", "-", "--bind", "/ws", *probe_argv("/data", "/ws")])
+    res = inner_result(p)
+    walls, missing = res["walls"], res["missing_walls"]
+    assert {"seccomp", "landlock", "nnp", "caps", "rlimits", "session"} <= set(walls), res
+    assert "EPERM" in missing["userns"] and "seccomp" in missing["userns"]
+    assert {"pidns", "mountns", "netns", "uid"} <= set(missing)
+    probes = probes_of(res)
+    assert probes["write_outside"] == "EACCES"  # Landlock: read-only but the workspace, /tmp
+    assert probes["write_ws"] == "ok"
+    assert probes["tcp_bind"] == "EACCES"  # Landlock ABI 4+: no TCP bind or connect
+    assert probes["signal_parent"] == "EPERM"  # Landlock ABI 6+: signals scoped to the jail
+    assert probes["unshare_user"] in ("EPERM", "ENOSYS")
+    assert probes["uid"] == 1000  # the container's user: no id to switch to is reported above
+
+
+def test_in_docker_profile_require_refuses() -> None:
+    """--require userns there: 125 and one line, rather than a run with fewer walls."""
+    p = outer_run(DOCKER, ["run", "--require", "userns,landlock", "--", "/bin/true"])
+    assert p.returncode == 125, p
+    assert "--require" in p.stderr and "userns" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_in_jail_without_seccomp_masked_proc() -> None:
+    """No seccomp filter: every namespace can be made, but not a fresh /proc (the outer one is
+    masked); the outer /proc is bound read-only and the Result says so."""
+    p = outer_run(NO_SECCOMP, ["run", "--json", "-", *probe_argv("/nonexistent", "/tmp")])
+    res = inner_result(p)
+    walls, missing = res["walls"], res["missing_walls"]
+    assert {"userns", "pidns", "mountns", "netns", "ipcns", "utsns", "uid", "seccomp"} <= set(walls)
+    assert "masked" in missing["proc"] and "proc" not in walls
+    probes = probes_of(res)
+    assert probes["pid"] == 2  # its own PID namespace (init is 1)
+    assert probes["uid"] == 65534
+    assert probes["write_etc"] == "EROFS"
+    assert probes["sysctl"] in ("EROFS", "EACCES")
+    assert probes["read_shadow"] == "ENOENT"
+    assert probes["write_ws"] == "ok"
+
+
+def test_in_jail_without_seccomp_proc_fresh_fails() -> None:
+    """--proc fresh (or --require proc) there: all walls or fail, 125 with the step named."""
+    p = outer_run(NO_SECCOMP, ["run", "--proc", "fresh", "--", "/bin/true"])
+    assert p.returncode == 125 and "/proc" in p.stderr and "EPERM" in p.stderr, p
+    p = outer_run(NO_SECCOMP, ["run", "--require", "proc", "--", "/bin/true"])
+    assert p.returncode == 125 and "proc" in p.stderr and "masked" in p.stderr, p
+
+
+@pytest.fixture
+def dirs() -> Any:
+    """Two directories the jail's ids can write by their mode (0777), outside /tmp (which a
+    bare jail may write): one to stay read-only, one to be the workspace."""
+    made = [tempfile.mkdtemp(prefix=".nested-", dir=ROOT) for _ in range(2)]
+    for d in made:
+        os.chmod(d, 0o777)
+    yield made
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def host_python(prefix: list[str], inner: list[str]) -> subprocess.CompletedProcess[str]:
+    """python3 -m isol8r INNER from this checkout, after PREFIX (unshare, setpriv)."""
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(ROOT / "src"),
+           "ISOL8R_CLI_SERVER": "0", "HOME": "/tmp"}
+    return subprocess.run([*prefix, PYTHON, "-m", "isol8r", *inner], capture_output=True,
+                          text=True, env=env, cwd="/", timeout=60)
+
+
+NO_USERNS = ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc",
+             "sh", "-c", 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"', "sh"]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="util-linux's unshare is missing")
+def test_in_userns_with_max_user_namespaces_zero(dirs: list[str]) -> None:
+    """user.max_user_namespaces=0, set in a user namespace of the test's own (the host's is not
+    touched): no nested user namespace, so the run is bare, and names the sysctl."""
+    outside, ws = dirs
+    p = host_python(NO_USERNS, ["run", "--json", "-", "--bind", ws, *probe_argv(outside, ws)])
+    res = inner_result(p)
+    assert "max_user_namespaces is 0" in res["missing_walls"]["userns"], res
+    assert {"landlock", "seccomp", "nnp", "caps", "session"} <= set(res["walls"])
+    probes = probes_of(res)
+    assert probes["write_outside"] == "EACCES"
+    assert probes["write_ws"] == "ok"
+    assert probes["tcp_bind"] == "EACCES"
+    assert probes["signal_parent"] == "EPERM"
+    assert not os.path.exists(os.path.join(outside, "probe"))
+
+
+SETPRIV = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="util-linux's setpriv is missing")
+def test_as_unprivileged_user_on_host(dirs: list[str]) -> None:
+    """uid 65534 on the host: an unprivileged user namespace, every namespace and a fresh
+    /proc; only the caller's own id is mapped."""
+    outside, ws = dirs
+    p = host_python(SETPRIV, ["run", "--json", "-", *probe_argv(outside, "/tmp")])
+    res = inner_result(p)
+    assert {"userns", "pidns", "mountns", "netns", "proc", "uid", "seccomp"} <= set(res["walls"])
+    assert "userns" not in res["missing_walls"] and "proc" not in res["missing_walls"]
+    probes = probes_of(res)
+    assert probes["pid"] == 2 and probes["write_outside"] == "ENOENT"  # not in its root
+    assert probes["write_etc"] == "EROFS" and probes["read_shadow"] == "ENOENT"
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="util-linux's setpriv is missing")
+def test_as_unprivileged_user_on_host_bare(dirs: list[str]) -> None:
+    """--bare as uid 65534: the walls of a process that cannot make a namespace, on the host."""
+    outside, ws = dirs
+    p = host_python(SETPRIV, ["run", "--bare", "--json", "-", "--bind", ws,
+                              *probe_argv(outside, ws)])
+    res = inner_result(p)
+    assert res["missing_walls"]["userns"] == "--bare"
+    probes = probes_of(res)
+    assert probes["write_outside"] == "EACCES" and probes["write_ws"] == "ok"
+    assert probes["tcp_bind"] == "EACCES" and probes["signal_parent"] == "EPERM"
+    assert probes["uid"] == 65534
+
+
+def test_in_podman() -> None:
+    """podman run of a root built by isol8r mkroot: only where Debian's podman is installed."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed here (the environment is documented in "
+                    "docs/environments.md from its default profile)")
+    pytest.skip("podman is installed, but this test does not drive it yet")

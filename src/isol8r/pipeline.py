@@ -170,7 +170,7 @@ def _prepare_bare(shape: Shape, verbose: bool, bpf: bytes | None) -> Plan:
         caps=caps.plan(shape.caps), verbose=verbose, signals=linux.handled_signals(),
         parent_pidfd=linux.own_pidfd(), bpf=bpf if shape.default_filter else None,
         bare=True, landlock=landlock.plan(writable, deny_tcp="net" in shape.namespaces),
-        uid_switch=caps.can_switch_uid())
+        uid_switch=caps.can_switch_uid() and userns.mapped(shape.uid, shape.gid))
 
 
 def shape(spec: Spec) -> Shape:

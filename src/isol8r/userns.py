@@ -138,3 +138,16 @@ def _new_ns(uid_lines: bytes, gid_lines: bytes) -> int:
         os.close(w)
         os.close(pidfd)
         os.waitpid(pid, 0)
+
+
+def mapped(uid: int, gid: int) -> bool:
+    """Parent side: this process's user namespace maps uid and gid (a jail with no user
+    namespace of its own can only switch to ids its caller's namespace has)."""
+    def has(path: str, i: int) -> bool:
+        try:
+            with open(path) as f:
+                rows = [tuple(map(int, line.split())) for line in f if line.strip()]
+        except (OSError, ValueError):
+            return False
+        return any(inside <= i < inside + n for inside, _, n in rows)
+    return has("/proc/self/uid_map", uid) and has("/proc/self/gid_map", gid)

@@ -198,7 +198,8 @@ def account(spec: Any, choice: Choice, *, seccomp: bool, cgroup: Any, landlock: 
     if uid_switch:
         held["uid"] = f"runs as uid {spec.uid} gid {spec.gid}"
     else:
-        missing["uid"] = "runs as the caller's own uid (no user namespace, no CAP_SETUID)"
+        missing["uid"] = ("runs as the caller's own uid (no user namespace, and no privilege to "
+                          f"switch to {spec.uid}:{spec.gid})")
     held["caps"] = "capabilities dropped" + (f" but {', '.join(spec.caps)}" if spec.caps else "")
     held["nnp"] = "no_new_privs"
     if seccomp:
