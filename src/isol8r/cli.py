@@ -41,6 +41,7 @@ SUBCOMMANDS = {
     "policy": "cli:policy_main",
     "profiles": "profiles:main",
     "server": "daemon.cliserver:main",
+    "doctor": "doctor:main",
 }
 _PARSER: Any = None
 

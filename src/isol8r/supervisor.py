@@ -463,32 +463,12 @@ def clone_child(flags: int, clone_fd: int = -1) -> tuple[int, int, int]:
             pid, pidfd = linux.clone3(flags, clone_fd)
             return pid, pidfd, clone_fd
         except OSError as e:
+            from .walls import clone3_refused
             if e.errno not in (errno.ENOSYS, errno.EPERM) or not clone3_refused():
                 raise
             _CLONE3[0] = False
     pid, pidfd = linux.clone(flags)
     return pid, pidfd, -1
-
-
-def clone3_refused() -> bool:
-    """clone3 itself is refused here (not the namespaces it was asked for): a bare clone3
-    without flags, which exits at once, fails too. Asked once per process."""
-    global _CLONE3_REFUSED
-    if _CLONE3_REFUSED is None:
-        try:
-            pid, pidfd = linux.clone3(0)
-        except OSError:
-            _CLONE3_REFUSED = True
-        else:
-            if pid == 0:
-                os._exit(0)
-            os.close(pidfd)
-            os.waitpid(pid, 0)
-            _CLONE3_REFUSED = False
-    return _CLONE3_REFUSED
-
-
-_CLONE3_REFUSED: bool | None = None
 
 
 def _enter_netns(netns: tuple[str, int, int], *socks: socket.socket) -> int:

@@ -88,6 +88,30 @@ def _probe_userns() -> str | None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+_CLONE3: list[bool] = []
+
+
+def clone3_refused() -> bool:
+    """clone3 itself is refused here (not the namespaces it was asked for): a bare clone3
+    without flags, whose child exits at once, fails too (Docker's profile: ENOSYS). Asked once
+    per process; the supervisor then clones with clone(2)."""
+    if not _CLONE3:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid, pidfd = linux.clone3(0)
+        except OSError:
+            _CLONE3.append(True)
+        else:
+            if pid == 0:
+                os._exit(0)
+            os.close(pidfd)
+            os.waitpid(pid, 0)
+            _CLONE3.append(False)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return _CLONE3[0]
+
+
 def _userns_why(err: int | None) -> str:
     name = errno.errorcode.get(err or 0, str(err))
     limit = read_int("/proc/sys/user/max_user_namespaces")
