@@ -133,16 +133,18 @@ def read_int(path: str) -> int | None:
         return None
 
 
-def proc_masked() -> bool:
+def proc_masked(mountinfo: str | None = None) -> bool:
     """A fresh proc cannot be mounted in a user namespace this process makes: the kernel allows
     it only while some proc mount of this mount namespace is fully visible, and a container's
     (Docker's, podman's, an outer jail's) has submounts masking /proc/sys, /proc/kcore, ...
     A submount on a directory the kernel keeps empty for it (binfmt_misc) masks nothing."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            rows = [line.split() for line in f]
-    except OSError:
-        return False
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo") as f:
+                mountinfo = f.read()
+        except OSError:
+            return False
+    rows = [line.split() for line in mountinfo.splitlines() if " - " in line]
     procs = {}
     for r in rows:
         sep = r.index("-")
@@ -264,3 +266,9 @@ def unmet(required: tuple[str, ...], missing: dict[str, str], held: dict[str, st
     if not gone:
         return None
     return "; ".join(f"{w}: {missing.get(w, 'not built for this run')}" for w in gone)
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI (0: none), for callers above that only ask."""
+    from .sys.linux import landlock_abi as abi
+    return abi()
