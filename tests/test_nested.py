@@ -248,3 +248,40 @@ def test_in_podman() -> None:
         pytest.skip("podman is not installed here (the environment is documented in "
                     "docs/environments.md from its default profile)")
     pytest.skip("podman is installed, but this test does not drive it yet")
+
+
+# ---- rootless: subordinate ids ----------------------------------------------------------------
+
+SUBIDS = """
+set -e
+mount --bind "$1" /etc/subuid
+mount --bind "$1" /etc/subgid
+shift
+exec "$@"
+"""
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("newuidmap", "newgidmap", "unshare",
+                                                      "setpriv")),
+                    reason="needs newuidmap/newgidmap (Debian's uidmap), unshare and setpriv")
+def test_rootless_with_subordinate_ids(tmp_path: Path, dirs: list[str]) -> None:
+    """An unprivileged caller granted subordinate ids (here in a mount namespace of the test's
+    own, whose /etc/subuid and /etc/subgid are a file of the test: the host's are untouched)
+    gets a jail of 65536 ids: the jail user is the caller (what it writes in a --bind is the
+    caller's), the others, root included, are subordinate ids, none of them the caller."""
+    ws = dirs[1]
+    grant = tmp_path / "subids"
+    grant.write_text("nobody:3000000000:65536\n")
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SUBIDS, "sh",
+              str(grant), *SETPRIV]
+    script = "cat /proc/self/uid_map; id -u; echo x > \"$1\"/f"
+    p = host_python(prefix, ["run", "--json", "-", "--user", "1000", "--bind", ws, "--",
+                             "/bin/sh", "-c", script, "sh", ws])
+    res = inner_result(p)
+    assert res["exit_code"] == 0, (res, p.stderr)
+    rows = [line.split() for line in res["stdout"].splitlines()[:3]]
+    assert rows == [["1000", "65534", "1"], ["0", "3000000000", "1000"],
+                    ["1001", "3000001000", "64535"]]
+    assert res["stdout"].splitlines()[3] == "1000"
+    assert os.stat(os.path.join(ws, "f")).st_uid == 65534  # the caller's
+    assert "subordinate" in res["walls"]["userns"]

@@ -203,6 +203,9 @@ def account_walls(jail: Jail, spec: Spec, cg: Any) -> None:
     jail.walls, jail.missing = walls.account(
         spec, walls.choose(spec.namespaces, spec.proc, spec.bare), seccomp=bpf_for(spec) is not None,
         cgroup=cg, landlock=jail.landlock, uid_switch=jail.uid_switch)
+    if "userns" in jail.walls and os.geteuid() != 0 and userns.subordinate_ranges() is not None:
+        jail.walls["userns"] = ("new namespace; jail ids 0..65535: the jail user is the caller, "
+                                "the others subordinate ids (/etc/subuid, newuidmap)")
     gap = walls.unmet(spec.require, jail.missing, jail.walls)
     if gap is not None:
         discard(jail)
@@ -512,7 +515,7 @@ def _root_tree(pid: int, plan: pipeline.Plan) -> int:
     if plan.mounts is None or plan.mounts.root_src is None:
         return -1
     userns_fd = -1
-    if plan.ids is not None and plan.ids.can_become_root:
+    if plan.ids is not None and plan.ids.can_become_root and plan.ids.uid_base is not None:
         userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     base = plan.ids.uid_base if plan.ids is not None else None
     try:

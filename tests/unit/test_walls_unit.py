@@ -137,3 +137,13 @@ def test_leased_carries_the_walls() -> None:
     msg = Leased(7, {}, {}, [], None, None, {"userns": "new namespace"}, {"proc": "masked"})
     back = decode(msg.encode())
     assert back == msg and back.walls == {"userns": "new namespace"}  # type: ignore[union-attr]
+
+
+def test_subordinate_lines() -> None:
+    """Rootless with /etc/subuid: the jail user onto the caller, the rest of 0..65535 onto the
+    subordinate range, one id short of it (the caller's takes the jail user's place)."""
+    from isol8r import userns
+    assert userns.sub_lines(65534, 1000, 100000) == \
+        b"65534 1000 1\n0 100000 65534\n65535 165534 1\n"
+    assert userns.sub_lines(0, 1000, 100000) == b"0 1000 1\n1 100000 65535\n"
+    assert userns.sub_lines(65535, 7, 5) == b"65535 7 1\n0 5 65535\n"
