@@ -43,16 +43,21 @@ def initial_userns() -> bool:
 CAP_SYS_ADMIN = 21
 
 
+_HOST_ROOT: dict[int, bool] = {}  # euid -> the answer: asked on every run's Shape, read once
+
+
 def host_root() -> bool:
     """Root of the host itself (the host's user namespace and CAP_SYS_ADMIN: a container's
     root has the first, not the second): every wall can be built, so none is ever fallen
     back from."""
-    if os.geteuid() != 0 or not initial_userns():
-        return False
-    try:
-        return bool(linux.capget()[0] >> CAP_SYS_ADMIN & 1)
-    except OSError:
-        return False
+    euid = os.geteuid()
+    if euid not in _HOST_ROOT:
+        try:
+            _HOST_ROOT[euid] = euid == 0 and initial_userns() and \
+                bool(linux.capget()[0] >> CAP_SYS_ADMIN & 1)
+        except OSError:
+            _HOST_ROOT[euid] = False
+    return _HOST_ROOT[euid]
 
 
 _USERNS: list[str | None] = []
