@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -151,3 +152,43 @@ def test_doctor() -> None:
     assert data["environment"]["clone3"] == "yes"
     p = cli("doctor", "--bogus")
     assert p.returncode == 125 and "--bogus" in p.stderr
+
+
+def test_bare_leftovers_in_the_group_end_with_the_program() -> None:
+    """No PID namespace: a background child of the program is killed at its end (its process
+    group); the Result's pidns entry says what is not (a process that leaves the group)."""
+    res = isol8r.run(["/bin/sh", "-c", "sleep 1000 & echo $!"], bare=True, capture_output=True)
+    pid = int(res.stdout)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.02)
+    assert not _alive(pid)
+    assert "session of its own" in res.missing_walls["pidns"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_end_session_kills_the_group() -> None:
+    """supervisor.end_session, which a bare jail's end calls: every process of the group that
+    the (already gone) leader led. (Here the orphans of an ended shell are also killed by this
+    machine's init, so the run-level test above cannot tell the two apart.)"""
+    import subprocess
+
+    from isol8r import supervisor
+    leader = subprocess.Popen(["/bin/sh", "-c", "sleep 1000 & echo $!; exec sleep 1000"],
+                              stdout=subprocess.PIPE, start_new_session=True)
+    assert leader.stdout is not None
+    child = int(leader.stdout.readline())
+    supervisor.end_session(leader.pid)
+    leader.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.02)
+    assert not _alive(child) and leader.returncode == -9
+    leader.stdout.close()

@@ -796,6 +796,8 @@ class JailWatch:
         usage, peak = None, self.program_peak
         if peak is None and self.program is None:  # --no-init: no report; the group may be left
             peak = self._program_peak()
+        if "landlock" in jail.walls or "landlock" in jail.missing:
+            end_session(jail.pid)
         try:
             if self.reaped_report is not None:
                 st, ut, syst, rss, usage = self.reaped_report
@@ -831,6 +833,17 @@ class JailWatch:
         if peak is not None:
             out.memory_peak = peak
         return out
+
+
+def end_session(pid: int) -> None:
+    """A bare jail (no PID namespace to take its processes with it): what the program left in
+    its process group (it leads one, from its setsid) ends with it. The group's id cannot name
+    another group while a member lives; one that left the group (setsid again) outlives the
+    run, which its missing pidns wall says."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass

@@ -219,6 +219,9 @@ def account(spec: Any, choice: Choice, *, seccomp: bool, cgroup: Any, landlock: 
         elif choice.bare is not None:
             missing[wall] = choice.bare if wall == "userns" else \
                 "--bare" if choice.bare == "--bare" else "needs a user namespace here"
+            if wall == "pidns":  # supervisor.end_session
+                missing[wall] += ("; what the program leaves in its process group ends with it, "
+                                  "a process that starts a session of its own does not")
         else:
             held[wall] = "new namespace"
     if "mount" in spec.namespaces and choice.bare is None:
