@@ -138,6 +138,28 @@ def test_in_docker_profile_container() -> None:
     assert probes["uid"] == 1000  # the container's user: no id to switch to is reported above
 
 
+# Docker's default capabilities, for a container's root
+DOCKER_CAPS = [a for c in ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+                           "SETPCAP", "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "MKNOD",
+                           "AUDIT_WRITE", "SETFCAP") for a in ("--cap", "CAP_" + c)]
+DOCKER_ROOT = ["--no-userns", "--user", "0", *DOCKER_CAPS, "--seccomp-profile", DOCKER_PROFILE]
+
+
+def test_as_root_in_docker_container() -> None:
+    """A container's root (the host's user namespace, Docker's capabilities, no CAP_SYS_ADMIN,
+    Docker's profile): bare, but the program still runs as --user with no capability."""
+    outer = [*DOCKER_ROOT, "--tmpfs", "/data", "--tmpfs", "/ws", "--chmod", "777:/data",
+             "--chmod", "777:/ws"]
+    p = outer_run(outer, ["run", "--json", "-", "--bind", "/ws", *probe_argv("/data", "/ws")])
+    res = inner_result(p)
+    assert {"uid", "caps", "nnp", "seccomp", "landlock"} <= set(res["walls"]), res
+    assert "EPERM" in res["missing_walls"]["userns"]
+    probes = probes_of(res)
+    assert probes["uid"] == 65534
+    assert probes["write_outside"] == "EACCES" and probes["write_ws"] == "ok"
+    assert probes["tcp_bind"] == "EACCES" and probes["signal_parent"] == "EPERM"
+
+
 def test_in_docker_profile_require_refuses() -> None:
     """--require userns there: 125 and one line, rather than a run with fewer walls."""
     p = outer_run(DOCKER, ["run", "--require", "userns,landlock", "--", "/bin/true"])

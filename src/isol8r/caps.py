@@ -39,7 +39,10 @@ def plan(keep: tuple[int, ...]) -> CapPlan:
 
 
 def prepare_uid_switch() -> None:
-    """Child side, before the uid switch: keep the capability sets across setresuid."""
+    """Child side, before the uid switch: keep the capability sets across setresuid. Already
+    so (a bare jail inside another jail, whose securebits are locked): nothing to do."""
+    if linux.prctl(linux.PR_GET_SECUREBITS) & linux.SECBIT_NO_SETUID_FIXUP:
+        return
     linux.prctl(linux.PR_SET_SECUREBITS, linux.SECBIT_NO_SETUID_FIXUP)
 
 
