@@ -31,7 +31,8 @@ pytestmark = [needs_root,
               pytest.mark.skipif(not os.path.exists(PYTHON), reason=f"{PYTHON} is missing")]
 
 
-def outer_run(outer: list[str], inner: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def outer_run(outer: list[str], inner: list[str],
+              timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`isol8r run OUTER -- python3 -m isol8r INNER` from the host: the outer jail is the
     container, the inner command is what a user would type inside it."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ISOL8R_CLI_SERVER="0")

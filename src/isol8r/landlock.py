@@ -53,7 +53,8 @@ class LandlockPlan:
     def describe(self) -> str:
         """What the wall holds, in one line (Result.walls)."""
         writable = [p for p, a in self.rules if a == self.fs]
-        parts = [f"ABI {self.abi}: the filesystem read-only but {', '.join(writable) or 'nothing'}"]
+        parts = [f"ABI {self.abi}: the filesystem read-only but "
+                 f"{', '.join(writable) or 'nothing'}"]
         if self.net:
             parts.append("no TCP bind or connect")
         if self.scoped:

@@ -153,7 +153,8 @@ def _prepare_bare(shape: Shape, verbose: bool, bpf: bytes | None) -> Plan:
     tree, read-only but /tmp and its --bind sources (Landlock), in a new session, with no
     capabilities, no_new_privs and the seccomp filter. What needs a mount namespace is refused
     with a one-line error naming it, never dropped."""
-    for what, given in (("--rootfs", shape.rootfs), ("--tmpfs", any(m.kind == "tmpfs" for m in shape.mounts)),
+    tmpfs = any(m.kind == "tmpfs" for m in shape.mounts)
+    for what, given in (("--rootfs", shape.rootfs), ("--tmpfs", tmpfs),
                         ("--symlink/--dir/--file/--chmod", shape.data),
                         ("--net user", shape.resolv_conf), ("--netns", shape.netns)):
         if given:

@@ -200,9 +200,10 @@ def account_walls(jail: Jail, spec: Spec, cg: Any) -> None:
     missing_walls); --require: a one-line SetupError, the jail discarded, rather than a run
     with less."""
     from . import walls
+    choice = walls.choose(spec.namespaces, spec.proc, spec.bare)
     jail.walls, jail.missing = walls.account(
-        spec, walls.choose(spec.namespaces, spec.proc, spec.bare), seccomp=bpf_for(spec) is not None,
-        cgroup=cg, landlock=jail.landlock, uid_switch=jail.uid_switch)
+        spec, choice, seccomp=bpf_for(spec) is not None, cgroup=cg, landlock=jail.landlock,
+        uid_switch=jail.uid_switch)
     if "userns" in jail.walls and os.geteuid() != 0 and userns.subordinate_ranges() is not None:
         jail.walls["userns"] = ("new namespace; jail ids 0..65535: the jail user is the caller, "
                                 "the others subordinate ids (/etc/subuid, newuidmap)")
