@@ -185,6 +185,18 @@ def test_in_jail_without_seccomp_masked_proc() -> None:
     assert probes["write_ws"] == "ok"
 
 
+def test_clone3_refused_namespaces_allowed() -> None:
+    """A filter that refuses clone3 alone (as podman's and older Docker profiles do, with
+    EPERM or ENOSYS): the jail is cloned with clone(2) into every namespace, with a pidfd
+    (CLONE_PIDFD), which the time limit's kill goes through."""
+    p = outer_run(["--user", "1000", "--seccomp", "none", "--seccomp-deny", "clone3"],
+                  ["run", "--json", "-", "--time-limit", "0.5", "--kill-grace", "0", "--",
+                   "/bin/sleep", "30"])
+    res = inner_result(p)
+    assert res["verdict"] == "time-limit", res
+    assert {"userns", "pidns", "mountns", "netns"} <= set(res["walls"])
+
+
 def test_in_jail_without_seccomp_proc_fresh_fails() -> None:
     """--proc fresh (or --require proc) there: all walls or fail, 125 with the step named."""
     p = outer_run(NO_SECCOMP, ["run", "--proc", "fresh", "--", "/bin/true"])
