@@ -227,17 +227,39 @@ def host_python(prefix: list[str], inner: list[str]) -> subprocess.CompletedProc
 
 NO_USERNS = ["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc",
              "sh", "-c", 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"', "sh"]
+NO_CAPS = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="util-linux's unshare is missing")
-def test_in_userns_with_max_user_namespaces_zero(dirs: list[str]) -> None:
+def test_in_userns_with_max_user_namespaces_zero_as_its_root() -> None:
     """user.max_user_namespaces=0, set in a user namespace of the test's own (the host's is not
-    touched): no nested user namespace, so the run is bare, and names the sysctl."""
+    touched), run by that namespace's root: no nested user namespace, but its CAP_SYS_ADMIN
+    makes every other one, so the jail has them (and a fresh /proc); the program keeps the
+    caller's uid (the only one mapped), with no capability at all."""
+    p = host_python(NO_USERNS, ["run", "--json", "-", *probe_argv("/nonexistent", "/tmp")])
+    res = inner_result(p)
+    assert "max_user_namespaces is 0" in res["missing_walls"]["userns"], res
+    assert {"pidns", "mountns", "netns", "ipcns", "utsns", "proc", "caps", "nnp",
+            "seccomp"} <= set(res["walls"])
+    assert "uid" in res["missing_walls"]
+    probes = probes_of(res)
+    assert probes["pid"] == 2 and probes["uid"] == 0
+    assert probes["write_etc"] == "EROFS" and probes["read_shadow"] == "ENOENT"
+    assert probes["sysctl"] in ("EROFS", "EACCES")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("setpriv") is None,
+                    reason="util-linux's unshare and setpriv are needed")
+def test_in_userns_with_max_user_namespaces_zero_without_caps(dirs: list[str]) -> None:
+    """The same namespace, run without capabilities: no namespace at all can be made, so the
+    run is bare (Landlock, seccomp, no_new_privs, rlimits, session), and names the sysctl."""
     outside, ws = dirs
-    p = host_python(NO_USERNS, ["run", "--json", "-", "--bind", ws, *probe_argv(outside, ws)])
+    p = host_python([*NO_USERNS, *NO_CAPS],
+                    ["run", "--json", "-", "--bind", ws, *probe_argv(outside, ws)])
     res = inner_result(p)
     assert "max_user_namespaces is 0" in res["missing_walls"]["userns"], res
     assert {"landlock", "seccomp", "nnp", "caps", "session"} <= set(res["walls"])
+    assert {"pidns", "mountns", "netns"} <= set(res["missing_walls"])
     probes = probes_of(res)
     assert probes["write_outside"] == "EACCES"
     assert probes["write_ws"] == "ok"

@@ -87,6 +87,12 @@ def can_switch_uid() -> bool:
         return False
 
 
+def can_lock() -> bool:
+    """Child side: this process may drop the bounding set and lock the securebits
+    (CAP_SETPCAP), so drop() applies even where the uid switch does not."""
+    return bool(linux.capget()[0] >> CAP_SETPCAP & 1)
+
+
 def drop_unprivileged() -> None:
     """Child side, without a user namespace or the privilege to change ids: empty the sets
     this process may still empty (ambient, inheritable, permitted, effective) and set

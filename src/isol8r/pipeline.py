@@ -145,6 +145,10 @@ def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Pl
         parent_pidfd=linux.own_pidfd(),
         bpf=bpf if shape.default_filter else None,
         netns=shape.netns,
+        # without a user namespace of its own the program can only become an id its caller's
+        # namespace maps (walls.choose's no_user: a user namespace's root, whose map may
+        # hold only itself); else it keeps the caller's, with no capability
+        uid_switch="user" in ns or userns.mapped(shape.uid, shape.gid),
     )
 
 
@@ -301,7 +305,9 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
                     plan.gid, plan.keep_groups)
             ch.step("parent death signal", _die_with_parent, parent_alive)
             ch.step("drop capabilities", caps.drop, plan.caps)
-        else:  # bare, unprivileged: the caller's own ids, and nothing to keep
+        elif caps.can_lock():  # a user namespace's root: its ids, every set and bit locked
+            ch.step("drop capabilities", caps.drop, plan.caps)
+        else:  # unprivileged: the caller's own ids, and nothing to keep
             ch.step("drop capabilities", caps.drop_unprivileged)
         if plan.landlock is not None:
             ch.step("landlock", landlock.apply, plan.landlock)

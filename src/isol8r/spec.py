@@ -230,7 +230,7 @@ def shape(spec: Spec) -> Shape:
     limited = spec.wants_cgroup
     choice = choose(spec.namespaces, spec.proc, spec.bare)
     return Shape(
-        namespaces=spec.namespaces,
+        namespaces=spec.namespaces - {"user"} if choice.no_user else spec.namespaces,
         rootfs=spec.rootfs,
         rw_root=spec.rw_root,
         overlay=spec.overlay,

@@ -175,27 +175,43 @@ class Choice:
     bare: str | None
     proc: str
     proc_why: str = ""
+    # why no user namespace can be made, where this process may make the others without one
+    # (root with CAP_SYS_ADMIN of its own user namespace): the jail has every other namespace
+    no_user: str | None = None
 
 
 def choose(namespaces: frozenset[str], proc: str = "auto", bare_asked: bool = False) -> Choice:
     """The environment's answer for a jail of these namespaces (--proc: auto, fresh, bind,
     none; --bare). Root of the host never falls back: all walls or fail."""
     bare = "--bare" if bare_asked else None
+    no_user = None
     if bare is None and "user" in namespaces and not host_root():
         bare = userns_refused()
+        if bare is not None and admin_here():
+            bare, no_user = None, bare
     if bare is not None or "mount" not in namespaces:
-        return Choice(bare, "host")
+        return Choice(bare, "host", no_user=no_user)
     if "pid" not in namespaces:
-        return Choice(None, "host", "--share-pid: the host's /proc, bound")
+        return Choice(None, "host", "--share-pid: the host's /proc, bound", no_user)
     if proc == "auto":
         if not host_root() and proc_masked():
             return Choice(None, "bind", "a fresh /proc is refused (the outer /proc has masked "
                           "submounts, as in a container): the outer one is bound read-only, "
-                          "and shows the outer PID namespace's processes")
-        return Choice(None, "fresh")
+                          "and shows the outer PID namespace's processes", no_user)
+        return Choice(None, "fresh", no_user=no_user)
     why = {"bind": "--proc bind: the outer /proc, read-only, shows the outer PID namespace's "
                    "processes", "none": "--proc none: the jail has no /proc"}.get(proc, "")
-    return Choice(None, proc, why)
+    return Choice(None, proc, why, no_user)
+
+
+def admin_here() -> bool:
+    """Root with CAP_SYS_ADMIN of its own user namespace (a user namespace's root, where no
+    nested one can be made): the PID, mount, network, IPC, UTS and cgroup namespaces need no
+    new user namespace then."""
+    try:
+        return os.geteuid() == 0 and bool(linux.capget()[0] >> CAP_SYS_ADMIN & 1)
+    except OSError:
+        return False
 
 
 # ---- the walls of one run ---------------------------------------------------------------------
@@ -216,6 +232,8 @@ def account(spec: Any, choice: Choice, *, seccomp: bool, cgroup: Any, landlock: 
                 missing[wall] = f"--netns {spec.netns}: joins that namespace"
             elif ns == "net" and spec.net == "host":
                 missing[wall] = "--net host: the host's network"
+        elif ns == "user" and choice.no_user is not None:
+            missing[wall] = choice.no_user + "; the other namespaces are made without one"
         elif choice.bare is not None:
             missing[wall] = choice.bare if wall == "userns" else \
                 "--bare" if choice.bare == "--bare" else "needs a user namespace here"
@@ -232,8 +250,9 @@ def account(spec: Any, choice: Choice, *, seccomp: bool, cgroup: Any, landlock: 
     if uid_switch:
         held["uid"] = f"runs as uid {spec.uid} gid {spec.gid}"
     else:
-        missing["uid"] = ("runs as the caller's own uid (no user namespace, and no privilege to "
-                          f"switch to {spec.uid}:{spec.gid})")
+        missing["uid"] = (f"runs as the caller's own uid: {spec.uid}:{spec.gid} is not an id "
+                          "this process can become (no user namespace of its own, and the ids "
+                          "are not mapped here or CAP_SETUID is missing)")
     held["caps"] = "capabilities dropped" + (f" but {', '.join(spec.caps)}" if spec.caps else "")
     held["nnp"] = "no_new_privs"
     if seccomp:

@@ -147,3 +147,20 @@ def test_subordinate_lines() -> None:
         b"65534 1000 1\n0 100000 65534\n65535 165534 1\n"
     assert userns.sub_lines(0, 1000, 100000) == b"0 1000 1\n1 100000 65535\n"
     assert userns.sub_lines(65535, 7, 5) == b"65535 7 1\n0 5 65535\n"
+
+
+def test_choose_without_a_user_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mocked: the environment's answers (this machine gives a user namespace to anyone).
+    No user namespace: a user namespace's root makes the others without one; anyone else
+    gets the bare jail; the host's root is never asked."""
+    monkeypatch.setattr(walls, "host_root", lambda: False)
+    monkeypatch.setattr(walls, "userns_refused", lambda: "refused")
+    monkeypatch.setattr(walls, "proc_masked", lambda mountinfo=None: False)
+    monkeypatch.setattr(walls, "admin_here", lambda: True)
+    assert walls.choose(ALL) == walls.Choice(None, "fresh", no_user="refused")
+    held, missing = account(Spec(("/bin/true",)), walls.choose(ALL), uid_switch=False)
+    assert missing["userns"].startswith("refused") and "pidns" in held
+    monkeypatch.setattr(walls, "admin_here", lambda: False)
+    assert walls.choose(ALL) == walls.Choice("refused", "host")
+    monkeypatch.setattr(walls, "host_root", lambda: True)
+    assert walls.choose(ALL) == walls.Choice(None, "fresh")
