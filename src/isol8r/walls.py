@@ -138,6 +138,17 @@ def read_int(path: str) -> int | None:
         return None
 
 
+_MASKED: list[bool] = []
+
+
+def masked_here() -> bool:
+    """proc_masked() of this process's mount table, read once per process (every run's Shape
+    asks; a container's mounts do not change under a running isol8r)."""
+    if not _MASKED:
+        _MASKED.append(proc_masked())
+    return _MASKED[0]
+
+
 def proc_masked(mountinfo: str | None = None) -> bool:
     """A fresh proc cannot be mounted in a user namespace this process makes: the kernel allows
     it only while some proc mount of this mount namespace is fully visible, and a container's
@@ -194,7 +205,7 @@ def choose(namespaces: frozenset[str], proc: str = "auto", bare_asked: bool = Fa
     if "pid" not in namespaces:
         return Choice(None, "host", "--share-pid: the host's /proc, bound", no_user)
     if proc == "auto":
-        if not host_root() and proc_masked():
+        if not host_root() and masked_here():
             return Choice(None, "bind", "a fresh /proc is refused (the outer /proc has masked "
                           "submounts, as in a container): the outer one is bound read-only, "
                           "and shows the outer PID namespace's processes", no_user)

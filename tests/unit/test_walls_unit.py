@@ -155,7 +155,7 @@ def test_choose_without_a_user_namespace(monkeypatch: pytest.MonkeyPatch) -> Non
     gets the bare jail; the host's root is never asked."""
     monkeypatch.setattr(walls, "host_root", lambda: False)
     monkeypatch.setattr(walls, "userns_refused", lambda: "refused")
-    monkeypatch.setattr(walls, "proc_masked", lambda mountinfo=None: False)
+    monkeypatch.setattr(walls, "masked_here", lambda: False)
     monkeypatch.setattr(walls, "admin_here", lambda: True)
     assert walls.choose(ALL) == walls.Choice(None, "fresh", no_user="refused")
     held, missing = account(Spec(("/bin/true",)), walls.choose(ALL), uid_switch=False)
