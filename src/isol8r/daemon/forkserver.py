@@ -288,7 +288,8 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
         return True
     leased = Leased(jail.pid, derived, jail.limits, jail.notes,
                     jail.cgroup.view() if jail.cgroup is not None else None,
-                    jail.program_group.view() if jail.program_group is not None else None)
+                    jail.program_group.view() if jail.program_group is not None else None,
+                    jail.walls, jail.missing)
     try:
         _send(sock, leased, [jail.chan.fileno(), jail.pidfd])
     except OSError:
@@ -541,6 +542,7 @@ class Session:
                 cg = Cgroup.reader(info.cgroup)
             jail = supervisor.Jail(self.spec, info.pid, pidfd, socket.socket(fileno=chan_fd),
                                    time.monotonic(), info.limits, info.notes, cg)
+            jail.walls, jail.missing = info.walls, info.missing
             if info.program_group is not None:
                 from ..cgroups import Cgroup
                 jail.program_group = Cgroup.reader(info.program_group)
