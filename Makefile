@@ -51,6 +51,8 @@ rootfs: install deps
 
 bench: install deps
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/interactive.py
+	$(BIN)/python bench/environments.py
 	$(BIN)/python bench/sandbox.py
 
 clean:

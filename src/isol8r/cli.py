@@ -41,6 +41,8 @@ SUBCOMMANDS = {
     "policy": "cli:policy_main",
     "profiles": "profiles:main",
     "server": "daemon.cliserver:main",
+    "run-connected": "connected:main",
+    "doctor": "doctor:main",
 }
 _PARSER: Any = None
 
@@ -263,6 +265,10 @@ def _run(ns: argparse.Namespace, served: bool) -> int:
         if ns.verbose:
             for note in result.notes:
                 sys.stderr.write(f"isol8r: {note}\n")
+            if result.walls:
+                sys.stderr.write(f"isol8r: walls: {', '.join(result.walls)}\n")
+            for wall, why in result.missing_walls.items():
+                sys.stderr.write(f"isol8r: no {wall}: {why}\n")
             for d in result.net_denied or ():
                 sys.stderr.write(f"isol8r: net denied: {d['host']}:{d['port']} ({d['reason']})\n")
             sys.stderr.write(f"isol8r: {result.describe()}; setup {result.setup_time * 1e3:.2f} ms, "

@@ -505,10 +505,12 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
          uid: int, gid: int, hostname: str, new_net: bool, tmp_size: int,
          new_pid: bool = True,
          data: tuple[tuple[str, str, str | None, int | None], ...] = (),
-         resolv_conf: str | None = None) -> MountPlan:
+         resolv_conf: str | None = None, proc: str = "fresh") -> MountPlan:
     """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size);
     data: bwrap's data flags (kind, dst, src, mode), made after the mounts of their depth;
-    resolv_conf: the jail's own /etc/resolv.conf (--net user), written like a data flag."""
+    resolv_conf: the jail's own /etc/resolv.conf (--net user), written like a data flag;
+    proc: fresh (the jail PID namespace's own), bind (the outer /proc read-only, where a
+    container's masked /proc forbids a fresh one), none (walls.choose)."""
     ops: list[Op] = []
     final: list[Op] = []
     if rootfs is not None and overlay:
@@ -529,7 +531,11 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
         if not rw_root:
             final.append(ReadOnly("/"))
     no_exec = _NOSUID_NODEV | linux.MS_NOEXEC
-    if new_pid:
+    if proc == "none":
+        pass
+    elif proc == "bind":  # recursive: the outer /proc's masks come along (and are locked)
+        ops.append(Bind("/proc", "/proc", readonly=True, noexec=True))
+    elif new_pid:
         ops.append(Special("proc", "/proc", no_exec))
     else:  # a proc of the host's PID namespace can only be bound, not mounted anew
         ops.append(Bind("/proc", "/proc", readonly=False, noexec=True))

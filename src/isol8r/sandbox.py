@@ -83,6 +83,9 @@ class Sandbox:
         self._base = base
         self._jail_spec = _jail_part(base)
         self._shape = shape(self._jail_spec)
+        if getattr(self._shape, "bare", None) is not None:  # no user namespace can be made
+            raise SetupError("sandbox", errno.EPERM, "a sandbox needs namespaces of its own "
+                             f"(a PID namespace per command), and {self._shape.bare}")
         self._lock = threading.Lock()
         self._owner = os.getpid()
         self._closed = False

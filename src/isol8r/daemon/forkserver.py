@@ -290,7 +290,8 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
         return True
     leased = Leased(jail.pid, derived, jail.limits, jail.notes,
                     jail.cgroup.view() if jail.cgroup is not None else None,
-                    jail.program_group.view() if jail.program_group is not None else None)
+                    jail.program_group.view() if jail.program_group is not None else None,
+                    jail.walls, jail.missing)
     try:
         _send(sock, leased, [jail.chan.fileno(), jail.pidfd])
     except OSError:
@@ -458,7 +459,7 @@ class Client:
         except BaseException:
             _close_after_start(stdio)
             raise
-        session = _Session(sock, spec, stdio, log if verbose else None)
+        session = Session(sock, spec, stdio, log if verbose else None)
         with supervisor.Forwarder(forward_signals) as fwd:
             try:
                 session.begin(*answer)
@@ -511,9 +512,10 @@ def select_readable(sock: socket.socket, timeout: float) -> bool:
         return bool(sel.select(timeout))
 
 
-class _Session:
+class Session:
     """The caller's side of one leased jail: it sends the Request, watches the jail (records,
-    limits, output) and takes the server's reap report when the cgroup's counters are wanted."""
+    limits, output) and takes the server's reap report when the cgroup's counters are wanted.
+    Public so that several can share one event loop (connected.py: jails joined by pipes)."""
 
     def __init__(self, sock: socket.socket, spec: Spec, stdio: supervisor.Stdio,
                  log: supervisor.Log | None) -> None:
@@ -545,6 +547,7 @@ class _Session:
                 cg = Cgroup.reader(info.cgroup)
             jail = supervisor.Jail(self.spec, info.pid, pidfd, socket.socket(fileno=chan_fd),
                                    time.monotonic(), info.limits, info.notes, cg)
+            jail.walls, jail.missing = info.walls, info.missing
             if info.program_group is not None:
                 from ..cgroups import Cgroup
                 jail.program_group = Cgroup.reader(info.program_group)
@@ -660,7 +663,7 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Resu
     import asyncio  # here, not at the top: the server, whose image every jail is a copy of,
     # would carry asyncio's ~60 modules (ssl, logging, inspect...) for nothing
     loop = asyncio.get_running_loop()
-    session = _Session(client.lease(spec, False), spec, stdio, None)
+    session = Session(client.lease(spec, False), spec, stdio, None)
     wake = asyncio.Event()
     sel = _LoopSelector(loop, wake.set)
     try:
