@@ -241,6 +241,10 @@ def test_async_sandbox() -> None:
             rs = await asyncio.gather(*(sb.run(["/bin/cat", "/tmp/a"], capture_output=True)
                                         for _ in range(3)))
             assert await sb.read_file("/tmp/a") == b"async"
+            p = await sb.spawn(["/bin/echo", "spawned"])
+            assert p.stdout.read() == b"spawned\n"
+            assert (await asyncio.to_thread(p.wait)).verdict == "ok"
+            p.close()
             return [r.stdout for r in rs]
     assert asyncio.run(main()) == [b"async"] * 3
 

@@ -653,6 +653,12 @@ class AsyncSandbox:
         sb = self._sb()
         return await asyncio.to_thread(lambda: sb.run(cmd, **kwargs))
 
+    async def spawn(self, cmd: Sequence[str] | Spec, **kwargs: Any) -> Process:
+        """Sandbox.spawn; the Process's wait() blocks: await asyncio.to_thread(p.wait)."""
+        import asyncio
+        sb = self._sb()
+        return await asyncio.to_thread(lambda: sb.spawn(cmd, **kwargs))
+
     async def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
         import asyncio
         await asyncio.to_thread(self._sb().write_file, path, data, mode)
