@@ -189,11 +189,22 @@ def test_sandboxes_do_not_see_each_other() -> None:
             runner.join()
 
 
+def groups_of(*owners: int | None) -> set[str]:
+    """The jail cgroups made by these processes (cgroups.Cgroup names them jail-PID-...)."""
+    found: set[str] = set()
+    for top in isol8r_cgroups():
+        if os.path.basename(top) != "isol8r":
+            continue
+        for d, subdirs, _ in os.walk(top):
+            found.update(os.path.join(d, s) for s in subdirs
+                         if any(s.startswith(f"jail-{p}-") for p in owners if p))
+    return found
+
+
 def mine() -> set[str]:
-    """The cgroups of this process and of its fork server (other checkouts' come and go)."""
-    from isol8r.daemon import forkserver
-    owners = {os.getpid(), forkserver.shared_client().pid()}
-    return {g for g in isol8r_cgroups() if any(f"/jail-{p}-" in g for p in owners)}
+    """The cgroups this process made: its sandboxes' command groups (the fork server's come
+    and go with its warm jails; other checkouts' with their runs)."""
+    return groups_of(os.getpid())
 
 
 def test_close_leaves_nothing() -> None:
@@ -201,6 +212,7 @@ def test_close_leaves_nothing() -> None:
     sb = isol8r.Sandbox()
     sb.run(["/bin/true"], memory="64M")
     sb.run(["/bin/true"])
+    assert mine() - groups  # the commands' groups (kept for the next commands)
     pid = sb.pid
     assert os.path.exists(f"/proc/{pid}")
     sb.close()
@@ -300,3 +312,33 @@ def test_warm_sandbox_jails_and_warm_jails_are_kept_apart() -> None:
             == b"fresh\n"
     with isol8r.Sandbox() as sb:
         assert sb.run(["/bin/echo", "kept"], capture_output=True, timeout=10).stdout == b"kept\n"
+
+
+def test_a_sandbox_dies_with_its_owner(tmp_path: Path) -> None:
+    """The owner killed by SIGKILL: the sandbox's processes end (the fork server kills its
+    jails), and the command groups the owner made are removed (the server sweeps them)."""
+    import subprocess
+    import sys
+    code = ("import isol8r, sys, time\n"
+            "sb = isol8r.Sandbox()\n"
+            "sb.run(['/bin/true'], memory='64M')\n"
+            "p = sb.spawn(['/bin/sleep', '1000'], memory='64M')\n"
+            "print(sb.pid, flush=True)\n"
+            "time.sleep(1000)\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(isol8r.__file__).resolve().parents[1]))
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    try:
+        assert owner.stdout is not None
+        init = int(owner.stdout.readline())
+        assert os.path.exists(f"/proc/{init}")
+        assert groups_of(owner.pid)
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+            os.path.exists(f"/proc/{init}")
+            or groups_of(owner.pid)):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{init}")
+    assert not groups_of(owner.pid)

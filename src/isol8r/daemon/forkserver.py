@@ -252,10 +252,27 @@ class _Control:
 
 
 def serve(control_fd: int, prewarm: int = PREWARM) -> None:
-    """The library's server: returns when the caller closes the control socket."""
+    """The library's server: returns when the caller closes the control socket. A caller that
+    died (not one that closed its client) leaves groups of its own that only it would have
+    removed (its sandboxes' command groups, cgroups.Cgroup names them for it): removed now."""
+    caller = os.getppid()
     server = Server(prewarm)
     server.control(socket.socket(fileno=control_fd), primary=True)
     server.loop()
+    if _exiting(caller):
+        from .. import cgroups
+        cgroups.sweep_owner(caller)
+
+
+def _exiting(pid: int) -> bool:
+    """pid has exited or is exiting (PF_EXITING is set before its descriptors are closed, so
+    it is already set when its control socket reads as closed)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & 0x4)
 
 
 def _accept(ctl: socket.socket, server: Server) -> bool:
