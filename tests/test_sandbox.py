@@ -154,6 +154,15 @@ def test_jail_options_cannot_change_per_command(sb: isol8r.Sandbox) -> None:
         sb.run(["/bin/true"], rootfs="/")
     with pytest.raises(SpecError):
         sb.run(["/bin/true"], user=0)
+    with pytest.raises(SpecError, match="seccomp"):
+        sb.run(["/bin/true"], seccomp="none")
+    with isol8r.Sandbox(seccomp_deny=["uname"]) as custom:
+        with pytest.raises(SpecError, match="seccomp"):
+            custom.run(["/bin/true"], seccomp_deny=[])  # the sandbox's policy, not the command's
+        denied = custom.run(["/bin/uname"], capture_output=True)
+        fresh = isol8r.run(["/bin/uname"], seccomp_deny=["uname"], capture_output=True)
+        assert denied.exit_code != 0 and denied.stdout == b""
+        assert (denied.verdict, denied.exit_code) == (fresh.verdict, fresh.exit_code)
     assert sb.run(["/bin/sh", "-c", "echo $A; pwd"], env={"A": "x"}, cwd="/tmp",
                   capture_output=True).stdout == b"x\n/tmp\n"
 

@@ -47,7 +47,8 @@ from .spec import Spec, shape
 _SEQ = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
 # what a command may set for itself; everything else is the sandbox's (its jail's shape)
 _PER_COMMAND = ("memory", "pids", "cpus", "cpu_limit", "time_limit", "output_limit", "tty")
-_JAIL_LEVEL = ("net", "netns", "publish", "allow_domain")
+_JAIL_LEVEL = ("net", "netns", "publish", "allow_domain", "seccomp", "seccomp_profile",
+               "seccomp_allow", "seccomp_deny", "seccomp_log")
 _CHUNK = 1 << 20
 
 
@@ -248,7 +249,7 @@ class Sandbox:
         else:
             spec = spec_of(cmd, timeout, {**self._options, **(options or {})})
         theirs, ours = shape(_jail_part(spec)), self._shape
-        for name in (*ours.__dataclass_fields__, *_JAIL_LEVEL):
+        for name in (*_JAIL_LEVEL, *ours.__dataclass_fields__):  # options first: their names
             a = getattr(theirs if name in ours.__dataclass_fields__ else spec, name)
             b = getattr(ours if name in ours.__dataclass_fields__ else self._base, name)
             if a != b:
