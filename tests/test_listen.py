@@ -320,6 +320,25 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _descendants(pid: int) -> int:
+    """Processes under pid (the fork server, warm jails, running jails and what they run)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    found, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found += len(kids)
+        todo += kids
+    return found
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(next(line for line in f if line.startswith("VmRSS")).split()[1])
@@ -345,12 +364,13 @@ def test_a_flood_of_clients_cannot_exhaust_the_listener(listener: Callable[..., 
             try:
                 for _ in range(16):
                     s.send(junk)  # a line with no end, megabytes of it
-            except BlockingIOError:
+            except OSError:  # full (BlockingIOError), or refused and closed already
                 pass
         socks.append(s)
     time.sleep(1)
     assert _fds(lst.proc.pid) <= base_fds + 4 * 8
     assert _rss_kib(lst.proc.pid) < base_rss + 16 * 1024
+    assert _descendants(lst.proc.pid) <= 64  # 4 jails at most, and the warm ones
     refused = [e for e in lst.events("refused") if e["reason"] == "max-conns"]
     assert len(refused) >= 290
     for s in socks:
@@ -497,7 +517,7 @@ def test_systemd_socket_activation(listener: Callable[..., Listener]) -> None:
 
     def as_fd3() -> None:
         os.dup2(fd, 3)
-    lst = listener("--", "/bin/echo", "activated", addr="", pass_fds=[fd], preexec_fn=as_fd3,
+    lst = listener("--", "/bin/echo", "activated", addr="", pass_fds=[fd, 3], preexec_fn=as_fd3,
                    prefix=["/bin/sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh"])
     srv.close()
     assert lst.port == port

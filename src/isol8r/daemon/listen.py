@@ -707,7 +707,11 @@ def main(argv: list[str]) -> int:
         if activated:
             for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
                 os.environ.pop(k, None)
-            socks = [socket.socket(fileno=fd) for fd in activated]
+            try:
+                socks = [socket.socket(fileno=fd) for fd in activated]
+            except OSError as e:
+                raise SpecError("LISTEN_FDS", str(len(activated)),
+                                f"fd 3 onwards must be sockets ({e.strerror})") from None
             for s in socks:
                 os.set_inheritable(s.fileno(), False)
         else:
