@@ -26,7 +26,7 @@ import socket
 import struct
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
       help="the program's stderr: the log (default with text logs), the connection, or nothing "
            "(default with JSON logs)")
     a("--drain", default="10", metavar="SECONDS", help="on SIGTERM, running jails' grace")
-    a("--prewarm", default="4", help="warm jails kept ready (the fork server's pool)")
+    a("--prewarm", default="8", help="jails set up ahead, waiting for connections (a burst of "
+      "this many is served at once; ~3 MiB each)")
     a("--backlog", default="128", help="the listening socket's accept queue")
     a("--profile", metavar="FILE|NAME", help="a TOML jail profile; flags override it")
     for name, opt in OPTIONS.items():
@@ -335,7 +336,7 @@ class Listener:
 
     def __init__(self, cfg: Config, log: Log, socks: list[socket.socket]) -> None:
         self.cfg, self.log, self.socks = cfg, log, socks
-        self.client = forkserver.Client(prewarm=cfg.prewarm)
+        self.client = forkserver.Client()  # its own pool: the default size
         self.admission = Admission(cfg.max_conns, cfg.max_per_ip, cfg.rate)
         self.conns: dict[int, Conn] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -346,6 +347,7 @@ class Listener:
         self.null_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self.stopped: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.ready: deque[socket.socket] = deque()  # leases asked for ahead (_refill)
         self.last_result: Any = None  # the last connection's Result (--inetd's exit status)
 
     # -- accepting --
@@ -361,16 +363,19 @@ class Listener:
             self.loop.add_signal_handler(sig, self.stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.log.reopen)
         self.client.connect()  # the fork server now, not at the first client
-        self._prime()
+        self._refill()
 
-    def _prime(self) -> None:
-        """Fill the warm pool before the first client: the server warms a shape once it has
-        leased a jail of it, so lease one (it runs nothing: dropping its socket ends it)."""
-        if self.cfg.prewarm > 0:
+    def _refill(self) -> None:
+        """Lease jails ahead (each set up and waiting for its Request, in the listener's hands):
+        a connection then costs no round trip to the fork server, only the jail's request half.
+        Called at start and when a connection ends (not when one starts: the clone would take
+        the core the starting jail needs)."""
+        while len(self.ready) < self.cfg.prewarm and not self.closing:
             try:
-                self.client.lease(self.cfg.spec, False).close()
-            except Isol8rError:
-                pass
+                self.ready.append(self.client.lease(self.cfg.spec, False))
+            except Isol8rError as e:
+                self.log.write("lease", error=str(e))
+                return
 
     def _accept(self, lsock: socket.socket) -> None:
         for _ in range(64):  # a bounded batch: the loop's other work is not starved
@@ -423,7 +428,15 @@ class Listener:
                 self.log.write("start", conn=c.id, peer=c.ip, port=c.port, jail=jail.pid)
                 if c.ended_by is not None:  # hung up while its jail was being leased
                     c.kill(c.ended_by)
-            result = await forkserver.run_async(self.client, self.cfg.spec, stdio, started)
+            ahead = self.ready.popleft() if self.ready else None
+            try:
+                result = await forkserver.run_async(self.client, self.cfg.spec, stdio, started,
+                                                    ahead)
+            except Isol8rError:
+                if ahead is None or c.jail is not None or c.ended_by is not None:
+                    raise
+                # a jail leased ahead that died while it waited: once more, leased now
+                result = await forkserver.run_async(self.client, self.cfg.spec, stdio, started)
         except Isol8rError as e:
             error = str(e)
         except OSError as e:
@@ -551,6 +564,7 @@ class Listener:
         self.conns.pop(c.id, None)
         if c.admitted:
             self.admission.release(c.ip)
+        self._refill()
 
     # -- stopping --
 
@@ -563,6 +577,8 @@ class Listener:
         for s in self.socks:
             self.loop.remove_reader(s.fileno())
             s.close()
+        while self.ready:
+            self.ready.popleft().close()  # the server ends those jails
         self.log.write("stopping", running=len(self.conns), drain=self.cfg.drain)
         if self.stopped is not None:
             self.stopped.set()
@@ -578,6 +594,8 @@ class Listener:
                 t.cancel()
 
     def close(self) -> None:
+        while self.ready:
+            self.ready.popleft().close()
         if self.loop is not None:
             self.loop.remove_reader(self.hup.fileno())
         self.hup.close()
