@@ -51,7 +51,8 @@ class Listener:
             lines = self.log.read_text().splitlines()
         except FileNotFoundError:
             return []
-        out = [json.loads(line) if line.startswith("{") else _text_event(line) for line in lines]
+        out = [json.loads(line) if line.startswith("{") else _text_event(line) for line in lines
+               if line.startswith("{") or re.match(r"\d{4}-\d\d-\d\dT\S+Z \w+", line)]
         return [e for e in out if kind is None or e["event"] == kind]
 
     def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 30,
@@ -546,4 +547,33 @@ def test_proof_of_work_before_the_jail(listener: Callable[..., Listener]) -> Non
     lst.wait_for(lambda e: e["event"] == "end", count=2)
     assert [e["verdict"] for e in lst.events("end")] == ["ok", "pow-failed"]
     assert len(lst.events("start")) == 1  # no jail for a failed proof
+    assert lst.stop() == 0
+
+
+@needs_root
+def test_stderr_goes_to_the_log_or_the_connection(listener: Callable[..., Listener]) -> None:
+    prog = ["/bin/sh", "-c", "echo out; echo err >&2"]
+    text = listener("--", *prog, fmt="text")
+    s = text.connect()
+    assert read_all(s) == b"out\n"
+    s.close()
+    text.wait_for(lambda e: e["event"] == "end")
+    assert "err\n" in text.log.read_text()
+    conn = listener("--stderr", "conn", "--", *prog)
+    s = conn.connect()
+    assert read_all(s) == b"out\nerr\n"
+    s.close()
+    assert text.stop() == 0 and conn.stop() == 0
+
+
+@needs_root
+def test_without_addr_it_listens_on_ipv4_and_ipv6(listener: Callable[..., Listener]) -> None:
+    lst = listener("--port", "0", "--", "/bin/echo", "both", addr="")
+    assert lst.events("listening")[0]["addr"] == "::"
+    for addr in ("127.0.0.1", "::1"):
+        lst.addr = addr
+        s = lst.connect()
+        assert read_all(s) == b"both\n"
+        s.close()
+    assert [e["peer"] for e in lst.events("start")] == ["127.0.0.1", "::1"]
     assert lst.stop() == 0

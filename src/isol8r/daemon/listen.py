@@ -416,6 +416,8 @@ class Listener:
             if self.cfg.pow and not await self._proof(c):
                 c.ended_by = c.ended_by or "pow-failed"
                 return
+            if self.closing:  # a proof solved while stopping: no new jail
+                c.ended_by = c.ended_by or "stopping"
             if c.ended_by is not None:
                 return
             c.sock.setblocking(True)  # O_NONBLOCK is shared with the program's descriptors
