@@ -40,7 +40,8 @@ def free_port() -> int:
 def start_isol8r(tmp: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
     log = Path(tmp, f"isol8r{len(args)}.log")
     env = dict(os.environ, PYTHONPATH=str(HERE.parent / "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "isol8r", "listen", "--addr", ADDR, "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "isol8r", "listen", "--addr", ADDR,
+                             "--port", "0",
                              "--log", str(log), "--log-format", "json", "--max-conns", "256",
                              *args, "--", *PROGRAM], env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -163,7 +164,8 @@ def main() -> int:
     exe, how = find_nsjail()
     with tempfile.TemporaryDirectory() as tmp:
         peers: dict[str, tuple[subprocess.Popen[bytes], int]] = {
-            "isol8r": start_isol8r(tmp), "isol8r --prewarm 32": start_isol8r(tmp, "--prewarm", "32")}
+            "isol8r": start_isol8r(tmp),
+            "isol8r --prewarm 32": start_isol8r(tmp, "--prewarm", "32")}
         if exe:
             peers["nsjail"] = start_nsjail(exe)
         try:

@@ -205,7 +205,8 @@ class Log:
             line = json.dumps({"time": round(now, 6), "event": event, **fields},
                               separators=(",", ":"))
         else:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+            stamp = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+                     + f".{int(now % 1 * 1000):03d}Z")
             parts = [stamp, event]
             for k, v in fields.items():
                 if v is None:
@@ -552,10 +553,11 @@ class Listener:
             if result.cpu_user is not None:
                 cpu = result.cpu_user + (result.cpu_system or 0.0)
             fields.update(verdict=verdict, status=result.exit_code, signal=result.signal,
-                          wall=round(result.wall_time, 6), cpu=None if cpu is None else round(cpu, 6),
-                          memory=result.memory_peak)
+                          wall=round(result.wall_time, 6),
+                          cpu=None if cpu is None else round(cpu, 6), memory=result.memory_peak)
         else:
-            fields.update(verdict=c.ended_by or "error", wall=round(time.monotonic() - c.started_at, 6))
+            fields.update(verdict=c.ended_by or "error",
+                          wall=round(time.monotonic() - c.started_at, 6))
         fields.update(bytes_in=got, bytes_out=sent, error=error)
         self.log.write("end", **fields)
         try:
