@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -337,7 +338,8 @@ class Listener:
 
     def __init__(self, cfg: Config, log: Log, socks: list[socket.socket]) -> None:
         self.cfg, self.log, self.socks = cfg, log, socks
-        self.client = forkserver.Client()  # its own pool: the default size
+        # its own fork server (and pool: the default size; none for --inetd's one connection)
+        self.client = forkserver.Client(prewarm=0 if cfg.inetd else None)
         self.admission = Admission(cfg.max_conns, cfg.max_per_ip, cfg.rate)
         self.conns: dict[int, Conn] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -386,10 +388,19 @@ class Listener:
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # the host is short (the listener's own budget is kept by --max-conns):
+                    # a pause, not a loop spinning on a socket that stays readable
                     self.log.write("accept", error=os.strerror(e.errno))
+                    assert self.loop is not None
+                    self.loop.remove_reader(lsock.fileno())
+                    self.loop.call_later(0.1, self._resume, lsock)
                     return
                 continue  # ECONNABORTED and the like: that client is gone
             self.serve(sock, addr)
+
+    def _resume(self, lsock: socket.socket) -> None:
+        if not self.closing and self.loop is not None:
+            self.loop.add_reader(lsock.fileno(), self._accept, lsock)
 
     def serve(self, sock: socket.socket, addr: Any) -> None:
         """Admit (or refuse) one accepted connection and start its task."""
@@ -690,7 +701,7 @@ async def _serve_inetd(cfg: Config, log: Log) -> int:
         peer = sock.getpeername()
     except OSError:
         peer = None
-    lst = Listener(cfg, log, [])
+    lst = Listener(dataclasses.replace(cfg, prewarm=0), log, [])  # nothing ahead: one client
     try:
         lst.start()
         lst.serve(sock, peer)
