@@ -577,3 +577,21 @@ def test_without_addr_it_listens_on_ipv4_and_ipv6(listener: Callable[..., Listen
         s.close()
     assert [e["peer"] for e in lst.events("start")] == ["127.0.0.1", "::1"]
     assert lst.stop() == 0
+
+
+@needs_root
+def test_a_profile_and_run_options_apply_to_every_connection(
+        listener: Callable[..., Listener], tmp_path: Path) -> None:
+    """The shipped ctf-service profile (hostname, limits, seccomp), a flag over it, a bind."""
+    (tmp_path / "chal").mkdir()
+    (tmp_path / "chal" / "flag.txt").write_text("flag{jailed}\n")
+    (tmp_path / "chal").chmod(0o755)
+    (tmp_path / "chal" / "flag.txt").chmod(0o644)
+    lst = listener("--profile", "ctf-service", "--ro-bind", f"{tmp_path / 'chal'}:/chal",
+                   "--", "/bin/sh", "-c",
+                   "hostname; cat /chal/flag.txt; ulimit -n; touch /chal/x 2>/dev/null || echo ro")
+    for _ in range(2):
+        s = lst.connect()
+        assert read_all(s) == b"ctf\nflag{jailed}\n64\nro\n"
+        s.close()
+    assert lst.stop() == 0
