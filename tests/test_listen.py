@@ -595,3 +595,18 @@ def test_a_profile_and_run_options_apply_to_every_connection(
         assert read_all(s) == b"ctf\nflag{jailed}\n64\nro\n"
         s.close()
     assert lst.stop() == 0
+
+
+@needs_root
+def test_end_on_eof_ends_a_silent_jail_when_its_client_closes(
+        listener: Callable[..., Listener]) -> None:
+    """A plain close (a FIN, no reset) while the program neither reads nor writes: only
+    --end-on-eof can tell; without it the time limit would (the program may answer still)."""
+    lst = listener("--end-on-eof", "--time-limit", "60", "--", "/bin/sh", "-c",
+                   "echo ready; exec sleep 60")
+    s = lst.connect()
+    read_until(s, b"ready\n")
+    s.close()
+    end = lst.wait_for(lambda e: e["event"] == "end", timeout=30)
+    assert end["verdict"] == "disconnected" and end["wall"] < 30
+    assert lst.stop() == 0

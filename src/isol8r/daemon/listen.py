@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     a("--stderr", choices=["log", "conn", "null"],
       help="the program's stderr: the log (default with text logs), the connection, or nothing "
            "(default with JSON logs)")
+    a("--end-on-eof", action="store_true",
+      help="a client that shuts down or closes its side ends its jail at once (default: that is "
+           "the end of the program's input, and the program may still answer)")
     a("--drain", default="10", metavar="SECONDS", help="on SIGTERM, running jails' grace")
     a("--prewarm", default="8", help="jails set up ahead, waiting for connections (a burst of "
       "this many is served at once; ~3 MiB each)")
@@ -105,6 +108,7 @@ class Config:
     log: str | None
     log_format: str
     stderr: str
+    end_on_eof: bool
     drain: float
     prewarm: int
     backlog: int
@@ -155,6 +159,7 @@ def parse(argv: list[str]) -> Config:
                   pow=_number("pow", ns.pow, int, 0, 10**7),
                   log=ns.log, log_format=ns.log_format,
                   stderr=ns.stderr or ("null" if ns.log_format == "json" else "log"),
+                  end_on_eof=ns.end_on_eof,
                   drain=_number("drain", ns.drain, float, 0, 86400),
                   prewarm=_number("prewarm", ns.prewarm, int, 0, 64),
                   backlog=_number("backlog", ns.backlog, int, 1, 65535))
@@ -424,7 +429,8 @@ class Listener:
         try:
             fd = c.sock.fileno()
             self.by_fd[fd] = c
-            self.hup.register(fd, select.EPOLLHUP | select.EPOLLERR)
+            self.hup.register(fd, select.EPOLLHUP | select.EPOLLERR
+                              | (select.EPOLLRDHUP if self.cfg.end_on_eof else 0))
             if self.cfg.pow and not await self._proof(c):
                 c.ended_by = c.ended_by or "pow-failed"
                 return
@@ -537,7 +543,8 @@ class Listener:
 
     def _hangups(self) -> None:
         """Clients that hung up or reset: their jails end now (a FIN alone is the program's
-        end of input: it may still answer a client that only shut down its sending side)."""
+        end of input: it may still answer a client that only shut down its sending side;
+        with --end-on-eof a FIN ends the jail too)."""
         for fd, _ in self.hup.poll(0):
             c = self.by_fd.get(fd)
             try:
