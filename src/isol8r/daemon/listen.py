@@ -426,6 +426,7 @@ class Listener:
         """One connection: the proof of work, then its jail, then its log line; always closed."""
         result = None
         error = None
+        err_copy = -1
         try:
             fd = c.sock.fileno()
             self.by_fd[fd] = c
@@ -439,7 +440,10 @@ class Listener:
             if c.ended_by is not None:
                 return
             c.sock.setblocking(True)  # O_NONBLOCK is shared with the program's descriptors
-            err = {"log": self.log.fd, "conn": fd, "null": self.null_fd}[self.cfg.stderr]
+            # a copy of the log's descriptor: a SIGHUP during the lease closes the log's, and
+            # its number could name another client's socket by the time the jail gets it
+            err = os.dup({"log": self.log.fd, "conn": fd, "null": self.null_fd}[self.cfg.stderr])
+            err_copy = err
             stdio = supervisor.Stdio([(fd, 0), (fd, 1), (err, 2)], [],
                                      supervisor.IOWatch(None, lambda _v: None))
 
@@ -463,6 +467,8 @@ class Listener:
             error = f"{e.strerror or e}"
         finally:
             c.jail = None
+            if err_copy >= 0:
+                os.close(err_copy)
             self._end(c, result, error)
 
     async def _proof(self, c: Conn) -> bool:
