@@ -52,6 +52,7 @@ rootfs: install deps
 bench: install deps
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/listen.py
+	$(BIN)/python bench/interactive.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

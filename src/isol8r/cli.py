@@ -42,6 +42,7 @@ SUBCOMMANDS = {
     "profiles": "profiles:main",
     "server": "daemon.cliserver:main",
     "listen": "daemon.listen:main",
+    "run-connected": "connected:main",
 }
 _PARSER: Any = None
 

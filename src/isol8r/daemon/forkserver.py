@@ -453,7 +453,7 @@ class Client:
         except BaseException:
             _close_after_start(stdio)
             raise
-        session = _Session(sock, spec, stdio, log if verbose else None)
+        session = Session(sock, spec, stdio, log if verbose else None)
         with supervisor.Forwarder(forward_signals) as fwd:
             try:
                 session.begin(*answer)
@@ -506,9 +506,10 @@ def select_readable(sock: socket.socket, timeout: float) -> bool:
         return bool(sel.select(timeout))
 
 
-class _Session:
+class Session:
     """The caller's side of one leased jail: it sends the Request, watches the jail (records,
-    limits, output) and takes the server's reap report when the cgroup's counters are wanted."""
+    limits, output) and takes the server's reap report when the cgroup's counters are wanted.
+    Public so that several can share one event loop (connected.py: jails joined by pipes)."""
 
     def __init__(self, sock: socket.socket, spec: Spec, stdio: supervisor.Stdio,
                  log: supervisor.Log | None) -> None:
@@ -661,8 +662,8 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio,
     import asyncio  # here, not at the top: the server, whose image every jail is a copy of,
     # would carry asyncio's ~60 modules (ssl, logging, inspect...) for nothing
     loop = asyncio.get_running_loop()
-    session = _Session(leased if leased is not None else client.lease(spec, False), spec, stdio,
-                       None)
+    session = Session(leased if leased is not None else client.lease(spec, False), spec, stdio,
+                      None)
     wake = asyncio.Event()
     sel = _LoopSelector(loop, wake.set)
     try:
