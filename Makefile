@@ -51,6 +51,7 @@ rootfs: install deps
 
 bench: install deps
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/listen.py
 	$(BIN)/python bench/interactive.py
 	$(BIN)/python bench/environments.py
 

@@ -41,6 +41,7 @@ SUBCOMMANDS = {
     "policy": "cli:policy_main",
     "profiles": "profiles:main",
     "server": "daemon.cliserver:main",
+    "listen": "daemon.listen:main",
     "run-connected": "connected:main",
     "doctor": "doctor:main",
 }

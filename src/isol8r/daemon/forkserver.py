@@ -653,12 +653,19 @@ class _LoopSelector:
             self.unregister(fd)
 
 
-async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Result:
-    """One jail through the fork server, awaited on the running loop: no thread per jail."""
+async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio,
+                    started: Callable[[supervisor.Jail], None] | None = None,
+                    leased: socket.socket | None = None) -> Result:
+    """One jail through the fork server, awaited on the running loop: no thread per jail.
+    started(jail) is called once the jail runs: a caller that may have to end it early (the
+    listener, when its client hangs up) keeps it to signal. leased: the per-run socket of a
+    lease asked for ahead (Client.lease, same spec), so that no round trip to the server is
+    left on this run's path."""
     import asyncio  # here, not at the top: the server, whose image every jail is a copy of,
     # would carry asyncio's ~60 modules (ssl, logging, inspect...) for nothing
     loop = asyncio.get_running_loop()
-    session = Session(client.lease(spec, False), spec, stdio, None)
+    session = Session(leased if leased is not None else client.lease(spec, False), spec, stdio,
+                      None)
     wake = asyncio.Event()
     sel = _LoopSelector(loop, wake.set)
     try:
@@ -673,6 +680,8 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Resu
             loop.remove_reader(session.sock.fileno())
         session.begin(*recv(session.sock))
         session.register(sel)
+        if started is not None and session.watch is not None:
+            started(session.watch.jail)
         while not session.finished():
             wake.clear()
             nxt = session.next_tick(time.monotonic())
