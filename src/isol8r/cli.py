@@ -41,6 +41,8 @@ SUBCOMMANDS = {
     "policy": "cli:policy_main",
     "profiles": "profiles:main",
     "server": "daemon.cliserver:main",
+    "isolate": "isolate:main",
+    "check-environment": "checkenv:main",
 }
 _PARSER: Any = None
 

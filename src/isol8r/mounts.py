@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import SpecError
 from .paths import chase
@@ -501,13 +501,13 @@ def tmp_size_default(memory: int | None) -> int:
 
 
 def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str | None,
-         user_mounts: tuple[tuple[str, str, str | None, int | None], ...],
+         user_mounts: tuple[tuple[Any, ...], ...],
          uid: int, gid: int, hostname: str, new_net: bool, tmp_size: int,
          new_pid: bool = True,
          data: tuple[tuple[str, str, str | None, int | None], ...] = (),
          resolv_conf: str | None = None) -> MountPlan:
-    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size);
-    data: bwrap's data flags (kind, dst, src, mode), made after the mounts of their depth;
+    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size
+    [, noexec]); data: bwrap's data flags (kind, dst, src, mode), made after the mounts of their depth;
     resolv_conf: the jail's own /etc/resolv.conf (--net user), written like a data flag."""
     ops: list[Op] = []
     final: list[Op] = []
@@ -547,13 +547,14 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
     ops.append(Special("mqueue", "/dev/mqueue", no_exec, optional=True))
     final.append(ReadOnly("/dev"))
     ops.append(Tmpfs("/tmp", tmp_size, 0o1777))
-    for kind, dst, src, size in user_mounts:
+    for kind, dst, src, size, *noexec in user_mounts:
         if kind == "tmpfs":
             ops.append(Tmpfs(dst, size or (64 << 20), 0o755, owner=(uid, gid)))
         else:
             assert src is not None
             # open_tree needs CAP_SYS_ADMIN: without root the child binds from /oldroot
-            ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), by_supervisor=os.geteuid() == 0))
+            ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), noexec=bool(noexec and noexec[0]),
+                            by_supervisor=os.geteuid() == 0))
     made = data_ops(data)
     if resolv_conf is not None:
         made.insert(0, File("/etc/resolv.conf", resolv_conf.encode()))

@@ -42,6 +42,7 @@ class Mount:
     dst: str
     src: str | None = None
     size: int | None = None
+    noexec: bool = False  # a bind no program is executed from (isolate's --dir ...:noexec)
 
 
 @dataclass(frozen=True)
