@@ -506,9 +506,9 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
          new_pid: bool = True,
          data: tuple[tuple[str, str, str | None, int | None], ...] = (),
          resolv_conf: str | None = None) -> MountPlan:
-    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size
-    [, noexec]); data: bwrap's data flags (kind, dst, src, mode), made after the mounts of their depth;
-    resolv_conf: the jail's own /etc/resolv.conf (--net user), written like a data flag."""
+    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src,
+    size[, noexec]); data: bwrap's data flags (kind, dst, src, mode), made after the mounts of
+    their depth; resolv_conf: the jail's own /etc/resolv.conf (--net user), written like a data flag."""
     ops: list[Op] = []
     final: list[Op] = []
     if rootfs is not None and overlay:
@@ -553,8 +553,8 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
         else:
             assert src is not None
             # open_tree needs CAP_SYS_ADMIN: without root the child binds from /oldroot
-            ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), noexec=bool(noexec and noexec[0]),
-                            by_supervisor=os.geteuid() == 0))
+            ops.append(Bind(src, dst, readonly=(kind == "ro-bind"),
+                            noexec=bool(noexec and noexec[0]), by_supervisor=os.geteuid() == 0))
     made = data_ops(data)
     if resolv_conf is not None:
         made.insert(0, File("/etc/resolv.conf", resolv_conf.encode()))
