@@ -435,3 +435,33 @@ def test_keyrings_are_denied(box: tuple[str, Path]) -> None:
     r = isolate("-b", "42", "--stdout=o", "--run", "--", PY3, "-S", "k.py", root=root)
     assert r.returncode == 0, r.stderr
     assert (b / "o").read_text() == "-1 Operation not permitted\n"
+
+
+# ---- compile once, run many: the box model from Python (issue 18, item 3) ---------------------
+
+
+def test_compile_once_run_many_through_the_library(boxes: str) -> None:
+    """Box: compiled once, then run against 30 tests, each a fresh jail with its own limits and
+    Meta; the binary stays, read-only to the tests when bound so. Many runs in a row through the
+    fork server, whose warm jails are made while the box waits between runs (a box given to
+    another owner for the run made those fail now and then: the writable bind is idmapped by
+    the owner it had when the warm jail was made)."""
+    from isol8r.isolate import Box
+    b = Box(45, root=boxes)
+    b.init()
+    try:
+        Path(b.box, "sol.c").write_text(SOURCES["c"]["correct"] + "\n")
+        m = b.run(["/usr/bin/gcc", "-O2", "-o", "sol", "sol.c"], processes=100, time=20,
+                  env=["PATH=/usr/bin:/bin"], silent=True)
+        assert m.status == "OK", m.text()
+        for i in range(30):
+            Path(b.box, "in").write_text(f"{i}\n")
+            m = b.run(["./sol"], time=1.0, wall_time=2.0, stdin="in", stdout="out", silent=True)
+            assert m.status == "OK" and m.exit_status == 0, (i, m.text())
+            assert Path(b.box, "out").read_text() == f"{2 * i}\n"
+        m = b.run(["./sol"], time=0.5, stdin="/dev/null", stdout="out", silent=True)
+        assert m.status == "OK"
+        assert Path(b.box, "sol").stat().st_uid == os.getuid()
+    finally:
+        b.cleanup()
+    assert not os.path.exists(b.path)

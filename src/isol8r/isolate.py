@@ -450,18 +450,18 @@ class Box:
                            "--init'?")
         lock = self._lock(o.wait)
         try:
-            _chowntree(self.box, self.host_uid, self.host_uid)
+            _sanitize(self.box, os.getuid(), os.getgid())
             try:
                 return self._run(list(argv), o, fork_server)
             finally:
-                _chowntree(self.box, os.getuid(), os.getgid())
+                _sanitize(self.box, os.getuid(), os.getgid())
         finally:
             os.close(lock)
 
     # -- the run ---------------------------------------------------------------------------
 
-    def _mounts(self, o: Options) -> tuple[list[Any], list[tuple[str, str]]]:
-        """isol8r Mounts for the rules, and (inside, host) pairs of the bound directories."""
+    def _mounts(self, o: Options) -> tuple[list[Any], list[tuple[str, str, bool]]]:
+        """isol8r Mounts for the rules, and (inside, host, writable) of the bound directories."""
         from .spec import Mount
         mounts, bound = [], []
         for r in o.rules:
@@ -496,7 +496,7 @@ class Box:
                 raise BoxError(f"Cannot bind {r.outside} on {r.inside}: No such file or directory")
             kind = "bind" if "rw" in r.flags else "ro-bind"
             mounts.append(Mount(kind, dst, src, noexec="noexec" in r.flags))
-            bound.append((dst, src))
+            bound.append((dst, src, kind == "bind"))
         return mounts, bound
 
     def _env(self, o: Options) -> list[str]:
@@ -515,27 +515,37 @@ class Box:
                 env.pop(name, None)
         return [f"{k}={v}" for k, v in env.items() if "\0" not in v and k.isidentifier()]
 
-    def _open(self, inside: str, flags: int, bound: list[tuple[str, str]], cwd: str) -> int:
+    def _open(self, inside: str, flags: int, bound: list[tuple[str, str, bool]], cwd: str) -> int:
         """A redirection's file, opened as the jail's user would open it: resolved inside the
         bound directory it lies in (a symlink there cannot point out of it), the last component
-        not followed, the access checked against the jail's host uid."""
+        not followed, the access checked as the jail's user is checked there: as the directory's
+        owner in a writable (idmapped) bind, as the jail's host uid in a read-only one."""
         from .paths import chase
         path = os.path.normpath(os.path.join(cwd, inside))
         if path == "/dev/null":
             return os.open(os.devnull, flags | os.O_CLOEXEC)
-        best = max(((d, s) for d, s in bound if path == d or path.startswith(d.rstrip("/") + "/")),
+        best = max(((d, s, rw) for d, s, rw in bound
+                    if path == d or path.startswith(d.rstrip("/") + "/")),
                    key=lambda p: len(p[0]), default=None)
         if best is None:
             raise BoxError(f"open(\"{inside}\"): the file must lie in a directory bound with "
                            "--dir (or /box, or /dev/null)")
-        dst, src = best
+        dst, src, rw = best
         host = chase(src, os.path.relpath(path, dst), follow_last=False)
-        parent = os.open(os.path.dirname(host), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            parent = os.open(os.path.dirname(host), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise BoxError(f"open(\"{inside}\"): {e.strerror}") from None
+        if rw:
+            st = os.stat(src)
+            uid, gid = st.st_uid, st.st_gid
+        else:
+            uid = gid = self.host_uid
         groups = os.getgroups()
         try:
             os.setgroups([])
-            os.setegid(self.host_uid)
-            os.seteuid(self.host_uid)
+            os.setegid(gid)
+            os.seteuid(uid)
             try:
                 return os.open(os.path.basename(host), flags | os.O_NOFOLLOW | os.O_CLOEXEC,
                                0o666, dir_fd=parent)
@@ -693,10 +703,12 @@ def _rmtree(path: str) -> None:
         os.unlink(path)
 
 
-def _chowntree(top: str, uid: int, gid: int) -> None:
-    """isolate's chowntree(): the box's files to the jail's user before a run and back to the
-    caller after it; anything but regular files and directories (a symlink, a FIFO) is removed,
-    so nothing the program leaves can redirect a later run's files."""
+def _sanitize(top: str, uid: int, gid: int) -> None:
+    """isolate's chowntree() after a run, and before one: every file of the box is the caller's,
+    and anything but regular files and directories (a symlink, a FIFO) is removed, so nothing the
+    program leaves can redirect a later run's files. (isolate also gives the box to the box's
+    uid for the run; isol8r needs not: a writable bind is idmapped, the jail's user writes as the
+    directory's owner, docs/judges.md.)"""
     for dirpath, dirnames, filenames in os.walk(top):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
