@@ -465,3 +465,64 @@ def test_compile_once_run_many_through_the_library(boxes: str) -> None:
     finally:
         b.cleanup()
     assert not os.path.exists(b.path)
+
+
+LOCKER = ("import fcntl, time\nf = open('/usr/bin/python3', 'rb')\n"
+          "try:\n    fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\n    print('locked', flush=True)\n"
+          "except OSError as e:\n    print(e.strerror, flush=True)\ntime.sleep(2.5)\n")
+# F_GETLK for a write lock on the same inode: F_UNLCK (2) back when no one holds a lock on it
+WATCHER = ("import fcntl, struct\nf = open('/usr/bin/python3', 'rb')\n"
+           "r = fcntl.fcntl(f, fcntl.F_GETLK, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, 0, 0, 0))\n"
+           "print('free' if struct.unpack('hhqqi4x', r)[0] == fcntl.F_UNLCK else 'seen')\n")
+
+
+def test_a_file_lock_taken_in_one_box_is_not_seen_in_another(boxes: str) -> None:
+    """isolate's syscall flag 4: the inodes of /usr are every box's, and a lock lives on the
+    inode. The front end denies taking one (--seccomp-deny @file-locks), so none is seen."""
+    for n in ("46", "47"):
+        assert isolate("-b", n, "--init", root=boxes).returncode == 0
+    try:
+        Path(boxes, "46", "box", "lock.py").write_text(LOCKER)
+        Path(boxes, "47", "box", "watch.py").write_text(WATCHER)
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), ISOL8R_ISOLATE_ROOT=boxes)
+        locker = subprocess.Popen([sys.executable, "-m", "isol8r", "isolate", "-b", "46",
+                                   "--stdout=o", "--run", "--", PY3, "-S", "lock.py"], env=env)
+        try:
+            time.sleep(1.5)
+            r = isolate("-b", "47", "--stdout=o", "--run", "--", PY3, "-S", "watch.py",
+                        root=boxes)
+            assert r.returncode == 0, r.stderr
+        finally:
+            assert locker.wait(timeout=30) == 0
+        assert Path(boxes, "46", "box", "o").read_text() == "Operation not permitted\n"
+        assert Path(boxes, "47", "box", "o").read_text() == "free\n"
+    finally:
+        for n in ("46", "47"):
+            isolate("-b", n, "--cleanup", root=boxes)
+
+
+def test_a_file_lock_is_seen_across_jails_without_the_deny_twin() -> None:
+    """The protection-off twin: two plain jails at once; the lock one takes, the other sees."""
+    import threading
+
+    import isol8r
+    out: list[isol8r.Result] = []
+    t = threading.Thread(target=lambda: out.append(
+        isol8r.run([PY3, "-S", "-c", LOCKER], capture_output=True)))
+    t.start()
+    try:
+        time.sleep(1.5)
+        r = isol8r.run([PY3, "-S", "-c", WATCHER], capture_output=True)
+    finally:
+        t.join(30)
+    assert out[0].stdout == b"locked\n"
+    assert r.stdout == b"seen\n"
+
+
+def test_vsock_sockets_are_denied(box: tuple[str, Path]) -> None:
+    root, b = box
+    (b / "v.py").write_text("import socket\ntry:\n    socket.socket(40, socket.SOCK_STREAM)\n"
+                            "    print('made')\nexcept OSError as e:\n    print(e.strerror)\n")
+    r = isolate("-b", "42", "--stdout=o", "--run", "--", PY3, "-S", "v.py", root=root)
+    assert r.returncode == 0, r.stderr
+    assert (b / "o").read_text() == "Operation not permitted\n"

@@ -582,6 +582,10 @@ class Box:
             "kill_grace": 0, "share_net": o.share_net or None,
             "memory": o.cg_mem * 1024 if o.cg_mem else None,
             "cpu_limit": cpu, "time_limit": o.wall_time,
+            # isolate's syscall_flags 2 and 4 (keyctl and io_uring, its 1 and 8, are denied by
+            # isol8r's default policy): no channel between boxes through a shared inode's locks
+            # or a vsock
+            "seccomp_deny": ["@file-locks,@vsock"],
         }
         fds: list[int] = []
         meta = Meta()
