@@ -735,8 +735,6 @@ def _version() -> str:
 def main(argv: Sequence[str]) -> int:
     """`isol8r isolate ...` and the `isolate` command: isolate's exit status (0 the program
     succeeded, 1 it failed, 2 the sandbox itself failed or the command line was bad)."""
-    if os.path.basename(sys.argv[0]) == "isolate" and argv[:1] == ["isolate"]:
-        argv = argv[1:]
     try:
         o = parse(argv)
     except UsageError as e:
@@ -760,7 +758,10 @@ def main(argv: Sequence[str]) -> int:
             box.cleanup(o.wait)
             return 0
         t0 = time.monotonic()
-        meta = box.run(o.argv, o, fork_server=False)
+        # served by the CLI server (cli.entry): its warm jails; else a clone from here, which
+        # costs less than starting a fork server for one run
+        from .daemon import forkserver
+        meta = box.run(o.argv, o, fork_server=forkserver.attached())
         if o.verbose:
             sys.stderr.write(f"[isol8r: {time.monotonic() - t0:.3f} s in all]\n")
     except BoxError as e:
@@ -779,10 +780,5 @@ def main(argv: Sequence[str]) -> int:
     return meta.exit_status
 
 
-def console_main() -> int:
-    """The `isolate` console script (make isolate-link): isolate's name, this front end."""
-    return main(sys.argv[1:])
-
-
 if __name__ == "__main__":
-    raise SystemExit(console_main())
+    raise SystemExit(main(sys.argv[1:]))
