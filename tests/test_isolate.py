@@ -178,7 +178,8 @@ def cms(boxes: str) -> Iterator[dict[str, CmsLikeSandbox]]:
                 if lang == "py":
                     sb.write(f"{case}.py", src + "\n")
                     continue
-                ext, compiler = (".cpp", "/usr/bin/g++") if lang == "cpp" else (".c", "/usr/bin/gcc")
+                ext, compiler = ((".cpp", "/usr/bin/g++") if lang == "cpp"
+                                 else (".c", "/usr/bin/gcc"))
                 sb.write(case + ext, src + "\n")
                 rc = sb.execute([compiler, "-O2", "-o", case, case + ext], processes=1000,
                                 memory=512 << 20, timeout=20, stdout=None, stderr="compile.txt")
@@ -313,6 +314,8 @@ def test_version(boxes: str) -> None:
     r = isolate("--version", root=boxes)
     assert r.returncode == 0 and r.stdout.startswith("The process isolator ")
     assert boxes in r.stdout
+    r = isolate("--help", root=boxes)
+    assert r.returncode == 2 and r.stdout.startswith("usage: isol8r isolate")  # as isolate's
 
 
 @pytest.fixture
@@ -468,7 +471,8 @@ def test_compile_once_run_many_through_the_library(boxes: str) -> None:
 
 
 LOCKER = ("import fcntl, time\nf = open('/usr/bin/python3', 'rb')\n"
-          "try:\n    fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\n    print('locked', flush=True)\n"
+          "try:\n    fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\n"
+          "    print('locked', flush=True)\n"
           "except OSError as e:\n    print(e.strerror, flush=True)\ntime.sleep(2.5)\n")
 # F_GETLK for a write lock on the same inode: F_UNLCK (2) back when no one holds a lock on it
 WATCHER = ("import fcntl, struct\nf = open('/usr/bin/python3', 'rb')\n"

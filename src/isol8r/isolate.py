@@ -68,6 +68,29 @@ _SHORT = {short: name for name, (short, _) in _OPTS.items() if short}
 COMMANDS = ("init", "run", "cleanup", "version")
 
 
+USAGE = """usage: isol8r isolate [options] --init | --run -- PROG [ARGS...] | --cleanup | --version
+
+IOI isolate's command line over isol8r (docs/judges.md): a box is <root>/<id>/box, /box in each
+jail; --run runs one program there in a fresh jail and writes isolate's meta file.
+
+  -b, --box-id=ID        the box (default 0)      --cg, --cg-mem=KB     cgroup memory limit
+  -M, --meta=FILE        isolate's meta file      -m, --mem=KB          address space limit
+  -t, --time=S           CPU time limit           -x, --extra-time=S    grace before the kill
+  -w, --wall-time=S      wall-clock limit         -p, --processes[=N]   processes (default 1)
+  -n, --open-files=N     (default 1024)           -f, --fsize=KB        largest file written
+  -k, --stack=KB         stack limit              --core=KB             core files (default 0)
+  -d, --dir=IN[=OUT][:rw:noexec:maybe:tmp:fs]     a directory in the jail (isolate's rules)
+  -E, --env=VAR[=VAL]    -e, --full-env           -c, --chdir=DIR       working directory
+  -i, --stdin=FILE       -o, --stdout=FILE        -r, --stderr=FILE     --stderr-to-stdout
+  --share-net            --inherit-fds            -s, --silent          -v, --verbose
+  --wait                 wait for a busy box
+
+Box root: $ISOL8R_ISOLATE_ROOT, else box_root in isolate's config file ($ISOL8R_ISOLATE_CONFIG
+or /usr/local/etc/isolate), else /var/local/lib/isolate. Exit status: 0 the program succeeded,
+1 it failed (RE, SG, TO), 2 the sandbox failed or the command line was bad.
+"""
+
+
 class UsageError(Exception):
     """A bad command line: isolate prints it and exits 2."""
 
@@ -735,6 +758,9 @@ def _version() -> str:
 def main(argv: Sequence[str]) -> int:
     """`isol8r isolate ...` and the `isolate` command: isolate's exit status (0 the program
     succeeded, 1 it failed, 2 the sandbox itself failed or the command line was bad)."""
+    if list(argv[:1]) in (["-h"], ["--help"]):
+        sys.stdout.write(USAGE)
+        return 2  # as isolate's usage()
     try:
         o = parse(argv)
     except UsageError as e:

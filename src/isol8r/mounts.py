@@ -506,9 +506,9 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
          new_pid: bool = True,
          data: tuple[tuple[str, str, str | None, int | None], ...] = (),
          resolv_conf: str | None = None) -> MountPlan:
-    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src,
-    size[, noexec]); data: bwrap's data flags (kind, dst, src, mode), made after the mounts of
-    their depth; resolv_conf: the jail's own /etc/resolv.conf (--net user), written like a data flag."""
+    """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size);
+    data: bwrap's data flags (kind, dst, src, mode), made after the mounts of their depth;
+    resolv_conf: the jail's own /etc/resolv.conf (--net user), written like a data flag."""
     ops: list[Op] = []
     final: list[Op] = []
     if rootfs is not None and overlay:
@@ -547,7 +547,7 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
     ops.append(Special("mqueue", "/dev/mqueue", no_exec, optional=True))
     final.append(ReadOnly("/dev"))
     ops.append(Tmpfs("/tmp", tmp_size, 0o1777))
-    for kind, dst, src, size, *noexec in user_mounts:
+    for kind, dst, src, size, *noexec in user_mounts:  # noexec: spec.Mount's, when given
         if kind == "tmpfs":
             ops.append(Tmpfs(dst, size or (64 << 20), 0o755, owner=(uid, gid)))
         else:
