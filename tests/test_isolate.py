@@ -391,6 +391,17 @@ def test_env_rules(box: tuple[str, Path]) -> None:
     assert not any(line.startswith("B=") for line in lines)
 
 
+def test_relative_redirections_are_from_the_box_whatever_the_chdir(box: tuple[str, Path]) -> None:
+    """isolate opens --stdin/--stdout/--stderr before its --chdir: a relative one is in /box."""
+    root, b = box
+    (b / "sub").mkdir()
+    (b / "in").write_text("from the box\n")
+    r = isolate("-b", "42", "--chdir=sub", "--stdin=in", "--stdout=out", "-p5", "--run", "--",
+                "/bin/sh", "-c", "cat; pwd", root=root)
+    assert r.returncode == 0, r.stderr
+    assert (b / "out").read_text() == "from the box\n/box/sub\n"
+
+
 def test_a_program_that_cannot_start_is_re_127(box: tuple[str, Path]) -> None:
     root, _ = box
     r = isolate("-b", "42", "-M", f"{root}/m", "--run", "--", "/no/such/program", root=root)

@@ -538,13 +538,13 @@ class Box:
                 env.pop(name, None)
         return [f"{k}={v}" for k, v in env.items() if "\0" not in v and k.isidentifier()]
 
-    def _open(self, inside: str, flags: int, bound: list[tuple[str, str, bool]], cwd: str) -> int:
+    def _open(self, inside: str, flags: int, bound: list[tuple[str, str, bool]], base: str) -> int:
         """A redirection's file, opened as the jail's user would open it: resolved inside the
         bound directory it lies in (a symlink there cannot point out of it), the last component
         not followed, the access checked as the jail's user is checked there: as the directory's
         owner in a writable (idmapped) bind, as the jail's host uid in a read-only one."""
         from .paths import chase
-        path = os.path.normpath(os.path.join(cwd, inside))
+        path = os.path.normpath(os.path.join(base, inside))
         if path == "/dev/null":
             return os.open(os.devnull, flags | os.O_CLOEXEC)
         best = max(((d, s, rw) for d, s, rw in bound
@@ -616,15 +616,16 @@ class Box:
             spec = Spec.from_options([prog, *argv[1:]], options)
             spec = spec.replace(mounts=tuple(mounts),
                                 pass_fds=_inherited_fds() if o.inherit_fds else ())
-            stdin = stdout = stderr = None
+            stdin = stdout = stderr = None  # a relative path is from /box: isolate opens
+            # the redirections before its --chdir
             if o.stdin is not None:
-                stdin = self._open(o.stdin, os.O_RDONLY, bound, cwd)
+                stdin = self._open(o.stdin, os.O_RDONLY, bound, "/box")
                 fds.append(stdin)
             if o.stdout is not None:
-                stdout = self._open(o.stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, bound, cwd)
+                stdout = self._open(o.stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, bound, "/box")
                 fds.append(stdout)
             if o.stderr is not None:
-                stderr = self._open(o.stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, bound, cwd)
+                stderr = self._open(o.stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, bound, "/box")
                 fds.append(stderr)
             elif o.stderr_to_stdout:
                 stderr = stdout if stdout is not None else 1
