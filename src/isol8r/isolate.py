@@ -463,7 +463,8 @@ class Box:
         """One --run: a fresh jail over the box with opts' limits (keyword arguments change
         Options fields: time=1, stdin="in.txt", ...). The Meta holds what isolate's meta file
         would; BoxError when the box is missing or busy."""
-        o = opts if opts is not None else Options(rules=default_rules())
+        import dataclasses
+        o = dataclasses.replace(opts) if opts is not None else Options(rules=default_rules())
         for k, v in changes.items():
             if not hasattr(o, k):
                 raise TypeError(f"unknown isolate option {k!r}")
@@ -651,10 +652,11 @@ class Box:
             meta.add("killed", 1)
         _stats(meta, cpu_used, res.wall_time, peak, o.cg, peak or None,
                res.verdict == "memory-limit")
-        if res.verdict == "time-limit" or (o.wall_time and res.wall_time > o.wall_time):
-            return _fail(meta, "TO", "Time limit exceeded (wall clock)", o)
+        # isolate's order once the program has ended: the CPU limit, then the wall clock
         if res.verdict == "cpu-limit" or (o.time and cpu_used > o.time):
             return _fail(meta, "TO", "Time limit exceeded", o)
+        if res.verdict == "time-limit" or (o.wall_time and res.wall_time > o.wall_time):
+            return _fail(meta, "TO", "Time limit exceeded (wall clock)", o)
         if res.signal is not None:
             meta.add("exitsig", res.signal)
             why = f"Caught fatal signal {res.signal}"
