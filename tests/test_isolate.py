@@ -302,6 +302,7 @@ def test_run_without_init_is_a_sandbox_error(boxes: str) -> None:
     (["--dir=/a=rel", "--init"], "Right-hand side must start with '/' or './'"),
     (["--quota=10,10", "--init"], "--quota is not supported"),
     (["--tty-hack", "--run", "--", "/bin/true"], "--tty-hack is not supported"),
+    (["--no-cg-timing", "--run", "--", "/bin/true"], "--no-cg-timing is not supported"),
     ([], "Please specify an isolate command"),
 ])
 def test_bad_command_lines_exit_2_naming_the_word(boxes: str, args: list[str], says: str) -> None:
@@ -346,6 +347,53 @@ def test_dir_rules_rw_ro_maybe_tmp_noexec(box: tuple[str, Path], open_dir: Path)
     r = isolate("-b", "42", f"--dir=/nx={open_dir}/ro:noexec", "--run", "--", "/nx/true",
                 root=root)
     assert r.returncode == 1 and "Exited with error status 126" in r.stderr
+
+
+def test_a_writable_dir_gives_the_box_user_its_own_rights_only(box: tuple[str, Path],
+                                                               open_dir: Path) -> None:
+    """As under isolate, `:rw` lets the box's uid write where the directory's permissions let it
+    (CMS's allow_writing_none() makes its home 0755 for this): never as the owner, root."""
+    root, b = box
+    (open_dir / "closed").mkdir(mode=0o755)
+    (open_dir / "closed" / "f").write_text("root's\n")
+    (open_dir / "open").mkdir()
+    (open_dir / "open").chmod(0o777)
+    script = ("! (echo x > /closed/f) 2>/dev/null && ! touch /closed/new 2>/dev/null && "
+              "echo y > /open/new && echo done")
+    r = isolate("-b", "42", f"--dir=/closed={open_dir}/closed:rw",
+                f"--dir=/open={open_dir}/open:rw", "-p5", "--stdout=out", "--run", "--", "/bin/sh", "-c", script, root=root)
+    assert r.returncode == 0, r.stderr
+    assert (b / "out").read_text() == "done\n"
+    assert (open_dir / "closed" / "f").read_text() == "root's\n"
+    assert (open_dir / "open" / "new").stat().st_uid != 0  # the box user's, as under isolate
+
+
+def test_judge0_and_piston_command_lines(box: tuple[str, Path]) -> None:
+    """Judge0 (isolate 1.x's --cg-timing, -p attached, -E NAME, -d /etc:noexec, -i /dev/null)
+    and Piston (-c /box/submission, --dir=/etc:noexec, --extra-time=0) as they spell them."""
+    root, b = box
+    (b / "run").write_text("echo $HOME $LANG; cat /etc/hostname >/dev/null && echo etc\n")
+    env = dict(os.environ, LANG="C.UTF-8", PYTHONPATH=str(ROOT / "src"), ISOL8R_ISOLATE_ROOT=root)
+    judge0 = ["--cg", "-s", "-b", "42", "-M", f"{root}/m0", "--stderr-to-stdout", "-i",
+              "/dev/null", "-t", "5", "-x", "1", "-w", "10", "-k", "64000", "-p60", "--cg-timing",
+              "--cg-mem=128000", "-f", "1024", "-E", "HOME=/tmp", "-E", "PATH=/usr/bin:/bin",
+              "-E", "LANG", "-E", "JUDGE0_HOMEPAGE", "-d", "/etc:noexec", "--run", "--",
+              "/bin/bash", "run"]
+    r = subprocess.run([sys.executable, "-m", "isol8r", "isolate", *judge0], env=env, text=True,
+                       capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "/tmp C.UTF-8\netc\n"
+    (b / "submission").mkdir()
+    (b / "submission" / "run").write_text("pwd\n")
+    piston = ["--run", "-b42", f"--meta={root}/m1", "--cg", "-s", "-c", "/box/submission", "-E",
+              "HOME=/tmp", "-E", "PISTON_LANGUAGE=bash", "--dir=/etc:noexec", "--processes=64",
+              "--open-files=2048", "--fsize=10000", "--wall-time=3", "--time=3",
+              "--extra-time=0", "--cg-mem=128000", "--", "/bin/bash", "run"]
+    r = subprocess.run([sys.executable, "-m", "isol8r", "isolate", *piston], env=env, text=True,
+                       capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "/box/submission\n"
+    assert "exitcode:0\n" in Path(root, "m1").read_text()
 
 
 @pytest.mark.parametrize("rule,says", [
@@ -456,10 +504,10 @@ def test_keyrings_are_denied(box: tuple[str, Path]) -> None:
 
 def test_compile_once_run_many_through_the_library(boxes: str) -> None:
     """Box: compiled once, then run against 30 tests, each a fresh jail with its own limits and
-    Meta; the binary stays, read-only to the tests when bound so. Many runs in a row through the
-    fork server, whose warm jails are made while the box waits between runs (a box given to
-    another owner for the run made those fail now and then: the writable bind is idmapped by
-    the owner it had when the warm jail was made)."""
+    Meta; the binary stays. Many runs in a row through the fork server, whose warm jails are
+    made while the box waits between runs, owned by the caller (an idmapped bind of the box
+    made those fail now and then: its idmap follows the owner the box had when the warm jail
+    was made, and the box is the box user's only during a run)."""
     from isol8r.isolate import Box
     b = Box(45, root=boxes)
     b.init()

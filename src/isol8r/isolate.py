@@ -48,6 +48,8 @@ UNSUPPORTED = {
     "syscalls": "isol8r's seccomp policy is fixed (stricter than isolate's syscall_flags: "
                 "keyctl, io_uring, AF_VSOCK and foreign-architecture calls are all denied)",
     "print-cg-root": "isol8r makes its cgroups in its own subtree, per run",
+    "no-cg-timing": "isol8r times the whole jail, every process of it (isolate 1.x's "
+                    "--cg-timing, which is accepted)",
     "check-config": "see `isol8r isolate --version`",
 }
 # long name -> (short letter, takes: 0 no value, 1 a value, 2 an optional value, "=..." only)
@@ -63,6 +65,7 @@ _OPTS: dict[str, tuple[str | None, int]] = {
     "quota": ("q", 1), "no-default-dirs": ("D", 0), "tty-hack": (None, 0),
     "special-files": (None, 0), "as-uid": (None, 1), "as-gid": (None, 1), "syscalls": (None, 1),
     "print-cg-root": (None, 0), "check-config": (None, 0),
+    "cg-timing": (None, 0), "no-cg-timing": (None, 0),  # isolate 1.x's, as Judge0 passes them
 }
 _SHORT = {short: name for name, (short, _) in _OPTS.items() if short}
 COMMANDS = ("init", "run", "cleanup", "version")
@@ -349,6 +352,8 @@ def _apply(o: Options, name: str, value: str | None) -> None:
         o.verbose += 1
     elif name == "wait":
         o.wait = True
+    elif name == "cg-timing":
+        pass  # what isol8r does anyway: the CPU time of the whole jail
 
 
 # ---- the box ----------------------------------------------------------------------------------
@@ -474,11 +479,11 @@ class Box:
                            "--init'?")
         lock = self._lock(o.wait)
         try:
-            _sanitize(self.box, os.getuid(), os.getgid())
+            _chowntree(self.box, self.host_uid, self.host_uid)
             try:
                 return self._run(list(argv), o, fork_server)
             finally:
-                _sanitize(self.box, os.getuid(), os.getgid())
+                _chowntree(self.box, os.getuid(), os.getgid())
         finally:
             os.close(lock)
 
@@ -496,6 +501,9 @@ class Box:
                 continue
             if r.default and r.inside != "box" or _is_default_form(r):
                 continue  # isol8r's own root has it
+            if r.inside == "etc" and r.outside == "/etc" and "rw" not in r.flags:
+                continue  # Judge0's and Piston's -d /etc:noexec: isol8r's /etc, the public part
+
             if "dev" in r.flags:
                 raise BoxError(f"--dir {dst}:dev: device access is refused; a jail has only "
                                "isol8r's own /dev (null, zero, full, random, urandom, tty)")
@@ -519,7 +527,9 @@ class Box:
                     continue
                 raise BoxError(f"Cannot bind {r.outside} on {r.inside}: No such file or directory")
             kind = "bind" if "rw" in r.flags else "ro-bind"
-            mounts.append(Mount(kind, dst, src, noexec="noexec" in r.flags))
+            # not idmapped: the box's user writes where its own ids may, as under isolate (an
+            # idmapped bind would let it write as the directory's owner, root)
+            mounts.append(Mount(kind, dst, src, noexec="noexec" in r.flags, idmap=False))
             bound.append((dst, src, kind == "bind"))
         return mounts, bound
 
@@ -542,8 +552,7 @@ class Box:
     def _open(self, inside: str, flags: int, bound: list[tuple[str, str, bool]], base: str) -> int:
         """A redirection's file, opened as the jail's user would open it: resolved inside the
         bound directory it lies in (a symlink there cannot point out of it), the last component
-        not followed, the access checked as the jail's user is checked there: as the directory's
-        owner in a writable (idmapped) bind, as the jail's host uid in a read-only one."""
+        not followed, the access checked against the jail's host uid."""
         from .paths import chase
         path = os.path.normpath(os.path.join(base, inside))
         if path == "/dev/null":
@@ -554,17 +563,13 @@ class Box:
         if best is None:
             raise BoxError(f"open(\"{inside}\"): the file must lie in a directory bound with "
                            "--dir (or /box, or /dev/null)")
-        dst, src, rw = best
+        dst, src, _rw = best
         host = chase(src, os.path.relpath(path, dst), follow_last=False)
         try:
             parent = os.open(os.path.dirname(host), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise BoxError(f"open(\"{inside}\"): {e.strerror}") from None
-        if rw:
-            st = os.stat(src)
-            uid, gid = st.st_uid, st.st_gid
-        else:
-            uid = gid = self.host_uid
+        uid = gid = self.host_uid
         groups = os.getgroups()
         try:
             os.setgroups([])
@@ -733,12 +738,10 @@ def _rmtree(path: str) -> None:
         os.unlink(path)
 
 
-def _sanitize(top: str, uid: int, gid: int) -> None:
-    """isolate's chowntree() after a run, and before one: every file of the box is the caller's,
-    and anything but regular files and directories (a symlink, a FIFO) is removed, so nothing the
-    program leaves can redirect a later run's files. (isolate also gives the box to the box's
-    uid for the run; isol8r needs not: a writable bind is idmapped, the jail's user writes as the
-    directory's owner, docs/judges.md.)"""
+def _chowntree(top: str, uid: int, gid: int) -> None:
+    """isolate's chowntree(): the box's files to the box's user for a run and back to the
+    caller after it; anything but regular files and directories (a symlink, a FIFO) is removed,
+    so nothing the program leaves can redirect a later run's files."""
     for dirpath, dirnames, filenames in os.walk(top):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)

@@ -89,3 +89,27 @@ def test_file_locks_and_vsock_deny_groups() -> None:
     assert (1, 1) not in by_call["fcntl"]  # F_GETFD
     assert by_call["socket"] == [(0, AF_VSOCK)]
     assert "reboot" in {n for r in policy.rules for n in r.names}
+
+
+def test_a_mounts_noexec_and_idmap_reach_its_bind() -> None:
+    """spec.Mount's noexec and idmap (the front end's --dir binds: `:noexec`, and writable with
+    the box user's own rights, not idmapped to the owner) reach mounts.plan's Bind; a Mount
+    without them binds as before."""
+    from isol8r import mounts
+    from isol8r.spec import Mount
+
+    def bind(m: Mount) -> mounts.Bind:
+        p = mounts.plan(rootfs=None, rw_root=False, overlay=False, overlay_dir=None,
+                        user_mounts=((m.kind, m.dst, m.src, m.size, m.noexec, m.idmap),), uid=1,
+                        gid=1, hostname="h", new_net=True, tmp_size=1 << 20)
+        return next(op for op in p.ops if isinstance(op, mounts.Bind) and op.dst == "/x")
+
+    b = bind(Mount("bind", "/x", "/usr", noexec=True, idmap=False))
+    assert b.noexec and not b.idmap and not b.readonly
+    b = bind(Mount("bind", "/x", "/usr"))
+    assert not b.noexec and b.idmap
+    p = mounts.plan(rootfs=None, rw_root=False, overlay=False, overlay_dir=None,
+                    user_mounts=(("ro-bind", "/x", "/usr", None),), uid=1, gid=1, hostname="h",
+                    new_net=True, tmp_size=1 << 20)
+    old = next(op for op in p.ops if isinstance(op, mounts.Bind) and op.dst == "/x")
+    assert old.readonly and old.idmap and not old.noexec
