@@ -338,6 +338,14 @@ def shared_client() -> "Client":
         return _SHARED
 
 
+def attached() -> bool:
+    """Whether this process is a CLI server's worker, whose shared client is the server that
+    forked it: a command run there (`isol8r isolate`) takes its jails from that server's pool
+    rather than starting a fork server of its own."""
+    with _SHARED_LOCK:
+        return _SHARED is not None and _SHARED._attached
+
+
 def share(client: "Client") -> None:
     """Make client this process's shared one: a CLI worker's, attached to the server that
     forked it."""
