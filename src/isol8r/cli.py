@@ -41,8 +41,11 @@ SUBCOMMANDS = {
     "policy": "cli:policy_main",
     "profiles": "profiles:main",
     "server": "daemon.cliserver:main",
+    "listen": "daemon.listen:main",
     "run-connected": "connected:main",
     "doctor": "doctor:main",
+    "isolate": "isolate:main",
+    "check-environment": "checkenv:main",
 }
 _PARSER: Any = None
 
@@ -137,14 +140,15 @@ def spec_from_args(ns: argparse.Namespace) -> Spec:
 
 
 def entry() -> int:
-    """The `isol8r` command (bin/isol8r, python -m isol8r): a run goes to the CLI server when
-    there is one to use (daemon/cliserver.py), everything else to main() in this process."""
+    """The `isol8r` command (bin/isol8r, python -m isol8r): a run (and `isol8r isolate`, a run
+    of a judge's) goes to the CLI server when there is one to use (daemon/cliserver.py),
+    everything else to main() in this process."""
     try:
         args = _normalized(sys.argv[1:])
     except UsageError:
         return main()  # it says why
-    if args[:1] == ["run"] and not {"-h", "--help"} & set(args[:args.index("--") if "--" in args
-                                                            else None]):
+    if args[:1] in (["run"], ["isolate"]) and not {"-h", "--help"} & set(
+            args[:args.index("--") if "--" in args else None]):
         from .daemon import cliserver
         code = cliserver.call(args)
         if code is not None:

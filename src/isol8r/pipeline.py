@@ -126,7 +126,8 @@ def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None,
         mplan = mounts.plan(
             rootfs=shape.rootfs, rw_root=shape.rw_root, overlay=shape.overlay,
             overlay_dir=shape.overlay_dir,
-            user_mounts=tuple((m.kind, m.dst, m.src, m.size) for m in shape.mounts),
+            user_mounts=tuple((m.kind, m.dst, m.src, m.size, m.noexec, m.idmap)
+                              for m in shape.mounts),
             uid=shape.uid, gid=shape.gid, hostname=shape.hostname, new_net="net" in ns,
             tmp_size=shape.tmp_size, new_pid="pid" in ns,
             data=tuple((d.kind, d.dst, d.src, d.mode) for d in shape.data),

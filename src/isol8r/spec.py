@@ -42,6 +42,10 @@ class Mount:
     dst: str
     src: str | None = None
     size: int | None = None
+    noexec: bool = False  # a bind no program is executed from (isolate's --dir ...:noexec)
+    # a writable bind acts as its source's owner (idmapped, docs/design.md); False: as the jail's
+    # own host ids, with their permissions there (isolate's --dir ...:rw, docs/judges.md)
+    idmap: bool = True
 
 
 @dataclass(frozen=True)

@@ -358,6 +358,14 @@ def shared_client() -> "Client":
         return _SHARED
 
 
+def attached() -> bool:
+    """Whether this process is a CLI server's worker, whose shared client is the server that
+    forked it: a command run there (`isol8r isolate`) takes its jails from that server's pool
+    rather than starting a fork server of its own."""
+    with _SHARED_LOCK:
+        return _SHARED is not None and _SHARED._attached
+
+
 def share(client: "Client") -> None:
     """Make client this process's shared one: a CLI worker's, attached to the server that
     forked it."""
@@ -675,12 +683,19 @@ class _LoopSelector:
             self.unregister(fd)
 
 
-async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Result:
-    """One jail through the fork server, awaited on the running loop: no thread per jail."""
+async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio,
+                    started: Callable[[supervisor.Jail], None] | None = None,
+                    leased: socket.socket | None = None) -> Result:
+    """One jail through the fork server, awaited on the running loop: no thread per jail.
+    started(jail) is called once the jail runs: a caller that may have to end it early (the
+    listener, when its client hangs up) keeps it to signal. leased: the per-run socket of a
+    lease asked for ahead (Client.lease, same spec), so that no round trip to the server is
+    left on this run's path."""
     import asyncio  # here, not at the top: the server, whose image every jail is a copy of,
     # would carry asyncio's ~60 modules (ssl, logging, inspect...) for nothing
     loop = asyncio.get_running_loop()
-    session = Session(client.lease(spec, False), spec, stdio, None)
+    session = Session(leased if leased is not None else client.lease(spec, False), spec, stdio,
+                      None)
     wake = asyncio.Event()
     sel = _LoopSelector(loop, wake.set)
     try:
@@ -695,6 +710,8 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Resu
             loop.remove_reader(session.sock.fileno())
         session.begin(*recv(session.sock))
         session.register(sel)
+        if started is not None and session.watch is not None:
+            started(session.watch.jail)
         while not session.finished():
             wake.clear()
             nxt = session.next_tick(time.monotonic())
