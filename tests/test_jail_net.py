@@ -161,6 +161,62 @@ def test_net_user_cannot_reach_the_hosts_loopback(isle: Island) -> None:
         stop(holder)  # type: ignore[arg-type]
 
 
+METADATA_PROBE = """
+import errno, socket
+for a, port in (("10.0.2.2", 18094), ("169.254.169.254", 80)):
+    try:
+        print(a, socket.create_connection((a, port), timeout=5).recv(20).decode())
+    except OSError as e:
+        print(a, errno.errorcode.get(e.errno, e))
+"""
+
+
+def test_allow_host_loopback_opens_the_hosts_loopback_and_the_metadata_address(
+        isle: Island) -> None:
+    """Issue 16 item 4. The host's loopback service (on the island's 127.0.0.1) and a stand-in
+    metadata service (169.254.169.254 on the fake internet's loopback, reached through the
+    island's default route: every packet stays in namespaces this test made) are out of reach
+    in --net user: the metadata address is refused by the jail's own routing table (EACCES at
+    once, no packet leaves); --allow-host-loopback (the twin) reaches both, and says so."""
+    ip("-n", isle.inet, "addr", "add", "169.254.169.254/32", "dev", "lo")
+    serve = ("import socket, sys\ns = socket.create_server((sys.argv[1], int(sys.argv[2])))\n"
+             "print('ready', flush=True)\nwhile True:\n c, _ = s.accept(); "
+             "c.sendall(sys.argv[3].encode()); c.close()")
+    local = subprocess.Popen(["ip", "netns", "exec", isle.host, sys.executable, "-c", serve,
+                              "127.0.0.1", "18094", "HOST-LOOPBACK"],
+                             stdout=subprocess.PIPE, text=True)
+    meta = subprocess.Popen(["ip", "netns", "exec", isle.inet, sys.executable, "-c", serve,
+                             "169.254.169.254", "80", "CREDENTIALS"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        for proc in (local, meta):
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        lib = ("import isol8r, sys\n"
+               "r = isol8r.run(['/usr/bin/python3', '-c', sys.argv[1]], net='user', "
+               "allow_host_loopback=sys.argv[2] == '1', capture_output=True, timeout=30)\n"
+               "print(r.stdout.decode() + r.stderr.decode(), end='')\n"
+               "print(any('--allow-host-loopback' in n for n in r.notes))")
+        for flag, want in (("0", ["10.0.2.2 ENETUNREACH", "169.254.169.254 EACCES", "False"]),
+                           ("1", ["10.0.2.2 HOST-LOOPBACK", "169.254.169.254 CREDENTIALS",
+                                  "True"])):
+            out = subprocess.run(["ip", "netns", "exec", isle.host, sys.executable, "-c", lib,
+                                  METADATA_PROBE, flag], capture_output=True, text=True,
+                                 timeout=60, env=ENV)
+            assert out.stdout.splitlines() == want, (flag, out)
+        p = island_cli(isle, "-v", "--net", "user", "--allow-host-loopback", "--",
+                       "/usr/bin/python3", "-c", METADATA_PROBE)
+        out_cli, err = p.communicate(timeout=60)
+        assert out_cli.splitlines()[1] == "169.254.169.254 CREDENTIALS", (out_cli, err)
+        assert ("isol8r: --allow-host-loopback: the jail reaches the host's loopback services "
+                "and the metadata address 169.254.169.254") in err, err
+        assert stacks(isle.host) == []
+    finally:
+        stop(local)  # type: ignore[arg-type]
+        stop(meta)  # type: ignore[arg-type]
+        subprocess.run(["ip", "-n", isle.inet, "addr", "del", "169.254.169.254/32", "dev", "lo"],
+                       capture_output=True)
+
+
 # ---- publish ------------------------------------------------------------------------------------
 
 SERVER = ("import socket\ns = socket.create_server(('0.0.0.0', 8000))\nprint('ready', flush=True)\n"
@@ -258,6 +314,7 @@ BAD = [
      "/run/netns, or a path such as /proc/PID/ns/net)"),
     (["--netns", "/proc/self/ns/net", "--net", "user"],
      "--netns /proc/self/ns/net: conflicts with --net user"),
+    (["--allow-host-loopback"], "--allow-host-loopback: needs --net user"),
     (["--publish", "80:80"], "--publish 80:80: needs --net user"),
     (["--net", "user", "--publish", "80"],
      "--publish 80: expected [HOST_ADDR:]HOST_PORT:JAIL_PORT[/udp]"),

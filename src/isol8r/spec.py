@@ -99,6 +99,7 @@ class Spec:
     netns: str | None = None
     publish: tuple[str, ...] = ()  # --publish values, canonical (usernet.Publish's str)
     allow_domain: tuple[str, ...] = ()  # --allow-domain rules (egress_rules syntax)
+    allow_host_loopback: bool = False  # --net user: the host's 127.0.0.1 and metadata reachable
 
     def __post_init__(self) -> None:
         # --net host (or --netns) and a namespace set without "net" are one thing, spelled
@@ -641,6 +642,10 @@ OPTIONS: dict[str, Option] = {
                            "admits these names (*.example.org, pypi.org:443, an address); "
                            "HTTP_PROXY, HTTPS_PROXY and ALL_PROXY are set", _allow_domain,
                            "PATTERN[:PORT]"),
+    "allow-host-loopback": Option("flag", "UNSAFE with --net user: let the jail reach the "
+                                  "host's own loopback services (as the gateway address) and "
+                                  "the cloud metadata address 169.254.169.254",
+                                  _flag("allow_host_loopback")),
     "share-pid": Option("flag", "keep the host's PID namespace", _share("pid")),
     "share-ipc": Option("flag", "keep the host's IPC namespace", _share("ipc")),
     "share-uts": Option("flag", "keep the host's UTS namespace (hostname)", _share("uts")),
@@ -802,6 +807,8 @@ def _validate_net(s: Spec, has_mount: bool) -> None:
         raise SpecError("--netns", s.netns or "", "give --netns NAME|PATH for a joined namespace")
     if s.publish and s.net != "user":
         raise SpecError("--publish", s.publish[0], "needs --net user")
+    if s.allow_host_loopback and s.net != "user":
+        raise SpecError("--allow-host-loopback", True, "needs --net user")
     if s.allow_domain and s.net != "none":
         raise SpecError("--allow-domain", s.allow_domain[0], "needs --net none (the default): "
                         "the proxy is the jail's only way out")

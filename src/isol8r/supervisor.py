@@ -209,19 +209,26 @@ def start_usernet(jail: Jail, spec: Spec, verbose: bool = False) -> None:
         return
     from . import usernet
     try:
+        if not spec.allow_host_loopback:  # before the stack: no packet to it ever leaves
+            net.prohibit_in(jail.pid, net.METADATA,
+                            userns=jail.pid if "user" in spec.namespaces else None)
         jail.usernet = usernet.start(
             jail.pid, publish=[usernet.parse_publish(p) for p in spec.publish],
-            userns=jail.pid if "user" in spec.namespaces else None)
+            userns=jail.pid if "user" in spec.namespaces else None,
+            host_loopback=spec.allow_host_loopback)
     except BaseException as e:
         discard(jail)
         if isinstance(e, (usernet.UsernetError, OSError)):
             raise SetupError(f"--net user: {e}", 0) from None
         raise
     if verbose:
-        net = jail.usernet
-        jail.notes.append(f"--net user: {net.backend} (pid {net.pid}, ready in "
-                          f"{net.startup * 1e3:.1f} ms), DNS {net.dns}" +
-                          "".join(f", --publish {p}" for p in net.publish))
+        stack = jail.usernet
+        jail.notes.append(f"--net user: {stack.backend} (pid {stack.pid}, ready in "
+                          f"{stack.startup * 1e3:.1f} ms), DNS {stack.dns}" +
+                          "".join(f", --publish {p}" for p in stack.publish))
+    if spec.allow_host_loopback:  # named loudly, -v or not
+        jail.notes.append("--allow-host-loopback: the jail reaches the host's loopback services "
+                          "and the metadata address 169.254.169.254")
 
 
 EGRESS_DIR = "/run/isol8r/egress"  # a jail proxy's denials, <jail pid>.json, until result()
