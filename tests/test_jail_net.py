@@ -491,3 +491,82 @@ def test_an_unprivileged_net_user_without_dev_net_tun_is_a_one_line_error() -> N
     assert p.returncode == 125 and p.stdout == "", p
     assert p.stderr.startswith("isol8r: --net user: slirp4netns needs /dev/net/tun, which this "
                                "user cannot open (mode ") and p.stderr.count("\n") == 1, p
+
+
+FLOOD = """
+import json, socket, sys, time, urllib.request
+held, refused = [], 0
+for _ in range(700):
+    try:
+        held.append(socket.create_connection(("127.0.0.1", 3128), timeout=5))
+    except OSError:
+        refused += 1
+for s in held:  # half of them also start a request and never finish it
+    try:
+        s.send(b"CONNECT " + b"a" * 4000)
+    except OSError:
+        pass
+time.sleep(1)
+closed = 0
+for s in held:
+    s.setblocking(False)
+    try:
+        closed += s.recv(1) == b""
+    except BlockingIOError:
+        pass
+    except OSError:
+        closed += 1
+print("flooded", flush=True)
+time.sleep(float(sys.argv[1]))
+for s in held:
+    s.close()
+time.sleep(0.5)
+body = urllib.request.urlopen("http://pypi.test:8080/after", timeout=10).read().decode().strip()
+print(json.dumps({"held": len(held), "closed": closed, "refused": refused, "after": body}))
+"""
+
+
+def test_a_flood_from_the_jail_cannot_exhaust_its_proxy(isle: Island) -> None:
+    """700 connections at once from the jail, each with an unfinished request: the proxy keeps
+    at most its bound (256), closes the rest at once (each a denial), its descriptors stay
+    under its RLIMIT_NOFILE and its memory small, and once the flood ends it serves an allowed
+    request. The proxy is found by a rule only this test uses."""
+    tag = f"flood{os.getpid()}.test"
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", isle.host, sys.executable, "-c",
+         "import isol8r, json, sys\n"
+         "r = isol8r.run(['/usr/bin/python3', '-c', sys.argv[1], '3'], "
+         f"allow_domain=['pypi.test', {isle.addr!r}, {tag!r}], timeout=60)\n"
+         "print(json.dumps(r.net_denied))", FLOOD], stdout=subprocess.PIPE, text=True, env=ENV)
+    fds, rss = [], []
+    try:
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], 60)
+        assert ready and p.stdout.readline() == "flooded\n"
+        proxy = None
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"isol8r.daemon.egress" in argv and tag.encode() in argv:
+                proxy = pid
+        assert proxy is not None, "the jail's proxy was not found"
+        for _ in range(10):
+            fds.append(len(os.listdir(f"/proc/{proxy}/fd")))
+            status = Path(f"/proc/{proxy}/status").read_text()
+            rss.append(int(status.split("VmRSS:")[1].split()[0]))
+            time.sleep(0.1)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            stop(p)  # type: ignore[arg-type]
+            p.communicate()
+    lines = out.splitlines()
+    got, denied = json.loads(lines[0]), json.loads(lines[1])
+    assert got["held"] + got["refused"] == 700 and got["closed"] >= got["held"] - 256, got
+    assert got["after"] == "hello /after host=pypi.test:8080", got
+    assert 256 <= max(fds) <= 2 * 256 + 64, fds
+    assert max(rss) < 128 * 1024, rss
+    over = 700 - 256 - got["refused"]  # the list of denials keeps 256 (all are counted)
+    assert sum(d["reason"] == "connection limit" for d in denied) >= min(over, 256), denied
