@@ -423,10 +423,11 @@ if pid == 0:
     try:
         os.execv("/bin/true", ["/bin/true"])
     except OSError as e:
-        os.write(1, b"")
         os._exit(13 if e.errno == 1 else 14)
-out["execve"] = {0: "ok", 13: "Operation not permitted"}.get(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), "other")
-status = dict(l.split(":\\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\\t" in l)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+out["execve"] = {0: "ok", 13: "Operation not permitted"}.get(code, "other")
+lines = open("/proc/self/status").read().splitlines()
+status = dict(l.split(":\\t", 1) for l in lines if ":\\t" in l)
 out["caps"] = [status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb")]
 out["nnp"] = status["NoNewPrivs"].strip()
 out["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]

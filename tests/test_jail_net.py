@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import stat
 import socket
 import subprocess
 import sys
@@ -570,3 +571,36 @@ def test_a_flood_from_the_jail_cannot_exhaust_its_proxy(isle: Island) -> None:
     assert max(rss) < 128 * 1024, rss
     over = 700 - 256 - got["refused"]  # the list of denials keeps 256 (all are counted)
     assert sum(d["reason"] == "connection limit" for d in denied) >= min(over, 256), denied
+
+
+UNPRIVILEGED = """
+import isol8r, sys
+for fork_server in (False, True, True):  # in-process; the fork server's first, then a warm jail
+    r = isol8r.run(["/usr/bin/python3", "-c", sys.argv[1]], net="user", capture_output=True,
+                   fork_server=fork_server, timeout=30)
+    print(r.verdict, r.stdout.decode() + r.stderr.decode(), end="")
+"""
+
+
+def test_net_user_for_an_unprivileged_caller(isle: Island, tmp_path: Path) -> None:
+    """Issue 16 item 1: a caller that is not root (uid 65534) gets --net user, in-process and
+    from the fork server's warm jails, with the metadata address refused. This VM's
+    /dev/net/tun is 0600, which no user's stack can open, so the test gives the caller, in a
+    mount namespace of its own (the host's node is not touched), a node of the same device
+    with mode 0666, as most distributions have it."""
+    tun = tmp_path / "tun"
+    os.mknod(tun, 0o666 | stat.S_IFCHR, os.makedev(10, 200))
+    os.chmod(tun, 0o666)
+    probe = JAIL_CLIENT + ("import socket\ntry:\n socket.create_connection(('169.254.169.254', 80),"
+                           " timeout=3)\nexcept OSError as e:\n print(e.strerror)\n")
+    out = subprocess.run(
+        ["ip", "netns", "exec", isle.host, "unshare", "--mount", "--propagation", "private",
+         "sh", "-c", 'mount --bind "$0" /dev/net/tun && exec setpriv --reuid=65534 '
+         '--regid=65534 --clear-groups /usr/bin/python3 -c "$1" "$2"', str(tun), UNPRIVILEGED,
+         probe],
+        capture_output=True, text=True, timeout=120, cwd="/",
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"),
+             "ISOL8R_CLI_SERVER": "0"})
+    want = f"ok {isle.addr} hello /from-the-jail host=pypi.test\nPermission denied\n"
+    assert out.stdout == want * 3, (out.stdout, out.stderr)
+    assert stacks(isle.host) == []

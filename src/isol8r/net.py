@@ -125,15 +125,9 @@ def prohibit(cidrs: tuple[str, ...]) -> None:
                 raise OSError(err, f"{os.strerror(err)}: route prohibit {cidr}")
 
 
-def prohibit_in(pid: int, cidrs: tuple[str, ...] = METADATA, userns: int | None = None) -> None:
-    """prohibit(cidrs) in the network namespace of pid. Root: from this thread, which goes back
-    to its own namespace before this returns. Another caller (setns into a namespace its user
-    namespace does not own needs CAP_SYS_ADMIN in both): from a forked child that first joins
-    the user namespace of pid `userns` (the jail's, which the caller made and so holds every
-    capability in) and exits."""
-    if os.geteuid() != 0 and userns is not None:
-        _prohibit_forked(pid, cidrs, userns)
-        return
+def prohibit_in(pid: int, cidrs: tuple[str, ...] = METADATA) -> None:
+    """prohibit(cidrs) in the network namespace of pid, from this thread (which goes back to
+    its own namespace before this returns). Root; an unprivileged caller uses prohibit_joined."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -147,17 +141,18 @@ def prohibit_in(pid: int, cidrs: tuple[str, ...] = METADATA, userns: int | None 
         os.close(own)
 
 
-def _prohibit_forked(pid: int, cidrs: tuple[str, ...], userns: int) -> None:
-    user = os.open(f"/proc/{userns}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+def prohibit_joined(user_fd: int, net_fd: int, cidrs: tuple[str, ...]) -> None:
+    """For an unprivileged caller: prohibit(cidrs) in the network namespace net_fd, from a
+    forked child (single-threaded, as joining a user namespace needs) that first joins the user
+    namespace user_fd (the jail's, which the caller made and so has every capability in)."""
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
         child = os.fork()
-        if child == 0:  # single-threaded here, as joining a user namespace needs
+        if child == 0:
             code = 0
             try:
-                linux.setns(user, linux.CLONE_NEWUSER)
-                linux.setns(target, linux.CLONE_NEWNET)
+                linux.setns(user_fd, linux.CLONE_NEWUSER)
+                linux.setns(net_fd, linux.CLONE_NEWNET)
                 prohibit(cidrs)
             except OSError as e:
                 code = e.errno or errno.EIO
@@ -171,6 +166,6 @@ def _prohibit_forked(pid: int, cidrs: tuple[str, ...], userns: int) -> None:
         if err:
             raise OSError(err, f"{os.strerror(err)}: route prohibit in the jail")
     finally:
-        for fd in (user, target, r, w):
-            if fd >= 0:
-                os.close(fd)
+        os.close(r)
+        if w >= 0:
+            os.close(w)

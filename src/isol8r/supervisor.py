@@ -52,6 +52,9 @@ class Jail:
     stood_in: int = 0  # a caller's signal that --no-init's PID 1 would have dropped: see forward
     usernet: Any = None  # --net user: the usernet.UserNet stack of this jail, ended with it
     egress: Any = None  # --allow-domain: the Popen of this jail's egress proxy, ended with it
+    # --net user, an unprivileged caller: its user and network namespaces, opened before "go"
+    # (then its init turns non-dumpable, and the caller could open them no more)
+    ns_fds: tuple[int, ...] = ()
 
     def forward(self, sig: int) -> None:
         """Pass a caller's signal on (the Forwarder's target)."""
@@ -86,6 +89,9 @@ class Jail:
         if self.egress is not None:  # it writes its denials as it ends (read by result())
             self.egress, proxy = None, self.egress
             _stop_egress(proxy, self.pid)
+        for fd in self.ns_fds:
+            os.close(fd)
+        self.ns_fds = ()
         self.chan.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
@@ -208,13 +214,18 @@ def start_usernet(jail: Jail, spec: Spec, verbose: bool = False) -> None:
     if spec.net != "user":
         return
     from . import usernet
+    refused = () if spec.allow_host_loopback else net.METADATA  # before the stack starts
     try:
-        if not spec.allow_host_loopback:  # before the stack: no packet to it ever leaves
-            net.prohibit_in(jail.pid, net.METADATA,
-                            userns=jail.pid if "user" in spec.namespaces else None)
+        netns: int | str = jail.pid
+        userns: int | str | None = jail.pid if "user" in spec.namespaces else None
+        if jail.ns_fds:  # an unprivileged caller: the namespaces it opened before "go"
+            userns, netns = (f"/proc/self/fd/{fd}" for fd in jail.ns_fds)
+            if refused:
+                net.prohibit_joined(jail.ns_fds[0], jail.ns_fds[1], refused)
+        elif refused:
+            net.prohibit_in(jail.pid, refused)
         jail.usernet = usernet.start(
-            jail.pid, publish=[usernet.parse_publish(p) for p in spec.publish],
-            userns=jail.pid if "user" in spec.namespaces else None,
+            netns, publish=[usernet.parse_publish(p) for p in spec.publish], userns=userns,
             host_loopback=spec.allow_host_loopback)
     except BaseException as e:
         discard(jail)
@@ -414,6 +425,9 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
     try:
         if plan.ids is not None:
             userns.write_maps(pid, plan.ids)
+        if spec.net == "user" and os.geteuid() != 0 and "user" in spec.namespaces:
+            jail.ns_fds = tuple(os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                                for kind in ("user", "net"))
         if cgroup is not None and clone_fd < 0:
             cgroup.attach(pid)
         tree = _root_tree(pid, plan)

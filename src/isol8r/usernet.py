@@ -295,7 +295,10 @@ def _start_slirp(ns_fd: int, user_fd: int, publish: tuple[Publish, ...], ipv6: b
     try:
         argv = [*prefix, "slirp4netns", "--configure", f"--mtu={mtu}",
                 *([] if host_loopback else ["--disable-host-loopback"]),
-                "--enable-sandbox", "--enable-seccomp",
+                # the sandbox (a mount namespace of its own, pivoted into an empty root) needs
+                # root: an unprivileged caller's slirp4netns cannot make one outside a user
+                # namespace ("setegid(0)"); it keeps its seccomp filter
+                *(["--enable-sandbox"] if os.geteuid() == 0 else []), "--enable-seccomp",
                 f"--ready-fd={ready_w}", f"--api-socket={api}", "--netns-type=path"]
         if user_fd >= 0:
             argv.append(f"--userns-path=/proc/self/fd/{user_fd}")
