@@ -316,7 +316,10 @@ BAD = [
     (["--netns", "/proc/self/ns/net", "--net", "user"],
      "--netns /proc/self/ns/net: conflicts with --net user"),
     (["--allow-host-loopback"], "--allow-host-loopback: needs --net user"),
-    (["--publish", "80:80"], "--publish 80:80: needs --net user"),
+    # (--publish with the default --net none forwards TCP since issue 16 item 2)
+    (["--net", "host", "--publish", "80:80"], "--publish 80:80: needs --net user or --net none"),
+    (["--publish", "80:80/udp"], "--publish 80:80/udp: a UDP port needs --net user (--net none "
+     "forwards TCP only)"),
     (["--net", "user", "--publish", "80"],
      "--publish 80: expected [HOST_ADDR:]HOST_PORT:JAIL_PORT[/udp]"),
     (["--net", "user", "--publish", "0:80"], "--publish 0:80: bad port '0' (1-65535)"),
@@ -604,3 +607,74 @@ def test_net_user_for_an_unprivileged_caller(isle: Island, tmp_path: Path) -> No
     want = f"ok {isle.addr} hello /from-the-jail host=pypi.test\nPermission denied\n"
     assert out.stdout == want * 3, (out.stdout, out.stderr)
     assert stacks(isle.host) == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_publish_with_net_none_forwards_tcp_into_the_jail_and_frees_the_port() -> None:
+    """Issue 16 item 2: --publish without --net user. The jail keeps its loopback-only
+    namespace (no route out); a forwarder relays the host port (the host's 127.0.0.1 here) to
+    the program's listener, and the port is free once the run returns."""
+    port = free_port()
+    probe = ("import socket\ns = socket.create_server(('127.0.0.1', 8000))\n"
+             "print('ready', sorted(n for _, n in socket.if_nameindex()), flush=True)\n"
+             "c, _ = s.accept(); c.sendall(c.recv(100).upper()); c.close()")
+    p = subprocess.Popen([sys.executable, "-m", "isol8r", "run", "-v", "--publish",
+                          f"127.0.0.1:{port}:8000", "--", "/usr/bin/python3", "-c", probe],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], 30)
+        assert ready and p.stdout.readline() == "ready ['lo']\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"through the forwarder")
+            assert c.recv(100) == b"THROUGH THE FORWARDER"
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        assert "isol8r: --publish with --net none: forwarder pid " in err, err
+    finally:
+        if p.poll() is None:
+            stop(p)  # type: ignore[arg-type]
+            p.communicate()
+    with socket.socket() as s:  # free again (a closed connection may leave a TIME_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+
+
+UNPRIVILEGED_PUBLISH = """
+import subprocess, sys
+import isol8r
+port = int(sys.argv[1])
+server = ("import socket; s = socket.create_server(('127.0.0.1', 8000)); c, _ = s.accept(); "
+          "c.sendall(b'hello from the jail')")
+client = ("import socket, sys, time\\ndeadline = time.monotonic() + 30\\n"
+          "while time.monotonic() < deadline:\\n"
+          " try:\\n  got = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)"
+          ".recv(100)\\n"
+          " except OSError:\\n  got = b''\\n"
+          " if got:\\n  print(got); break\\n"
+          " time.sleep(0.05)  # closed at once: the program does not listen yet")
+for fork_server in (False, True, True):  # a client process: an in-process run needs one thread
+    c = subprocess.Popen([sys.executable, "-c", client, str(port)], stdout=subprocess.PIPE,
+                         text=True)
+    r = isol8r.run(["/usr/bin/python3", "-c", server], publish=[f"127.0.0.1:{port}:8000"],
+                   fork_server=fork_server, timeout=30)
+    print(r.verdict, c.communicate(timeout=30)[0], end="")
+"""
+
+
+def test_publish_with_net_none_for_an_unprivileged_caller() -> None:
+    """The same as uid 65534, in-process and from the fork server's warm jails: the forwarder
+    joins the jail's user namespace, then its network namespace."""
+    port = free_port()
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          "/usr/bin/python3", "-c", UNPRIVILEGED_PUBLISH, str(port)],
+                         capture_output=True, text=True, timeout=120, cwd="/",
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"),
+                              "ISOL8R_CLI_SERVER": "0"})
+    assert out.stdout == "ok b'hello from the jail'\n" * 3, (out.stdout, out.stderr)

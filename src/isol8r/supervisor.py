@@ -55,6 +55,7 @@ class Jail:
     # --net user, an unprivileged caller: its user and network namespaces, opened before "go"
     # (then its init turns non-dumpable, and the caller could open them no more)
     ns_fds: tuple[int, ...] = ()
+    forwarder: Any = None  # --publish with --net none: the Popen of its forwarder, ended with it
 
     def forward(self, sig: int) -> None:
         """Pass a caller's signal on (the Forwarder's target)."""
@@ -89,6 +90,9 @@ class Jail:
         if self.egress is not None:  # it writes its denials as it ends (read by result())
             self.egress, proxy = None, self.egress
             _stop_egress(proxy, self.pid)
+        if self.forwarder is not None:  # its host ports are free once this returns
+            self.forwarder, fwd = None, self.forwarder
+            _stop_process(fwd)
         for fd in self.ns_fds:
             os.close(fd)
         self.ns_fds = ()
@@ -189,6 +193,7 @@ def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = 
                 cg.remove()
             raise
     start_usernet(jail, spec, verbose)
+    start_forward(jail, spec, verbose)
     start_egress(jail, spec)
     jail.notes.extend(notes)
     jail.notes.extend(_setid_wall_notes(spec))
@@ -240,6 +245,74 @@ def start_usernet(jail: Jail, spec: Spec, verbose: bool = False) -> None:
     if spec.allow_host_loopback:  # named loudly, -v or not
         jail.notes.append("--allow-host-loopback: the jail reaches the host's loopback services "
                           "and the metadata address 169.254.169.254")
+
+
+def start_forward(jail: Jail, spec: Spec, verbose: bool = False) -> None:
+    """--publish with --net none: bind the host ports here, hand them to a forwarder
+    (isol8r.daemon.forward) that joins the jail's network namespace and relays each connection
+    to the jail's 127.0.0.1:JAIL_PORT; ready before the jail's Request is sent. A failure
+    discards the jail: one-line SetupError."""
+    if spec.net != "none" or not spec.publish:
+        return
+    from . import usernet
+    socks: list[socket.socket] = []
+    own_fds: list[int] = []
+    try:
+        ports = [usernet.parse_publish(p) for p in spec.publish]
+        for p in ports:
+            addr = p.host_addr or "0.0.0.0"
+            try:
+                socks.append(net.listening(addr, p.host_port))
+            except OSError as e:
+                why = "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+                raise SetupError(f"--publish {p}: host port {p.host_port} is {why}", 0) from None
+        if jail.ns_fds:
+            user_fd, net_fd = jail.ns_fds
+        else:
+            user_fd, net_fd = -1, os.open(f"/proc/{jail.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            own_fds.append(net_fd)
+        import sys
+        from pathlib import Path
+        env = dict(os.environ)
+        pkg_parent = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
+                                          if env.get("PYTHONPATH") else "")
+        argv = [sys.executable, "-s", "-m", "isol8r.daemon.forward", str(net_fd), str(user_fd),
+                *(f"{s.fileno()}:{p.jail_port}" for s, p in zip(socks, ports))]
+        fds = [net_fd, *([user_fd] if user_fd >= 0 else []), *(s.fileno() for s in socks)]
+        proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, env=env, start_new_session=True, cwd="/",
+                                preexec_fn=_unblock_signals
+                                if signal.pthread_sigmask(signal.SIG_BLOCK, ()) else None)
+        jail.forwarder = proc
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        if not ready or proc.stdout.readline() != b"ready\n":
+            raise SetupError("--publish: the forwarder did not start", 0)
+    except BaseException as e:
+        discard(jail)
+        if isinstance(e, (OSError, usernet.UsernetError)):
+            raise SetupError(f"--publish: {e}", 0) from None
+        raise
+    finally:
+        for s in socks:
+            s.close()
+        for fd in own_fds:
+            os.close(fd)
+    if verbose:
+        jail.notes.append(f"--publish with --net none: forwarder pid {proc.pid}" +
+                          "".join(f", {p}" for p in ports))
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (SIGKILL after two seconds) to a helper this module started, by its pid."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.communicate(timeout=2)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 EGRESS_DIR = "/run/isol8r/egress"  # a jail proxy's denials, <jail pid>.json, until result()
@@ -425,7 +498,7 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
     try:
         if plan.ids is not None:
             userns.write_maps(pid, plan.ids)
-        if spec.net == "user" and os.geteuid() != 0 and "user" in spec.namespaces:
+        if os.geteuid() != 0 and {"user", "net"} <= spec.namespaces:  # --net user, --publish
             jail.ns_fds = tuple(os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
                                 for kind in ("user", "net"))
         if cgroup is not None and clone_fd < 0:
@@ -635,11 +708,11 @@ class JailWatch:
         # init's report is enough once nothing of the jail runs: init emptied its PID namespace
         # before reporting, or it has exited (which, as PID 1, it does only once every other
         # process of the namespace is gone); unless the cgroup's counters are wanted
-        # (--net user: the server ends the stack before it reports, so the published ports are
-        # free when the Result is returned)
+        # (--net user and --publish: the server ends the stack or forwarder before it reports,
+        # so the published ports are free when the Result is returned)
         return self.program is not None and (self.emptied or self.exited) \
             and self.jail.cgroup is None and self.jail.spec.net != "user" \
-            and not self.jail.spec.allow_domain
+            and not self.jail.spec.allow_domain and not self.jail.spec.publish
 
     def reaped(self, status: int, utime: float, stime: float, maxrss: int, usage: Any) -> None:
         """The fork server's report: it reaped the jail's init and read its cgroup."""

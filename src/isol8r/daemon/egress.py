@@ -669,18 +669,19 @@ def relay_filter(pid: int) -> bytes:
     return build(Policy("isol8r egress proxy", ALLOW, rules, (NATIVE,)))
 
 
-def confine(uid: int, max_fds: int) -> None:
+def confine(uid: int | None, max_fds: int) -> None:
     """Take from this process every privilege a relay does not need, once its listening
     socket is open and before it serves: the bounding set emptied and the uid (and gid, with
     no supplementary groups) changed from root, which clears the other capability sets; no
     ambient ones, no_new_privs, non-dumpable; at most max_fds descriptors (RLIMIT_NOFILE);
     the relay_filter loaded on every thread. Raises OSError if any step fails: a proxy that
-    could not be confined does not serve."""
+    could not be confined does not serve. uid None: keep the ids (a process in a jail's user
+    namespace, where they are the caller's own), drop the capabilities all the same."""
     import os
     import resource
     from isol8r.sys import linux
     bpf = linux.SeccompProgram(relay_filter(os.getpid()))  # libseccomp loaded while it can be
-    if os.geteuid() == 0:
+    if uid is not None and os.geteuid() == 0:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             last = int(f.read())
         for cap in range(last + 1):
