@@ -51,6 +51,7 @@ rootfs: install deps
 
 bench: install deps
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/net.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

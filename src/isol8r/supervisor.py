@@ -250,8 +250,9 @@ def start_usernet(jail: Jail, spec: Spec, verbose: bool = False) -> None:
 def start_forward(jail: Jail, spec: Spec, verbose: bool = False) -> None:
     """--publish with --net none: bind the host ports here, hand them to a forwarder
     (isol8r.daemon.forward) that joins the jail's network namespace and relays each connection
-    to the jail's 127.0.0.1:JAIL_PORT; ready before the jail's Request is sent. A failure
-    discards the jail: one-line SetupError."""
+    to the jail's 127.0.0.1:JAIL_PORT. The ports are bound before the jail's Request is sent
+    (a connection waits in the backlog until the forwarder serves it). A failure discards the
+    jail: one-line SetupError."""
     if spec.net != "none" or not spec.publish:
         return
     from . import usernet
@@ -281,14 +282,10 @@ def start_forward(jail: Jail, spec: Spec, verbose: bool = False) -> None:
                 *(f"{s.fileno()}:{p.jail_port}" for s, p in zip(socks, ports))]
         fds = [net_fd, *([user_fd] if user_fd >= 0 else []), *(s.fileno() for s in socks)]
         proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, env=env, start_new_session=True, cwd="/",
+                                stdout=subprocess.DEVNULL, env=env, start_new_session=True, cwd="/",
                                 preexec_fn=_unblock_signals
                                 if signal.pthread_sigmask(signal.SIG_BLOCK, ()) else None)
-        jail.forwarder = proc
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 10)
-        if not ready or proc.stdout.readline() != b"ready\n":
-            raise SetupError("--publish: the forwarder did not start", 0)
+        jail.forwarder = proc  # not waited for: a connection waits in the listener's backlog
     except BaseException as e:
         discard(jail)
         if isinstance(e, (OSError, usernet.UsernetError)):

@@ -3,7 +3,7 @@ through a packaged user-space stack, DNS through a forwarder address inside the 
 published ports, without a bridge, a veth or any change to the host's routes or firewall.
 
 Two implementations, both Debian packages: slirp4netns and pasta (package `passt`, podman's
-default since 5.0). Measured here (bench/net_stacks.py, a fake internet in namespaces, p50 of
+default since 5.0). Measured here (bench/net.py, a fake internet in namespaces, p50 of
 15 rounds on a busy 2-core VM): slirp4netns is ready to connect in 12-18 ms and holds 3.8 MiB
 resident, pasta needs 26-38 ms and 22 MiB (it pre-opens socket pools and large packet buffers);
 pasta moves a 50 MiB transfer about twice as fast (415-590 MiB/s against 235-305). A jail runner

@@ -164,7 +164,6 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)  # at once, also out of a select
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a supervisor may have blocked SIGTERM
     confine(NOBODY if user_fd < 0 else None, 2 * MAX_CONNECTIONS + 64)
-    print("ready", flush=True)
     try:
         fwd.serve()
     except _Stopped:
