@@ -718,7 +718,12 @@ def serve_jail(fd: int, patterns: list[str], uid: int = NOBODY) -> int:
     signal.signal(signal.SIGTERM, lambda _s, _f: proxy.stop())
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a supervisor may have blocked SIGTERM
     # two sockets a connection, the listener, the wake pair, the selector, stdio, the resolver's
-    confine(uid, 2 * limits.max_connections + 64)
+    try:
+        confine(uid, 2 * limits.max_connections + 64)
+    except Exception as e:  # fail closed: the jail has no way out, and one line says why
+        sys.stderr.write(f"isol8r: --allow-domain: the egress proxy could not be confined "
+                         f"({e}); the jail has no network\n")
+        return 1
     try:
         proxy.serve()
     finally:

@@ -163,7 +163,12 @@ def main(argv: list[str]) -> int:
     fwd = Forwarder(listeners)
     signal.signal(signal.SIGTERM, _stop)  # at once, also out of a select
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a supervisor may have blocked SIGTERM
-    confine(NOBODY if user_fd < 0 else None, 2 * MAX_CONNECTIONS + 64)
+    try:
+        confine(NOBODY if user_fd < 0 else None, 2 * MAX_CONNECTIONS + 64)
+    except Exception as e:  # fail closed, one line
+        sys.stderr.write(f"isol8r: --publish: the forwarder could not be confined ({e}); "
+                         "nothing is forwarded\n")
+        return 1
     try:
         fwd.serve()
     except _Stopped:
