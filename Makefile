@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install link deps test unit demo strace rootfs bench clean
+.PHONY: all install link isolate-link deps test unit demo strace rootfs bench clean
 
 all: install
 
@@ -27,6 +27,16 @@ PREFIX ?= /usr/local
 link: install
 	mkdir -p $(PREFIX)/bin
 	ln -sfn $(CURDIR)/$(BIN)/isol8r $(PREFIX)/bin/isol8r
+
+# on request only: an `isolate` command for judges written for IOI's isolate (docs/judges.md);
+# it will not replace an isolate that is not isol8r's
+isolate-link: install
+	mkdir -p $(PREFIX)/bin
+	@if [ -e $(PREFIX)/bin/isolate ] && ! grep -qs isol8r $(PREFIX)/bin/isolate; then \
+	  echo "$(PREFIX)/bin/isolate exists and is not isol8r's: not replaced" >&2; exit 1; fi
+	printf '#!/bin/sh\n# isol8r isolate: isolate'"'"'s command line over isol8r\nexec %s isolate "$$@"\n' \
+	  '$(CURDIR)/$(BIN)/isol8r' > $(PREFIX)/bin/isolate
+	chmod 755 $(PREFIX)/bin/isolate
 
 deps:
 	@scripts/install-deps.sh
@@ -51,6 +61,10 @@ rootfs: install deps
 
 bench: install deps
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/listen.py
+	$(BIN)/python bench/interactive.py
+	$(BIN)/python bench/environments.py
+	$(BIN)/python bench/judge.py
 	$(BIN)/python bench/net.py
 
 clean:

@@ -194,3 +194,21 @@ def test_owner_namespaces_are_kept_per_mapping() -> None:
             if os.path.exists(f"/proc/self/fd/{f}")
             and os.readlink(f"/proc/self/fd/{f}").startswith("user:[")]
     assert len(held) <= 16
+
+
+@needs_root
+def test_a_warm_jail_follows_a_workspace_that_changed_owner(open_dir: Path) -> None:
+    """A writable bind is idmapped with its source's owner when the jail is made; warm jails are
+    made ahead, so the pool must not hand out one made while the directory had another owner
+    (it did: the jail user wrote as the old owner, and got EACCES)."""
+    work = open_dir / "w"
+    work.mkdir(mode=0o755)
+    os.chown(work, 1000, 1000)
+    for i in range(3):  # the first may be a fresh jail; the next ones are warm, of this owner
+        r = sh(f"touch /work/a{i}", bind=[f"{work}:/work"])
+        assert r.exit_code == 0, r.stderr
+    os.chown(work, 2000, 2000)
+    for i in range(3):
+        r = sh(f"touch /work/b{i}", bind=[f"{work}:/work"])
+        assert r.exit_code == 0, r.stderr
+        assert os.stat(work / f"b{i}").st_uid == 2000

@@ -19,10 +19,11 @@ if TYPE_CHECKING:
     from .spec import Spec
 
 __all__ = ["run", "run_async", "Spec", "Result", "Isol8rError", "SpecError", "SetupError", "ExecError",
-           "JailFailed"]
+           "JailFailed", "run_connected", "Party", "ConnectedResult"]
 __version__ = "0.1.0"
 _LAZY = {"Spec": "spec", "Result": "result", "Isol8rError": "errors", "SpecError": "errors",
-         "SetupError": "errors", "ExecError": "errors", "JailFailed": "errors"}
+         "SetupError": "errors", "ExecError": "errors", "JailFailed": "errors",
+         "run_connected": "connected", "Party": "connected", "ConnectedResult": "connected"}
 
 
 def __getattr__(name: str) -> Any:

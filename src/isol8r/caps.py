@@ -39,7 +39,10 @@ def plan(keep: tuple[int, ...]) -> CapPlan:
 
 
 def prepare_uid_switch() -> None:
-    """Child side, before the uid switch: keep the capability sets across setresuid."""
+    """Child side, before the uid switch: keep the capability sets across setresuid. Already
+    so (a bare jail inside another jail, whose securebits are locked): nothing to do."""
+    if linux.prctl(linux.PR_GET_SECUREBITS) & linux.SECBIT_NO_SETUID_FIXUP:
+        return
     linux.prctl(linux.PR_SET_SECUREBITS, linux.SECBIT_NO_SETUID_FIXUP)
 
 
@@ -71,3 +74,30 @@ def drop_for_init() -> None:
     linux.capset(kill, kill, 0)
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     linux.prctl(linux.PR_SET_DUMPABLE, 0)
+
+
+def can_switch_uid() -> bool:
+    """Parent side, for a jail without a user namespace: this process may change its ids and
+    lock its capabilities (CAP_SETUID, CAP_SETGID, CAP_SETPCAP: a container's root), so the
+    jail's program still runs as --user with nothing kept."""
+    need = (1 << 6) | (1 << 7) | (1 << CAP_SETPCAP)
+    try:
+        return linux.capget()[0] & need == need
+    except OSError:
+        return False
+
+
+def can_lock() -> bool:
+    """Child side: this process may drop the bounding set and lock the securebits
+    (CAP_SETPCAP), so drop() applies even where the uid switch does not."""
+    return bool(linux.capget()[0] >> CAP_SETPCAP & 1)
+
+
+def drop_unprivileged() -> None:
+    """Child side, without a user namespace or the privilege to change ids: empty the sets
+    this process may still empty (ambient, inheritable, permitted, effective) and set
+    no_new_privs, under which an execve never gains a capability (not even by a set-id file or
+    a root's exec: the new sets cannot exceed the old permitted, which is empty)."""
+    linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+    linux.capset(0, 0, 0)
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)

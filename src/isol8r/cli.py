@@ -41,6 +41,11 @@ SUBCOMMANDS = {
     "policy": "cli:policy_main",
     "profiles": "profiles:main",
     "server": "daemon.cliserver:main",
+    "listen": "daemon.listen:main",
+    "run-connected": "connected:main",
+    "doctor": "doctor:main",
+    "isolate": "isolate:main",
+    "check-environment": "checkenv:main",
 }
 _PARSER: Any = None
 
@@ -135,14 +140,15 @@ def spec_from_args(ns: argparse.Namespace) -> Spec:
 
 
 def entry() -> int:
-    """The `isol8r` command (bin/isol8r, python -m isol8r): a run goes to the CLI server when
-    there is one to use (daemon/cliserver.py), everything else to main() in this process."""
+    """The `isol8r` command (bin/isol8r, python -m isol8r): a run (and `isol8r isolate`, a run
+    of a judge's) goes to the CLI server when there is one to use (daemon/cliserver.py),
+    everything else to main() in this process."""
     try:
         args = _normalized(sys.argv[1:])
     except UsageError:
         return main()  # it says why
-    if args[:1] == ["run"] and not {"-h", "--help"} & set(args[:args.index("--") if "--" in args
-                                                            else None]):
+    if args[:1] in (["run"], ["isolate"]) and not {"-h", "--help"} & set(
+            args[:args.index("--") if "--" in args else None]):
         from .daemon import cliserver
         code = cliserver.call(args)
         if code is not None:
@@ -263,6 +269,10 @@ def _run(ns: argparse.Namespace, served: bool) -> int:
         if ns.verbose:
             for note in result.notes:
                 sys.stderr.write(f"isol8r: {note}\n")
+            if result.walls:
+                sys.stderr.write(f"isol8r: walls: {', '.join(result.walls)}\n")
+            for wall, why in result.missing_walls.items():
+                sys.stderr.write(f"isol8r: no {wall}: {why}\n")
             for d in result.net_denied or ():
                 sys.stderr.write(f"isol8r: net denied: {d['host']}:{d['port']} ({d['reason']})\n")
             sys.stderr.write(f"isol8r: {result.describe()}; setup {result.setup_time * 1e3:.2f} ms, "

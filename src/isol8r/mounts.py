@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import SpecError
 from .paths import chase
@@ -95,6 +95,7 @@ class Bind(Op):
     devices: bool = False
     noexec: bool = False
     by_supervisor: bool = False
+    idmap: bool = True  # a writable one, as its source's owner (host_trees)
     tree_fd: int = -1
 
     def attrs(self) -> int:
@@ -501,14 +502,16 @@ def tmp_size_default(memory: int | None) -> int:
 
 
 def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str | None,
-         user_mounts: tuple[tuple[str, str, str | None, int | None], ...],
+         user_mounts: tuple[tuple[Any, ...], ...],
          uid: int, gid: int, hostname: str, new_net: bool, tmp_size: int,
          new_pid: bool = True,
          data: tuple[tuple[str, str, str | None, int | None], ...] = (),
-         resolv_conf: str | None = None) -> MountPlan:
+         resolv_conf: str | None = None, proc: str = "fresh") -> MountPlan:
     """Parent side: everything the child will mount, in order. user_mounts: (kind, dst, src, size);
     data: bwrap's data flags (kind, dst, src, mode), made after the mounts of their depth;
-    resolv_conf: the jail's own /etc/resolv.conf (--net user), written like a data flag."""
+    resolv_conf: the jail's own /etc/resolv.conf (--net user), written like a data flag;
+    proc: fresh (the jail PID namespace's own), bind (the outer /proc read-only, where a
+    container's masked /proc forbids a fresh one), none (walls.choose)."""
     ops: list[Op] = []
     final: list[Op] = []
     if rootfs is not None and overlay:
@@ -529,7 +532,11 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
         if not rw_root:
             final.append(ReadOnly("/"))
     no_exec = _NOSUID_NODEV | linux.MS_NOEXEC
-    if new_pid:
+    if proc == "none":
+        pass
+    elif proc == "bind":  # recursive: the outer /proc's masks come along (and are locked)
+        ops.append(Bind("/proc", "/proc", readonly=True, noexec=True))
+    elif new_pid:
         ops.append(Special("proc", "/proc", no_exec))
     else:  # a proc of the host's PID namespace can only be bound, not mounted anew
         ops.append(Bind("/proc", "/proc", readonly=False, noexec=True))
@@ -547,13 +554,15 @@ def plan(*, rootfs: str | None, rw_root: bool, overlay: bool, overlay_dir: str |
     ops.append(Special("mqueue", "/dev/mqueue", no_exec, optional=True))
     final.append(ReadOnly("/dev"))
     ops.append(Tmpfs("/tmp", tmp_size, 0o1777))
-    for kind, dst, src, size in user_mounts:
+    for kind, dst, src, size, *flags in user_mounts:  # flags: spec.Mount's noexec, idmap
         if kind == "tmpfs":
             ops.append(Tmpfs(dst, size or (64 << 20), 0o755, owner=(uid, gid)))
         else:
             assert src is not None
             # open_tree needs CAP_SYS_ADMIN: without root the child binds from /oldroot
-            ops.append(Bind(src, dst, readonly=(kind == "ro-bind"), by_supervisor=os.geteuid() == 0))
+            ops.append(Bind(src, dst, readonly=(kind == "ro-bind"),
+                            noexec=bool(flags and flags[0]), by_supervisor=os.geteuid() == 0,
+                            idmap=len(flags) < 2 or bool(flags[1])))
     made = data_ops(data)
     if resolv_conf is not None:
         made.insert(0, File("/etc/resolv.conf", resolv_conf.encode()))
@@ -609,7 +618,7 @@ def host_trees(p: MountPlan, owner_ns: Callable[[int, int], int] | None = None,
             if isinstance(op, Bind) and op.by_supervisor:
                 fd = linux.open_tree(op.src)
                 fds.append(fd)
-                if not op.readonly and owner_ns is not None:
+                if not op.readonly and op.idmap and owner_ns is not None:
                     st = os.fstat(fd)
                     try:
                         linux.idmap_tree(fd, owner_ns(st.st_uid, st.st_gid), op.attrs())

@@ -36,8 +36,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
-from . import caps, mounts, net, pid1, protocol, rlimits, userns, wire
-from .errors import exec_status
+from . import caps, landlock, mounts, net, pid1, protocol, rlimits, userns, wire
+from .errors import SetupError, exec_status
 from .protocol import Failure, Go, Request, Terminal, Timing
 from .spec import Shape, Spec
 from .spec import shape as spec_shape
@@ -74,6 +74,11 @@ class Plan:
     # --netns: (path, device, inode) of the network namespace the child is cloned into (the
     # cloning thread enters it for the clone: net.cloned_into)
     netns: tuple[str, int, int] | None = None
+    # no user namespace could be made (Shape.bare): no namespaces, Landlock instead, and the
+    # uid switch only where this process may change ids (uid_switch)
+    bare: bool = False
+    landlock: landlock.LandlockPlan | None = None
+    uid_switch: bool = True
 
 
 def environment(spec: Spec) -> dict[str, str]:
@@ -103,6 +108,8 @@ def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Pl
     """Parent side: call each concern's planning function; nothing here touches the system.
     The Shape is the jail's only description here (a Spec field not in it cannot reach a warm
     jail); bpf, when given, is the default filter, loaded ahead if the shape says so."""
+    if shape.bare is not None:
+        return _prepare_bare(shape, verbose, bpf)
     ns = shape.namespaces
     flags = 0
     for name, bit in (("user", linux.CLONE_NEWUSER), ("pid", linux.CLONE_NEWPID),
@@ -116,11 +123,12 @@ def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Pl
         mplan = mounts.plan(
             rootfs=shape.rootfs, rw_root=shape.rw_root, overlay=shape.overlay,
             overlay_dir=shape.overlay_dir,
-            user_mounts=tuple((m.kind, m.dst, m.src, m.size) for m in shape.mounts),
+            user_mounts=tuple((m.kind, m.dst, m.src, m.size, m.noexec, m.idmap)
+                              for m in shape.mounts),
             uid=shape.uid, gid=shape.gid, hostname=shape.hostname, new_net="net" in ns,
             tmp_size=shape.tmp_size, new_pid="pid" in ns,
             data=tuple((d.kind, d.dst, d.src, d.mode) for d in shape.data),
-            resolv_conf=shape.resolv_conf)
+            resolv_conf=shape.resolv_conf, proc=shape.proc)
     return Plan(
         clone_flags=flags,
         unshare_cgroup="cgroup" in ns,
@@ -138,7 +146,37 @@ def prepare(shape: Shape, verbose: bool = False, bpf: bytes | None = None) -> Pl
         parent_pidfd=linux.own_pidfd(),
         bpf=bpf if shape.default_filter else None,
         netns=shape.netns,
+        # without a user namespace of its own the program can only become an id its caller's
+        # namespace maps (walls.choose's no_user: a user namespace's root, whose map may
+        # hold only itself); else it keeps the caller's, with no capability
+        uid_switch="user" in ns or userns.mapped(shape.uid, shape.gid),
     )
+
+
+def _prepare_bare(shape: Shape, verbose: bool, bpf: bytes | None) -> Plan:
+    """A jail where no user namespace can be made (walls.choose): the program sees the host's
+    tree, read-only but /tmp and its --bind sources (Landlock), in a new session, with no
+    capabilities, no_new_privs and the seccomp filter. What needs a mount namespace is refused
+    with a one-line error naming it, never dropped."""
+    tmpfs = any(m.kind == "tmpfs" for m in shape.mounts)
+    for what, given in (("--rootfs", shape.rootfs), ("--tmpfs", tmpfs),
+                        ("--symlink/--dir/--file/--chmod", shape.data),
+                        ("--net user", shape.resolv_conf), ("--netns", shape.netns)):
+        if given:
+            raise SetupError(what, errno.EPERM, f"needs a mount or network namespace, and "
+                             f"{shape.bare}")
+    for m in shape.mounts:
+        if m.src != m.dst:
+            raise SetupError(f"--{m.kind} {m.src}:{m.dst}", errno.EPERM,
+                             f"{shape.bare}: a bind can only be at its own path")
+    writable = tuple(m.src for m in shape.mounts if m.kind == "bind" and m.src is not None)
+    return Plan(
+        clone_flags=0, unshare_cgroup=False, ids=None, mounts=None, hostname=None,
+        loopback=False, init=False, uid=shape.uid, gid=shape.gid, keep_groups=False,
+        caps=caps.plan(shape.caps), verbose=verbose, signals=linux.handled_signals(),
+        parent_pidfd=linux.own_pidfd(), bpf=bpf if shape.default_filter else None,
+        bare=True, landlock=landlock.plan(writable, deny_tcp="net" in shape.namespaces),
+        uid_switch=caps.can_switch_uid() and userns.mapped(shape.uid, shape.gid))
 
 
 def shape(spec: Spec) -> Shape:
@@ -262,11 +300,18 @@ def _program(plan: Plan, ch: _Channel, chan: int, parent_alive: Callable[[], boo
     """The program's process: the rest of the shape, then wait for the Request and exec it."""
     try:
         ch.step("setsid", os.setsid)
-        ch.step("keep capabilities across the uid switch", caps.prepare_uid_switch)
-        ch.step(f"switch to uid {plan.uid} gid {plan.gid}", userns.switch_to, plan.uid, plan.gid,
-                plan.keep_groups)
-        ch.step("parent death signal", _die_with_parent, parent_alive)
-        ch.step("drop capabilities", caps.drop, plan.caps)
+        if plan.uid_switch:
+            ch.step("keep capabilities across the uid switch", caps.prepare_uid_switch)
+            ch.step(f"switch to uid {plan.uid} gid {plan.gid}", userns.switch_to, plan.uid,
+                    plan.gid, plan.keep_groups)
+            ch.step("parent death signal", _die_with_parent, parent_alive)
+            ch.step("drop capabilities", caps.drop, plan.caps)
+        elif caps.can_lock():  # a user namespace's root: its ids, every set and bit locked
+            ch.step("drop capabilities", caps.drop, plan.caps)
+        else:  # unprivileged: the caller's own ids, and nothing to keep
+            ch.step("drop capabilities", caps.drop_unprivileged)
+        if plan.landlock is not None:
+            ch.step("landlock", landlock.apply, plan.landlock)
         _rehearse(ch.fd)
         if plan.bpf is not None:
             ch.step("seccomp", linux.SeccompProgram(plan.bpf).load, 0)

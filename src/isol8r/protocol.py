@@ -422,15 +422,19 @@ class Leased(Msg):
     handshake channel and pidfd. derived: the rlimits standing in for limits no cgroup holds;
     cgroup and program_group: Cgroup.view()s for the caller to read."""
 
-    __slots__ = ("pid", "derived", "limits", "notes", "cgroup", "program_group")
+    __slots__ = ("pid", "derived", "limits", "notes", "cgroup", "program_group", "walls",
+                 "missing")
     TAG = b"J"
-    TYPES = (int, dict, dict, list, (tuple, type(None)), (tuple, type(None)))
+    TYPES = (int, dict, dict, list, (tuple, type(None)), (tuple, type(None)), dict, dict)
 
     def __init__(self, pid: int, derived: dict[str, tuple[int, int]], limits: dict[str, Any],
                  notes: list[str], cgroup: tuple[int, dict[str, str]] | None,
-                 program_group: tuple[int, dict[str, str]] | None) -> None:
+                 program_group: tuple[int, dict[str, str]] | None,
+                 walls: dict[str, str] | None = None, missing: dict[str, str] | None = None
+                 ) -> None:
         self.pid, self.derived, self.limits, self.notes = pid, derived, limits, notes
         self.cgroup, self.program_group = cgroup, program_group
+        self.walls, self.missing = walls or {}, missing or {}  # walls.account's two dicts
 
 
 class Reaped(Msg):

@@ -35,6 +35,10 @@ class Result:
     notes: list[str] = field(default_factory=list)
     # --allow-domain: what the egress proxy refused, each {host, port, reason, time}
     net_denied: list[dict[str, Any]] | None = None
+    # the walls this run had (name -> what) and those it could not have (name -> why):
+    # docs/environments.md; --require makes a missing one a setup error instead
+    walls: dict[str, str] = field(default_factory=dict)
+    missing_walls: dict[str, str] = field(default_factory=dict)
 
     @property
     def returncode(self) -> int:

@@ -42,6 +42,10 @@ class Mount:
     dst: str
     src: str | None = None
     size: int | None = None
+    noexec: bool = False  # a bind no program is executed from (isolate's --dir ...:noexec)
+    # a writable bind acts as its source's owner (idmapped, docs/design.md); False: as the jail's
+    # own host ids, with their permissions there (isolate's --dir ...:rw, docs/judges.md)
+    idmap: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,9 @@ class Spec:
     netns: str | None = None
     publish: tuple[str, ...] = ()  # --publish values, canonical (usernet.Publish's str)
     allow_domain: tuple[str, ...] = ()  # --allow-domain rules (egress_rules syntax)
+    proc: str = "auto"  # --proc: auto, fresh, bind, none (walls.choose)
+    require: tuple[str, ...] = ()  # --require: walls the run must have (walls.WALLS)
+    bare: bool = False  # --bare: no namespaces, the unprivileged walls (walls.choose)
     allow_host_loopback: bool = False  # --net user: the host's 127.0.0.1 and metadata reachable
 
     def __post_init__(self) -> None:
@@ -215,14 +222,20 @@ class Shape:
     # --netns: (path, device, inode) of the namespace the jail joins; by identity, so a warm
     # jail is never handed out once the name names another namespace
     netns: tuple[str, int, int] | None
+    # what this environment allows (walls.choose): the jail's /proc (fresh, bind, none, host)
+    # and, where no user namespace can be made, why (the jail is then bare: Landlock instead)
+    proc: str = "fresh"
+    bare: str | None = None
 
 
 def shape(spec: Spec) -> Shape:
     """The Shape of a Spec: the one place that says which Spec fields make a jail's shape."""
     from .mounts import tmp_size_default  # lazily: spec is imported where mounts is not needed
+    from .walls import choose
     limited = spec.wants_cgroup
+    choice = choose(spec.namespaces, spec.proc, spec.bare)
     return Shape(
-        namespaces=spec.namespaces,
+        namespaces=spec.namespaces - {"user"} if choice.no_user else spec.namespaces,
         rootfs=spec.rootfs,
         rw_root=spec.rw_root,
         overlay=spec.overlay,
@@ -243,6 +256,8 @@ def shape(spec: Spec) -> Shape:
         resolv_conf=_resolv_conf() if spec.net == "user" else None,
         netns=(spec.netns, *_netns_identity("--netns", spec.netns))
         if spec.netns is not None else None,
+        proc=choice.proc,
+        bare=choice.bare,
     )
 
 
@@ -604,6 +619,18 @@ def _data(kind: str) -> Applier:
     return apply
 
 
+def _proc(key: str, v: Any, kw: dict[str, Any]) -> None:
+    from .walls import PROC_MODES
+    if v not in PROC_MODES:
+        raise SpecError(key, v, f"expected one of {', '.join(PROC_MODES)}")
+    kw["proc"] = v
+
+
+def _require(key: str, v: Any, kw: dict[str, Any]) -> None:
+    from .walls import parse_require
+    kw["require"] = tuple(dict.fromkeys((*kw.get("require", ()), *parse_require(key, v))))
+
+
 OPTIONS: dict[str, Option] = {
     "rootfs": Option("value", "root filesystem to pivot into (default: the host's /usr, /bin, "
                      "/lib* read-only on a tmpfs)", _set("rootfs", host_path), "DIR"),
@@ -705,6 +732,15 @@ OPTIONS: dict[str, Option] = {
                          "0: SIGKILL at once)", _set("kill_grace", parse_grace), "SECONDS"),
     "output-limit": Option("value", "cap on captured output and written files, in bytes",
                            _set("output_limit", parse_size), "SIZE"),
+    "proc": Option("value", "the jail's /proc: auto (a fresh one; where a container's masked "
+                   "/proc forbids that, the outer one read-only, reported), fresh (or fail), "
+                   "bind, none", _proc, "MODE"),
+    "require": Option("list", "fail (125) rather than run without these walls (comma-separated: "
+                      "userns, pidns, mountns, netns, proc, seccomp, landlock, cgroup, ...; "
+                      "docs/environments.md)", _require, "WALL,..."),
+    "bare": Option("flag", "no namespaces: the walls any process can build for itself "
+                   "(Landlock, seccomp, no_new_privs, rlimits, a new session), what isol8r "
+                   "falls back to where no user namespace can be made", _flag("bare")),
     "cgroup-parent": Option("value", "create the jail's cgroup beneath this cgroup",
                             _set("cgroup_parent", _abs_path), "PATH"),
 }
@@ -756,6 +792,8 @@ def _validate(s: Spec) -> None:
                 raise SpecError("--cap", "CAP_SETFCAP", "cannot be kept with a writable --bind "
                                 "or --rw-root: the jail could plant a file capability on the "
                                 "host (docs/security.md)")
+    if s.proc not in ("auto", "fresh", "bind", "none"):
+        raise SpecError("--proc", s.proc, "expected one of auto, fresh, bind, none")
     if s.seccomp not in ("default", "none"):
         raise SpecError("--seccomp", s.seccomp, "expected default or none")
     has_mount = "mount" in s.namespaces

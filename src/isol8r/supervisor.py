@@ -52,6 +52,10 @@ class Jail:
     stood_in: int = 0  # a caller's signal that --no-init's PID 1 would have dropped: see forward
     usernet: Any = None  # --net user: the usernet.UserNet stack of this jail, ended with it
     egress: Any = None  # --allow-domain: the Popen of this jail's egress proxy, ended with it
+    walls: dict[str, str] = field(default_factory=dict)  # held: name -> what (walls.account)
+    missing: dict[str, str] = field(default_factory=dict)  # not held: name -> why
+    landlock: Any = None  # a bare jail's landlock.LandlockPlan
+    uid_switch: bool = True  # the program runs as --user (False: a bare jail's caller's uid)
     # --net user, an unprivileged caller: its user and network namespaces, opened before "go"
     # (then its init turns non-dumpable, and the caller could open them no more)
     ns_fds: tuple[int, ...] = ()
@@ -192,6 +196,7 @@ def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = 
             if cg is not None:
                 cg.remove()
             raise
+    account_walls(jail, spec, cg)
     start_usernet(jail, spec, verbose)
     start_forward(jail, spec, verbose)
     start_egress(jail, spec)
@@ -199,6 +204,24 @@ def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = 
     jail.notes.extend(_setid_wall_notes(spec))
     jail.limits.update(_limits_applied(spec, derived, cg))
     return jail, derived
+
+
+def account_walls(jail: Jail, spec: Spec, cg: Any) -> None:
+    """The walls this jail has and those it could not have, and why (Result.walls,
+    missing_walls); --require: a one-line SetupError, the jail discarded, rather than a run
+    with less."""
+    from . import walls
+    choice = walls.choose(spec.namespaces, spec.proc, spec.bare)
+    jail.walls, jail.missing = walls.account(
+        spec, choice, seccomp=bpf_for(spec) is not None, cgroup=cg, landlock=jail.landlock,
+        uid_switch=jail.uid_switch)
+    if "userns" in jail.walls and os.geteuid() != 0 and userns.subordinate_ranges() is not None:
+        jail.walls["userns"] = ("new namespace; jail ids 0..65535: the jail user is the caller, "
+                                "the others subordinate ids (/etc/subuid, newuidmap)")
+    gap = walls.unmet(spec.require, jail.missing, jail.walls)
+    if gap is not None:
+        discard(jail)
+        raise SetupError("--require", errno.EPERM, gap)
 
 
 def check_publish(spec: Spec) -> None:
@@ -478,19 +501,21 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         try:
             if plan.netns is not None:
                 own_net = _enter_netns(plan.netns, parent, child)
-            pid, pidfd = linux.clone3(plan.clone_flags, clone_fd)
+            pid, pidfd, clone_fd = clone_child(plan.clone_flags, clone_fd)
             if pid == 0:
                 pipeline.child_main(plan, child.fileno())
         except OSError as e:
             parent.close()
             child.close()
-            raise SetupError("clone3", e.errno or errno.EIO, _clone_hint(e.errno)) from None
+            raise SetupError(getattr(e, "syscall", "clone3"), e.errno or errno.EIO,
+                             _clone_hint(e.errno)) from None
         finally:
             if own_net >= 0 and os.getpid() == own_pid:
                 net.leave_netns(own_net)
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
     child.close()
-    jail = Jail(spec, pid, pidfd, parent, started, cgroup=cgroup)
+    jail = Jail(spec, pid, pidfd, parent, started, cgroup=cgroup, landlock=plan.landlock,
+                uid_switch=plan.uid_switch)
     _add_program_group(jail)
     try:
         if plan.ids is not None:
@@ -518,6 +543,27 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
         step = getattr(e, "syscall", None) or "write id maps / cgroup / open the binds"
         raise SetupError(step, e.errno or errno.EIO, str(e.filename or "")) from None
     return jail
+
+
+_CLONE3 = [True]  # False once clone3 was refused here (ENOSYS, EPERM): clone from then on
+
+
+def clone_child(flags: int, clone_fd: int = -1) -> tuple[int, int, int]:
+    """clone3 into the namespaces with a pidfd (and into the cgroup at clone_fd), or clone(2)
+    where clone3 is refused: Docker's seccomp profile answers it with ENOSYS so that programs
+    fall back, and older profiles with EPERM. Returns (pid, pidfd, the cgroup fd used: -1 when
+    the caller must attach the child itself)."""
+    if _CLONE3[0]:
+        try:
+            pid, pidfd = linux.clone3(flags, clone_fd)
+            return pid, pidfd, clone_fd
+        except OSError as e:
+            from .walls import clone3_refused
+            if e.errno not in (errno.ENOSYS, errno.EPERM) or not clone3_refused():
+                raise
+            _CLONE3[0] = False
+    pid, pidfd = linux.clone(flags)
+    return pid, pidfd, -1
 
 
 def _enter_netns(netns: tuple[str, int, int], *socks: socket.socket) -> int:
@@ -561,7 +607,7 @@ def _root_tree(pid: int, plan: pipeline.Plan) -> int:
     if plan.mounts is None or plan.mounts.root_src is None:
         return -1
     userns_fd = -1
-    if plan.ids is not None and plan.ids.can_become_root:
+    if plan.ids is not None and plan.ids.can_become_root and plan.ids.uid_base is not None:
         userns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     base = plan.ids.uid_base if plan.ids is not None else None
     try:
@@ -673,6 +719,8 @@ class Outcome:
     limits: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     pid: int | None = None  # the jail's first process on the host, for seccomp.blocked_syscall
+    walls: dict[str, str] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
     started: float = 0.0  # time.monotonic() when it was started or leased
 
 
@@ -840,6 +888,8 @@ class JailWatch:
         usage, peak = None, self.program_peak
         if peak is None and self.program is None:  # --no-init: no report; the group may be left
             peak = self._program_peak()
+        if "landlock" in jail.walls or "landlock" in jail.missing:
+            end_session(jail.pid)
         try:
             if self.reaped_report is not None:
                 st, ut, syst, rss, usage = self.reaped_report
@@ -854,7 +904,7 @@ class JailWatch:
             jail.close(remove_cgroup=self.reaper)
         end = self.exited_at or time.monotonic()
         out = Outcome(error=self.error, verdict=self.verdict, limits=jail.limits, notes=jail.notes,
-                      pid=jail.pid, started=jail.started,
+                      pid=jail.pid, started=jail.started, walls=jail.walls, missing=jail.missing,
                       setup_time=(self.exec_at or end) - jail.started,
                       wall_time=end - (self.exec_at or jail.started))
         if self.program is not None:
@@ -875,6 +925,17 @@ class JailWatch:
         if peak is not None:
             out.memory_peak = peak
         return out
+
+
+def end_session(pid: int) -> None:
+    """A bare jail (no PID namespace to take its processes with it): what the program left in
+    its process group (it leads one, from its setsid) ends with it. The group's id cannot name
+    another group while a member lives; one that left the group (setsid again) outlives the
+    run, which its missing pidns wall says."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -1099,7 +1160,8 @@ def result(spec: Spec, out: Outcome, io: IOWatch | None) -> Result:
         raise out.error.error()
     res = Result(argv=spec.argv, verdict="ok", wall_time=out.wall_time, setup_time=out.setup_time,
                  cpu_user=out.cpu_user, cpu_system=out.cpu_system, memory_peak=out.memory_peak,
-                 processes=out.processes, limits=out.limits, notes=out.notes)
+                 processes=out.processes, limits=out.limits, notes=out.notes, walls=out.walls,
+                 missing_walls=out.missing)
     st = out.status if out.status is not None else 0
     if os.WIFSIGNALED(st):
         res.signal = os.WTERMSIG(st)

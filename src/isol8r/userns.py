@@ -2,13 +2,19 @@
 
 By default jail ids 0..65535 map to a block of unprivileged host ids, so no id inside is host
 root even when isol8r runs as root. Without root, only the caller's own id can be mapped (the
-kernel's rule), and setgroups must then be denied before the gid map is written.
+kernel's rule), and setgroups must then be denied before the gid map is written; unless
+/etc/subuid and /etc/subgid grant the caller ranges and newuidmap/newgidmap (setuid helpers,
+Debian's uidmap) are installed: then the jail user is the caller and every other jail id
+0..65535 maps into the caller's subordinate ranges, as rootless podman does, so the jail has
+a root and other users of its own, none of them the caller.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 from dataclasses import dataclass
 
 from .sys import linux
@@ -24,6 +30,7 @@ class IdPlan:
     deny_setgroups: bool
     can_become_root: bool
     uid_base: int | None  # the host id of the jail's root, when it has one
+    helper: bool = False  # written by newuidmap/newgidmap (subordinate ids), not by this process
 
 
 def plan(uid: int, gid: int, id_map: tuple[tuple[int, int, int], ...]) -> IdPlan:
@@ -31,12 +38,68 @@ def plan(uid: int, gid: int, id_map: tuple[tuple[int, int, int], ...]) -> IdPlan
     if os.geteuid() == 0:
         lines = "".join(f"{i} {o} {n}\n" for i, o, n in id_map).encode()
         return IdPlan(lines, lines, False, True, id_map[0][1])
+    sub = subordinate_ranges()
+    if sub is not None:
+        return IdPlan(sub_lines(uid, os.geteuid(), sub[0]), sub_lines(gid, os.getegid(), sub[1]),
+                      False, True, None, helper=True)
     return IdPlan(f"{uid} {os.geteuid()} 1\n".encode(), f"{gid} {os.getegid()} 1\n".encode(),
                   True, False, None)
 
 
+ID_RANGE = 65536  # jail ids 0..65535, as spec.ID_RANGE (a concern does not import the jail layer)
+
+
+def sub_lines(jail_id: int, own: int, start: int) -> bytes:
+    """The jail's id onto the caller's own, every other jail id below ID_RANGE onto the
+    caller's subordinate range from start (each line: inside outside count)."""
+    lines = [f"{jail_id} {own} 1"]
+    if jail_id > 0:
+        lines.append(f"0 {start} {jail_id}")
+    if jail_id < ID_RANGE - 1:
+        lines.append(f"{jail_id + 1} {start + jail_id} {ID_RANGE - 1 - jail_id}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def subordinate_ranges() -> tuple[int, int] | None:
+    """(uid start, gid start) of the caller's first subordinate ranges of at least
+    ID_RANGE - 1 ids in /etc/subuid and /etc/subgid, when newuidmap and newgidmap are
+    installed; None otherwise (then only the caller's own id is mapped)."""
+    if not (shutil.which("newuidmap") and shutil.which("newgidmap")):
+        return None
+    import pwd
+    try:
+        names = {pwd.getpwuid(os.geteuid()).pw_name, str(os.geteuid())}
+    except KeyError:
+        names = {str(os.geteuid())}
+    starts = []
+    for path in ("/etc/subuid", "/etc/subgid"):
+        start = None
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.strip().split(":")
+                    if len(parts) == 3 and parts[0] in names and parts[1].isdigit() \
+                            and parts[2].isdigit() and int(parts[2]) >= ID_RANGE - 1:
+                        start = int(parts[1])
+                        break
+        except OSError:
+            return None
+        if start is None:
+            return None
+        starts.append(start)
+    return starts[0], starts[1]
+
+
 def write_maps(pid: int, p: IdPlan) -> None:
     """Parent side: give the child its id maps (must happen before it does anything with ids)."""
+    if p.helper:
+        for tool, lines in (("newuidmap", p.uid_lines), ("newgidmap", p.gid_lines)):
+            args = [tool, str(pid), *lines.decode().split()]
+            done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if done.returncode != 0:
+                msg = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                raise PermissionError(1, f"{tool}: {msg}", f"/proc/{pid}/uid_map")
+        return
     base = f"/proc/{pid}/"
     if p.deny_setgroups:
         _write(base + "setgroups", b"deny")
@@ -138,3 +201,16 @@ def _new_ns(uid_lines: bytes, gid_lines: bytes) -> int:
         os.close(w)
         os.close(pidfd)
         os.waitpid(pid, 0)
+
+
+def mapped(uid: int, gid: int) -> bool:
+    """Parent side: this process's user namespace maps uid and gid (a jail with no user
+    namespace of its own can only switch to ids its caller's namespace has)."""
+    def has(path: str, i: int) -> bool:
+        try:
+            with open(path) as f:
+                rows = [tuple(map(int, line.split())) for line in f if line.strip()]
+        except (OSError, ValueError):
+            return False
+        return any(inside <= i < inside + n for inside, _, n in rows)
+    return has("/proc/self/uid_map", uid) and has("/proc/self/gid_map", gid)

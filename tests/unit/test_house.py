@@ -24,7 +24,8 @@ TESTS = ROOT / "tests"
 #: match exactly one entry: a new module is classified here when it is written.
 LAYERS: dict[str, tuple[str, ...]] = {
     # what users call: the command line and the library API
-    "front ends": ("isol8r", "isol8r.__main__", "isol8r.cli"),
+    "front ends": ("isol8r", "isol8r.__main__", "isol8r.cli", "isol8r.connected", "isol8r.doctor",
+                   "isol8r.isolate", "isol8r.checkenv"),
     # long-lived processes: the fork server, its warm pool, the CLI server, the egress proxy
     "daemon": ("isol8r.daemon", "isol8r.daemon.*"),
     # one jail: its Spec (and profiles, which make Specs), the parent side (supervisor), the
@@ -36,7 +37,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "concerns": ("isol8r.userns", "isol8r.mounts", "isol8r.caps", "isol8r.seccomp",
                  "isol8r.seccomp.*", "isol8r.rlimits", "isol8r.cgroups",
                  "isol8r.net", "isol8r.rootfs", "isol8r.terminal", "isol8r.elf",
-                 "isol8r.paths", "isol8r.usernet", "isol8r.egress_rules"),
+                 "isol8r.paths", "isol8r.usernet", "isol8r.egress_rules", "isol8r.walls",
+                 "isol8r.landlock"),
     # the words every layer speaks: the exception types and the Result. Below the concerns,
     # because concerns raise SpecError and Isol8rError (cgroups, mounts, rootfs, seccomp) and a
     # failure must not need the jail layer to be told

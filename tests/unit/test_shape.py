@@ -29,9 +29,9 @@ FEEDS: dict[str, set[str]] = {
     "share-net": {"namespaces"}, "net": {"namespaces", "resolv_conf"},
     "netns": {"namespaces", "netns"}, "publish": set(), "allow-domain": set(),
     "allow-host-loopback": set(),
-    "share-pid": {"namespaces", "cgroup"},
+    "share-pid": {"namespaces", "cgroup", "proc"},
     "share-ipc": {"namespaces"}, "share-uts": {"namespaces"}, "share-cgroup": {"namespaces"},
-    "share-mount": {"namespaces"}, "no-userns": {"namespaces"},
+    "share-mount": {"namespaces", "proc"}, "no-userns": {"namespaces"},
     "user": {"uid", "gid"}, "id-base": {"id_map"}, "unsafe-map-host-root": {"id_map"},
     "cap": {"caps"}, "no-init": {"init"}, "tmp-size": {"tmp_size"},
     "seccomp": {"default_filter"}, "seccomp-profile": {"default_filter"},
@@ -42,6 +42,7 @@ FEEDS: dict[str, set[str]] = {
     "env": set(), "keep-env": set(), "cwd": set(), "pass-fd": set(), "tty": set(),
     "rlimit": set(), "nproc": set(), "nofile": set(), "time-limit": set(),
     "kill-grace": set(), "output-limit": set(),
+    "proc": {"proc"}, "require": set(), "bare": {"bare", "proc"},
 }
 
 
@@ -111,11 +112,11 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str]]] = [
     ("allow-host-loopback", {"net": "user"}, {"net": "user", "allow-host-loopback": True}, set()),
     # --allow-domain: the proxy's socket is made in the jail's namespace when it is leased
     ("allow-domain", {}, {"allow-domain": ["pypi.org", "*.example.org:443"]}, set()),
-    ("share-pid", {}, {"share-pid": True}, {"namespaces", "cgroup"}),
+    ("share-pid", {}, {"share-pid": True}, {"namespaces", "cgroup", "proc"}),
     ("share-ipc", {}, {"share-ipc": True}, {"namespaces"}),
     ("share-uts", {}, {"share-uts": True}, {"namespaces"}),
     ("share-cgroup", {}, {"share-cgroup": True}, {"namespaces"}),
-    ("share-mount", {}, {"share-mount": True}, {"namespaces"}),
+    ("share-mount", {}, {"share-mount": True}, {"namespaces", "proc"}),
     ("no-userns", {}, {"no-userns": True}, {"namespaces"}),
     ("user", {}, {"user": "1000"}, {"uid", "gid"}),
     ("user-gid", {"user": "1000:1000"}, {"user": "1000:1001"}, {"gid"}),
@@ -162,6 +163,9 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str]]] = [
     ("time-limit", {"time-limit": 1}, {"time-limit": 2}, set()),
     ("kill-grace", {}, {"kill-grace": 0}, set()),
     ("output-limit", {"output-limit": "1M"}, {"output-limit": "2M"}, set()),
+    ("proc", {}, {"proc": "none"}, {"proc"}),
+    ("require", {}, {"require": "seccomp"}, set()),
+    ("bare", {}, {"bare": True}, {"bare", "proc"}),
 ]
 
 

@@ -288,7 +288,8 @@ def _accept(ctl: socket.socket, server: Server) -> bool:
         return True
     leased = Leased(jail.pid, derived, jail.limits, jail.notes,
                     jail.cgroup.view() if jail.cgroup is not None else None,
-                    jail.program_group.view() if jail.program_group is not None else None)
+                    jail.program_group.view() if jail.program_group is not None else None,
+                    jail.walls, jail.missing)
     try:
         _send(sock, leased, [jail.chan.fileno(), jail.pidfd])
     except OSError:
@@ -335,6 +336,14 @@ def shared_client() -> "Client":
         if _SHARED is None:
             _SHARED = Client()
         return _SHARED
+
+
+def attached() -> bool:
+    """Whether this process is a CLI server's worker, whose shared client is the server that
+    forked it: a command run there (`isol8r isolate`) takes its jails from that server's pool
+    rather than starting a fork server of its own."""
+    with _SHARED_LOCK:
+        return _SHARED is not None and _SHARED._attached
 
 
 def share(client: "Client") -> None:
@@ -453,7 +462,7 @@ class Client:
         except BaseException:
             _close_after_start(stdio)
             raise
-        session = _Session(sock, spec, stdio, log if verbose else None)
+        session = Session(sock, spec, stdio, log if verbose else None)
         with supervisor.Forwarder(forward_signals) as fwd:
             try:
                 session.begin(*answer)
@@ -506,9 +515,10 @@ def select_readable(sock: socket.socket, timeout: float) -> bool:
         return bool(sel.select(timeout))
 
 
-class _Session:
+class Session:
     """The caller's side of one leased jail: it sends the Request, watches the jail (records,
-    limits, output) and takes the server's reap report when the cgroup's counters are wanted."""
+    limits, output) and takes the server's reap report when the cgroup's counters are wanted.
+    Public so that several can share one event loop (connected.py: jails joined by pipes)."""
 
     def __init__(self, sock: socket.socket, spec: Spec, stdio: supervisor.Stdio,
                  log: supervisor.Log | None) -> None:
@@ -540,6 +550,7 @@ class _Session:
                 cg = Cgroup.reader(info.cgroup)
             jail = supervisor.Jail(self.spec, info.pid, pidfd, socket.socket(fileno=chan_fd),
                                    time.monotonic(), info.limits, info.notes, cg)
+            jail.walls, jail.missing = info.walls, info.missing
             if info.program_group is not None:
                 from ..cgroups import Cgroup
                 jail.program_group = Cgroup.reader(info.program_group)
@@ -650,12 +661,19 @@ class _LoopSelector:
             self.unregister(fd)
 
 
-async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Result:
-    """One jail through the fork server, awaited on the running loop: no thread per jail."""
+async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio,
+                    started: Callable[[supervisor.Jail], None] | None = None,
+                    leased: socket.socket | None = None) -> Result:
+    """One jail through the fork server, awaited on the running loop: no thread per jail.
+    started(jail) is called once the jail runs: a caller that may have to end it early (the
+    listener, when its client hangs up) keeps it to signal. leased: the per-run socket of a
+    lease asked for ahead (Client.lease, same spec), so that no round trip to the server is
+    left on this run's path."""
     import asyncio  # here, not at the top: the server, whose image every jail is a copy of,
     # would carry asyncio's ~60 modules (ssl, logging, inspect...) for nothing
     loop = asyncio.get_running_loop()
-    session = _Session(client.lease(spec, False), spec, stdio, None)
+    session = Session(leased if leased is not None else client.lease(spec, False), spec, stdio,
+                      None)
     wake = asyncio.Event()
     sel = _LoopSelector(loop, wake.set)
     try:
@@ -670,6 +688,8 @@ async def run_async(client: Client, spec: Spec, stdio: supervisor.Stdio) -> Resu
             loop.remove_reader(session.sock.fileno())
         session.begin(*recv(session.sock))
         session.register(sel)
+        if started is not None and session.watch is not None:
+            started(session.watch.jail)
         while not session.finished():
             wake.clear()
             nxt = session.next_tick(time.monotonic())

@@ -44,16 +44,17 @@ def poolable(spec: Spec) -> bool:
             and not any(d.kind == "file" for d in spec.data))
 
 
-def sources(spec: Spec) -> dict[str, tuple[int, int] | None]:
-    """The host paths a jail of this spec opens, by identity (device, inode): a warm jail is
-    only handed out while each path still names what it opened."""
+def sources(spec: Spec) -> dict[str, tuple[int, int, int, int] | None]:
+    """The host paths a jail of this spec opens, by identity (device, inode) and owner: a warm
+    jail is only handed out while each path still names what it opened, owned as it was (a
+    writable bind is idmapped with its source's owner when the jail is made)."""
     paths = [spec.rootfs] if spec.rootfs else []
     paths += [m.src for m in spec.mounts if m.src]
-    out: dict[str, tuple[int, int] | None] = {}
+    out: dict[str, tuple[int, int, int, int] | None] = {}
     for p in paths:
         try:
             st = os.stat(p)
-            out[p] = (st.st_dev, st.st_ino)
+            out[p] = (st.st_dev, st.st_ino, st.st_uid, st.st_gid)
         except OSError:
             out[p] = None
     return out
@@ -64,7 +65,7 @@ class _Waiting:
     Request not yet sent. Its channel and pidfd are watched in the server's selector."""
 
     def __init__(self, pool: Pool, key: Key, jail: supervisor.Jail,
-                 sources: dict[str, tuple[int, int] | None]) -> None:
+                 sources: dict[str, tuple[int, int, int, int] | None]) -> None:
         self.pool, self.key, self.jail, self.born = pool, key, jail, time.monotonic()
         self.sources = sources  # the host paths it opened, and what they were then
 

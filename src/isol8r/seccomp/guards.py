@@ -106,3 +106,35 @@ GUARDS: dict[str, Guard] = {
         tuple((Condition(0, "eq", v),) for v in PERSONALITY_OK)),
     **{name: _setid_guard(*where) for name, where in MODE_CALLS.items()},
 }
+
+
+#: Deny-list groups that refuse calls by their arguments (not in groups.GROUPS, whose members
+#: are whole calls): isolate's syscall_flags 4 and 2, for judges that run untrusted programs side
+#: by side. A file lock lives on the inode, and the inodes of /usr are every jail's: a lock one
+#: jail takes is seen by another (a channel between them, across mount namespaces); AF_VSOCK is
+#: not namespaced. `--seccomp-deny @file-locks,@vsock`; the isolate front end always adds them.
+#: Under an allow-list that allows fcntl outright, the conditional rules give way to it.
+F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW, F_SETLEASE, F_NOTIFY = 6, 7, 37, 38, 1024, 1026
+AF_VSOCK = 40
+ARG_GROUPS: dict[str, tuple[str, tuple[tuple[str, tuple[Condition, ...]], ...]]] = {
+    "@file-locks": ("file locks and leases: seen across jails on a shared inode", (
+        ("flock", ()),
+        *((call, (Condition(1, "masked_eq", _LOW32, cmd),))
+          for call in ("fcntl", "fcntl64")
+          for cmd in (F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW, F_SETLEASE, F_NOTIFY)))),
+    "@vsock": ("AF_VSOCK sockets: not namespaced", (
+        ("socket", (Condition(0, "masked_eq", _LOW32, AF_VSOCK),)),)),
+}
+
+
+def split_arg_groups(entries: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the ARG_GROUPS named in comma-separated entries, the entries without them)."""
+    groups: list[str] = []
+    rest: list[str] = []
+    for entry in entries:
+        items = [s.strip() for s in str(entry).split(",")]
+        groups += [i for i in items if i in ARG_GROUPS and i not in groups]
+        kept = [i for i in items if i and i not in ARG_GROUPS]
+        if kept:
+            rest.append(",".join(kept))
+    return tuple(groups), tuple(rest)

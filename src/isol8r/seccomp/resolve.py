@@ -12,7 +12,7 @@ from .abi import NATIVE, on_arch, split_present
 from .default import DEFAULT_ACTION_OF, DEFAULT_DENY
 from .docker import read_profile
 from .groups import expand_names
-from .guards import GUARDS, MODE_CALLS
+from .guards import ARG_GROUPS, GUARDS, MODE_CALLS, split_arg_groups
 from .policy import ALLOW, ENOSYS, EPERM, KILL_PROCESS, LOG, Policy, RuleTable
 
 #: execve must stay allowed: the filter is loaded before isol8r's own execve of the program.
@@ -41,7 +41,8 @@ def resolve_policy(seccomp: str = "default", profile: str | None = None,
         raise SpecError("--seccomp-allow", ",".join(allow),
                         "cannot be combined with --seccomp-profile (the profile is the allow-list)")
     allowed = expand_names("--seccomp-allow", allow)
-    denied = expand_names("--seccomp-deny", deny)
+    arg_denied, plain_deny = split_arg_groups(deny)
+    denied = expand_names("--seccomp-deny", plain_deny)
     for name in _EXEC:
         if denied.get(name):
             raise SpecError("--seccomp-deny", name,
@@ -87,6 +88,11 @@ def resolve_policy(seccomp: str = "default", profile: str | None = None,
     for name in denied:
         seen.append(name)
         table.put(name, EPERM, note="--seccomp-deny")
+    for group in arg_denied:  # by argument: guards.ARG_GROUPS
+        why, calls = ARG_GROUPS[group]
+        for name, conds in calls:
+            seen.append(name)
+            table.put(name, EPERM, conds, f"--seccomp-deny {group}: {why}")
     if deny:
         source += " + deny " + ",".join(deny)
     if default in (ALLOW, LOG):
