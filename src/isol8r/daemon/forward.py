@@ -117,8 +117,8 @@ class Forwarder:
             if side == "i" and not pair.connected:
                 m = selectors.EVENT_WRITE
             else:
-                if not pair.eof[side] and len(pair.bufs[other]) < BUFFER:
-                    m |= selectors.EVENT_READ
+                if not pair.eof[side] and len(pair.bufs[other]) < BUFFER and pair.connected:
+                    m |= selectors.EVENT_READ  # (the host's side waits for the jail's)
                 if pair.bufs[side]:
                     m |= selectors.EVENT_WRITE
             old = pair.masks[side]
