@@ -678,3 +678,32 @@ def test_publish_with_net_none_for_an_unprivileged_caller() -> None:
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"),
                               "ISOL8R_CLI_SERVER": "0"})
     assert out.stdout == "ok b'hello from the jail'\n" * 3, (out.stdout, out.stderr)
+
+
+def test_allow_domain_for_an_unprivileged_caller(isle: Island) -> None:
+    """--allow-domain as uid 65534 (in-process and from the fork server): the proxy's socket
+    is made by a child that joins the jail's namespaces, its denials wait in a directory of the
+    user's own; the allowed name is fetched, the other refused and listed."""
+    code = ("import isol8r, json, sys\nfor fs in (False, True):\n"
+            " r = isol8r.run(['/usr/bin/python3', '-c', sys.argv[1]], allow_domain=["
+            f"'pypi.test', {isle.addr!r}], env={{'UPSTREAM': {isle.addr!r}}}, "
+            "capture_output=True, timeout=30, fork_server=fs)\n"
+            " print(json.dumps([json.loads(r.stdout or 'null'), r.net_denied, "
+            "r.stderr.decode()]))")
+    out = subprocess.run(["ip", "netns", "exec", isle.host, "setpriv", "--reuid=65534",
+                          "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", code,
+                          FETCH], capture_output=True, text=True, timeout=120, cwd="/",
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"),
+                              "ISOL8R_CLI_SERVER": "0", "TMPDIR": "/tmp"})
+    assert out.returncode == 0, out.stderr
+    for line in out.stdout.splitlines():
+        got, denied, err = json.loads(line)
+        assert got == {"proxy": "http://127.0.0.1:3128",
+                       "http://pypi.test:8080/allowed": "hello /allowed host=pypi.test:8080",
+                       "http://evil.test:8080/denied": "403",
+                       "direct": "Network is unreachable"}, (got, err)
+        assert [(d["host"], d["port"], d["reason"]) for d in denied] == \
+            [("evil.test", 8080, "not in allow-list")]
+    assert len(out.stdout.splitlines()) == 2, out
+    assert os.listdir("/tmp/isol8r-65534-egress") == []
+    os.rmdir("/tmp/isol8r-65534-egress")  # made by the runs above

@@ -169,3 +169,39 @@ def prohibit_joined(user_fd: int, net_fd: int, cidrs: tuple[str, ...]) -> None:
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def listen_joined(user_fd: int, net_fd: int, host: str, port: int) -> socket.socket:
+    """For an unprivileged caller: listening(host, port) made in the network namespace net_fd,
+    by a forked child that joins the user namespace user_fd first (as prohibit_joined) and
+    sends the socket back (SCM_RIGHTS)."""
+    parent, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        child = os.fork()
+        if child == 0:
+            try:
+                linux.setns(user_fd, linux.CLONE_NEWUSER)
+                linux.setns(net_fd, linux.CLONE_NEWNET)
+                sock = listening(host, port)
+                socket.send_fds(child_end, [b"0"], [sock.fileno()])
+            except OSError as e:
+                try:
+                    child_end.send(str(e.errno or errno.EIO).encode())
+                except OSError:
+                    pass
+            os._exit(0)
+        child_end.close()
+        parent.settimeout(10)
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 16, 1)
+        finally:
+            os.waitpid(child, 0)
+        if msg != b"0" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            err = int(msg) if msg.isdigit() else errno.EIO
+            raise OSError(err, f"{os.strerror(err)}: listen in the jail")
+        return socket.socket(fileno=fds[0])
+    finally:
+        parent.close()
+        child_end.close()

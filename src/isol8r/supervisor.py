@@ -341,16 +341,19 @@ EGRESS_DIR = "/run/isol8r/egress"  # a jail proxy's denials, <jail pid>.json, un
 def start_egress(jail: Jail, spec: Spec) -> None:
     """--allow-domain: a listening socket on the jail's own loopback (made from inside its
     network namespace, which has nothing else), served by a proxy process in the host's
-    (isol8r.daemon.egress --jail), before the jail's Request is sent. Root only for now: the
-    supervisor enters the jail's namespace to make the socket). The proxy becomes nobody once
-    it has started (daemon/egress.py serve_jail): it needs no privilege to resolve, connect
-    and relay."""
+    (isol8r.daemon.egress --jail), before the jail's Request is sent. Root's supervisor enters
+    the jail's namespace to make the socket; an unprivileged caller's, a child that joins the
+    jail's user and network namespaces. The proxy is confined once it has started
+    (daemon/egress.py confine): it needs no privilege to resolve, connect and relay."""
     if not spec.allow_domain:
         return
     try:
-        sock = net.listen_in(jail.pid, "127.0.0.1", pipeline.EGRESS_PORT)
+        if jail.ns_fds:  # an unprivileged caller: from a child that joins the jail's namespaces
+            sock = net.listen_joined(*jail.ns_fds, "127.0.0.1", pipeline.EGRESS_PORT)
+        else:
+            sock = net.listen_in(jail.pid, "127.0.0.1", pipeline.EGRESS_PORT)
         try:
-            os.makedirs(EGRESS_DIR, mode=0o700, exist_ok=True)
+            egress_dir(create=True)
             out = egress_file(jail.pid)
             if os.path.exists(out):
                 os.unlink(out)  # a stale one of an earlier process of this pid
@@ -376,8 +379,31 @@ def start_egress(jail: Jail, spec: Spec) -> None:
                          str(e.filename or "")) from None
 
 
+def egress_dir(create: bool = False) -> str:
+    """Where the proxies' denials wait for result(): EGRESS_DIR for root; for another user a
+    0700 directory of its own (under $XDG_RUNTIME_DIR, else the temporary directory), which
+    must be the user's and no symlink."""
+    if os.geteuid() == 0:
+        if create:
+            os.makedirs(EGRESS_DIR, mode=0o700, exist_ok=True)
+        return EGRESS_DIR
+    import tempfile
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    d = os.path.join(base, f"isol8r-{os.geteuid()}-egress")
+    if create:
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(d)
+        import stat
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise OSError(errno.EPERM, "not a private directory of this user", d)
+    return d
+
+
 def egress_file(pid: int) -> str:
-    return f"{EGRESS_DIR}/{pid}.json"
+    return f"{egress_dir()}/{pid}.json"
 
 
 def _unblock_signals() -> None:
