@@ -65,6 +65,7 @@ bench: install deps
 	$(BIN)/python bench/interactive.py
 	$(BIN)/python bench/environments.py
 	$(BIN)/python bench/judge.py
+	$(BIN)/python bench/net.py
 	$(BIN)/python bench/sandbox.py
 
 clean:

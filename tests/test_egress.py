@@ -403,3 +403,53 @@ def test_curl_works_through_the_proxy(start, up: Upstream, how: str) -> None:
                             capture_output=True, text=True, timeout=20)
     assert denied.returncode != 0
     assert ("elsewhere.test", 8080, "not in allow-list") in reasons(r)
+
+
+# ---- the jail's proxy process: confined (issue 16 item 3) ----------------------------------------
+
+ESCAPES = """
+import ctypes, json, os, resource, sys
+sys.path.insert(0, sys.argv[1])
+if sys.argv[2] == "confined":
+    from isol8r.daemon.egress import confine
+    confine(65534, 128)
+else:  # the twin: the same id, without confine()
+    os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+out["unshare"] = "ok" if libc.unshare(0x10000000) == 0 else os.strerror(ctypes.get_errno())
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv("/bin/true", ["/bin/true"])
+    except OSError as e:
+        os._exit(13 if e.errno == 1 else 14)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+out["execve"] = {0: "ok", 13: "Operation not permitted"}.get(code, "other")
+lines = open("/proc/self/status").read().splitlines()
+status = dict(l.split(":\\t", 1) for l in lines if ":\\t" in l)
+out["caps"] = [status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb")]
+out["nnp"] = status["NoNewPrivs"].strip()
+out["nofile"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+print(json.dumps(out))
+"""
+
+
+def test_confine_takes_what_a_relay_does_not_need() -> None:
+    """The proxy's confinement, in a process of its own: no capability in any set (bounding
+    included), no_new_privs, a bounded descriptor table, and a seccomp filter under which
+    execve and unshare fail; the twin, the same uid without confine(), can do both."""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    got = {}
+    for how in ("confined", "twin"):
+        p = subprocess.run([os.sys.executable, "-c", ESCAPES, src, how], capture_output=True,
+                           text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        import json
+        got[how] = json.loads(p.stdout)
+    zero = "0000000000000000"
+    assert got["confined"] == {"unshare": "Operation not permitted",
+                               "execve": "Operation not permitted",
+                               "caps": [zero] * 4, "nnp": "1", "nofile": 128}, got
+    assert got["twin"]["unshare"] == "ok" and got["twin"]["execve"] == "ok", got
+    assert got["twin"]["caps"][2] != zero and got["twin"]["nnp"] == "0", got

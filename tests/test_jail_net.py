@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import stat
 import socket
 import subprocess
 import sys
@@ -161,6 +162,62 @@ def test_net_user_cannot_reach_the_hosts_loopback(isle: Island) -> None:
         stop(holder)  # type: ignore[arg-type]
 
 
+METADATA_PROBE = """
+import errno, socket
+for a, port in (("10.0.2.2", 18094), ("169.254.169.254", 80)):
+    try:
+        print(a, socket.create_connection((a, port), timeout=5).recv(20).decode())
+    except OSError as e:
+        print(a, errno.errorcode.get(e.errno, e))
+"""
+
+
+def test_allow_host_loopback_opens_the_hosts_loopback_and_the_metadata_address(
+        isle: Island) -> None:
+    """Issue 16 item 4. The host's loopback service (on the island's 127.0.0.1) and a stand-in
+    metadata service (169.254.169.254 on the fake internet's loopback, reached through the
+    island's default route: every packet stays in namespaces this test made) are out of reach
+    in --net user: the metadata address is refused by the jail's own routing table (EACCES at
+    once, no packet leaves); --allow-host-loopback (the twin) reaches both, and says so."""
+    ip("-n", isle.inet, "addr", "add", "169.254.169.254/32", "dev", "lo")
+    serve = ("import socket, sys\ns = socket.create_server((sys.argv[1], int(sys.argv[2])))\n"
+             "print('ready', flush=True)\nwhile True:\n c, _ = s.accept(); "
+             "c.sendall(sys.argv[3].encode()); c.close()")
+    local = subprocess.Popen(["ip", "netns", "exec", isle.host, sys.executable, "-c", serve,
+                              "127.0.0.1", "18094", "HOST-LOOPBACK"],
+                             stdout=subprocess.PIPE, text=True)
+    meta = subprocess.Popen(["ip", "netns", "exec", isle.inet, sys.executable, "-c", serve,
+                             "169.254.169.254", "80", "CREDENTIALS"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        for proc in (local, meta):
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        lib = ("import isol8r, sys\n"
+               "r = isol8r.run(['/usr/bin/python3', '-c', sys.argv[1]], net='user', "
+               "allow_host_loopback=sys.argv[2] == '1', capture_output=True, timeout=30)\n"
+               "print(r.stdout.decode() + r.stderr.decode(), end='')\n"
+               "print(any('--allow-host-loopback' in n for n in r.notes))")
+        for flag, want in (("0", ["10.0.2.2 ENETUNREACH", "169.254.169.254 EACCES", "False"]),
+                           ("1", ["10.0.2.2 HOST-LOOPBACK", "169.254.169.254 CREDENTIALS",
+                                  "True"])):
+            out = subprocess.run(["ip", "netns", "exec", isle.host, sys.executable, "-c", lib,
+                                  METADATA_PROBE, flag], capture_output=True, text=True,
+                                 timeout=60, env=ENV)
+            assert out.stdout.splitlines() == want, (flag, out)
+        p = island_cli(isle, "-v", "--net", "user", "--allow-host-loopback", "--",
+                       "/usr/bin/python3", "-c", METADATA_PROBE)
+        out_cli, err = p.communicate(timeout=60)
+        assert out_cli.splitlines()[1] == "169.254.169.254 CREDENTIALS", (out_cli, err)
+        assert ("isol8r: --allow-host-loopback: the jail reaches the host's loopback services "
+                "and the metadata address 169.254.169.254") in err, err
+        assert stacks(isle.host) == []
+    finally:
+        stop(local)  # type: ignore[arg-type]
+        stop(meta)  # type: ignore[arg-type]
+        subprocess.run(["ip", "-n", isle.inet, "addr", "del", "169.254.169.254/32", "dev", "lo"],
+                       capture_output=True)
+
+
 # ---- publish ------------------------------------------------------------------------------------
 
 SERVER = ("import socket\ns = socket.create_server(('0.0.0.0', 8000))\nprint('ready', flush=True)\n"
@@ -258,7 +315,11 @@ BAD = [
      "/run/netns, or a path such as /proc/PID/ns/net)"),
     (["--netns", "/proc/self/ns/net", "--net", "user"],
      "--netns /proc/self/ns/net: conflicts with --net user"),
-    (["--publish", "80:80"], "--publish 80:80: needs --net user"),
+    (["--allow-host-loopback"], "--allow-host-loopback: needs --net user"),
+    # (--publish with the default --net none forwards TCP since issue 16 item 2)
+    (["--net", "host", "--publish", "80:80"], "--publish 80:80: needs --net user or --net none"),
+    (["--publish", "80:80/udp"], "--publish 80:80/udp: a UDP port needs --net user (--net none "
+     "forwards TCP only)"),
     (["--net", "user", "--publish", "80"],
      "--publish 80: expected [HOST_ADDR:]HOST_PORT:JAIL_PORT[/udp]"),
     (["--net", "user", "--publish", "0:80"], "--publish 0:80: bad port '0' (1-65535)"),
@@ -434,3 +495,215 @@ def test_an_unprivileged_net_user_without_dev_net_tun_is_a_one_line_error() -> N
     assert p.returncode == 125 and p.stdout == "", p
     assert p.stderr.startswith("isol8r: --net user: slirp4netns needs /dev/net/tun, which this "
                                "user cannot open (mode ") and p.stderr.count("\n") == 1, p
+
+
+FLOOD = """
+import json, socket, sys, time, urllib.request
+held, refused = [], 0
+for _ in range(700):
+    try:
+        held.append(socket.create_connection(("127.0.0.1", 3128), timeout=5))
+    except OSError:
+        refused += 1
+for s in held:  # half of them also start a request and never finish it
+    try:
+        s.send(b"CONNECT " + b"a" * 4000)
+    except OSError:
+        pass
+time.sleep(1)
+closed = 0
+for s in held:
+    s.setblocking(False)
+    try:
+        closed += s.recv(1) == b""
+    except BlockingIOError:
+        pass
+    except OSError:
+        closed += 1
+print("flooded", flush=True)
+time.sleep(float(sys.argv[1]))
+for s in held:
+    s.close()
+time.sleep(0.5)
+body = urllib.request.urlopen("http://pypi.test:8080/after", timeout=10).read().decode().strip()
+print(json.dumps({"held": len(held), "closed": closed, "refused": refused, "after": body}))
+"""
+
+
+def test_a_flood_from_the_jail_cannot_exhaust_its_proxy(isle: Island) -> None:
+    """700 connections at once from the jail, each with an unfinished request: the proxy keeps
+    at most its bound (256), closes the rest at once (each a denial), its descriptors stay
+    under its RLIMIT_NOFILE and its memory small, and once the flood ends it serves an allowed
+    request. The proxy is found by a rule only this test uses."""
+    tag = f"flood{os.getpid()}.test"
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", isle.host, sys.executable, "-c",
+         "import isol8r, json, sys\n"
+         "r = isol8r.run(['/usr/bin/python3', '-c', sys.argv[1], '3'], "
+         f"allow_domain=['pypi.test', {isle.addr!r}, {tag!r}], timeout=60)\n"
+         "print(json.dumps(r.net_denied))", FLOOD], stdout=subprocess.PIPE, text=True, env=ENV)
+    fds, rss = [], []
+    try:
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], 60)
+        assert ready and p.stdout.readline() == "flooded\n"
+        proxy = None
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"isol8r.daemon.egress" in argv and tag.encode() in argv:
+                proxy = pid
+        assert proxy is not None, "the jail's proxy was not found"
+        for _ in range(10):
+            fds.append(len(os.listdir(f"/proc/{proxy}/fd")))
+            status = Path(f"/proc/{proxy}/status").read_text()
+            rss.append(int(status.split("VmRSS:")[1].split()[0]))
+            time.sleep(0.1)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            stop(p)  # type: ignore[arg-type]
+            p.communicate()
+    lines = out.splitlines()
+    got, denied = json.loads(lines[0]), json.loads(lines[1])
+    assert got["held"] + got["refused"] == 700 and got["closed"] >= got["held"] - 256, got
+    assert got["after"] == "hello /after host=pypi.test:8080", got
+    assert 256 <= max(fds) <= 2 * 256 + 64, fds
+    assert max(rss) < 128 * 1024, rss
+    over = 700 - 256 - got["refused"]  # the list of denials keeps 256 (all are counted)
+    assert sum(d["reason"] == "connection limit" for d in denied) >= min(over, 256), denied
+
+
+UNPRIVILEGED = """
+import isol8r, sys
+for fork_server in (False, True, True):  # in-process; the fork server's first, then a warm jail
+    r = isol8r.run(["/usr/bin/python3", "-c", sys.argv[1]], net="user", capture_output=True,
+                   fork_server=fork_server, timeout=30)
+    print(r.verdict, r.stdout.decode() + r.stderr.decode(), end="")
+"""
+
+
+def test_net_user_for_an_unprivileged_caller(isle: Island, tmp_path: Path) -> None:
+    """Issue 16 item 1: a caller that is not root (uid 65534) gets --net user, in-process and
+    from the fork server's warm jails, with the metadata address refused. This VM's
+    /dev/net/tun is 0600, which no user's stack can open, so the test gives the caller, in a
+    mount namespace of its own (the host's node is not touched), a node of the same device
+    with mode 0666, as most distributions have it."""
+    tun = tmp_path / "tun"
+    os.mknod(tun, 0o666 | stat.S_IFCHR, os.makedev(10, 200))
+    os.chmod(tun, 0o666)
+    probe = JAIL_CLIENT + ("import socket\ntry:\n socket.create_connection(('169.254.169.254', 80),"
+                           " timeout=3)\nexcept OSError as e:\n print(e.strerror)\n")
+    out = subprocess.run(
+        ["ip", "netns", "exec", isle.host, "unshare", "--mount", "--propagation", "private",
+         "sh", "-c", 'mount --bind "$0" /dev/net/tun && exec setpriv --reuid=65534 '
+         '--regid=65534 --clear-groups /usr/bin/python3 -c "$1" "$2"', str(tun), UNPRIVILEGED,
+         probe],
+        capture_output=True, text=True, timeout=120, cwd="/",
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"),
+             "ISOL8R_CLI_SERVER": "0"})
+    want = f"ok {isle.addr} hello /from-the-jail host=pypi.test\nPermission denied\n"
+    assert out.stdout == want * 3, (out.stdout, out.stderr)
+    assert stacks(isle.host) == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_publish_with_net_none_forwards_tcp_into_the_jail_and_frees_the_port() -> None:
+    """Issue 16 item 2: --publish without --net user. The jail keeps its loopback-only
+    namespace (no route out); a forwarder relays the host port (the host's 127.0.0.1 here) to
+    the program's listener, and the port is free once the run returns."""
+    port = free_port()
+    probe = ("import socket\ns = socket.create_server(('127.0.0.1', 8000))\n"
+             "print('ready', sorted(n for _, n in socket.if_nameindex()), flush=True)\n"
+             "c, _ = s.accept(); c.sendall(c.recv(100).upper()); c.close()")
+    p = subprocess.Popen([sys.executable, "-m", "isol8r", "run", "-v", "--publish",
+                          f"127.0.0.1:{port}:8000", "--", "/usr/bin/python3", "-c", probe],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], 30)
+        assert ready and p.stdout.readline() == "ready ['lo']\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"through the forwarder")
+            assert c.recv(100) == b"THROUGH THE FORWARDER"
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        assert "isol8r: --publish with --net none: forwarder pid " in err, err
+    finally:
+        if p.poll() is None:
+            stop(p)  # type: ignore[arg-type]
+            p.communicate()
+    with socket.socket() as s:  # free again (a closed connection may leave a TIME_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+
+
+UNPRIVILEGED_PUBLISH = """
+import subprocess, sys
+import isol8r
+port = int(sys.argv[1])
+server = ("import socket; s = socket.create_server(('127.0.0.1', 8000)); c, _ = s.accept(); "
+          "c.sendall(b'hello from the jail')")
+client = ("import socket, sys, time\\ndeadline = time.monotonic() + 30\\n"
+          "while time.monotonic() < deadline:\\n"
+          " try:\\n  got = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)"
+          ".recv(100)\\n"
+          " except OSError:\\n  got = b''\\n"
+          " if got:\\n  print(got); break\\n"
+          " time.sleep(0.05)  # closed at once: the program does not listen yet")
+for fork_server in (False, True, True):  # a client process: an in-process run needs one thread
+    c = subprocess.Popen([sys.executable, "-c", client, str(port)], stdout=subprocess.PIPE,
+                         text=True)
+    r = isol8r.run(["/usr/bin/python3", "-c", server], publish=[f"127.0.0.1:{port}:8000"],
+                   fork_server=fork_server, timeout=30)
+    print(r.verdict, c.communicate(timeout=30)[0], end="")
+"""
+
+
+def test_publish_with_net_none_for_an_unprivileged_caller() -> None:
+    """The same as uid 65534, in-process and from the fork server's warm jails: the forwarder
+    joins the jail's user namespace, then its network namespace."""
+    port = free_port()
+    out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          "/usr/bin/python3", "-c", UNPRIVILEGED_PUBLISH, str(port)],
+                         capture_output=True, text=True, timeout=120, cwd="/",
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"),
+                              "ISOL8R_CLI_SERVER": "0"})
+    assert out.stdout == "ok b'hello from the jail'\n" * 3, (out.stdout, out.stderr)
+
+
+def test_allow_domain_for_an_unprivileged_caller(isle: Island) -> None:
+    """--allow-domain as uid 65534 (in-process and from the fork server): the proxy's socket
+    is made by a child that joins the jail's namespaces, its denials wait in a directory of the
+    user's own; the allowed name is fetched, the other refused and listed."""
+    code = ("import isol8r, json, sys\nfor fs in (False, True):\n"
+            " r = isol8r.run(['/usr/bin/python3', '-c', sys.argv[1]], allow_domain=["
+            f"'pypi.test', {isle.addr!r}], env={{'UPSTREAM': {isle.addr!r}}}, "
+            "capture_output=True, timeout=30, fork_server=fs)\n"
+            " print(json.dumps([json.loads(r.stdout or 'null'), r.net_denied, "
+            "r.stderr.decode()]))")
+    out = subprocess.run(["ip", "netns", "exec", isle.host, "setpriv", "--reuid=65534",
+                          "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", code,
+                          FETCH], capture_output=True, text=True, timeout=120, cwd="/",
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"),
+                              "ISOL8R_CLI_SERVER": "0", "TMPDIR": "/tmp"})
+    assert out.returncode == 0, out.stderr
+    for line in out.stdout.splitlines():
+        got, denied, err = json.loads(line)
+        assert got == {"proxy": "http://127.0.0.1:3128",
+                       "http://pypi.test:8080/allowed": "hello /allowed host=pypi.test:8080",
+                       "http://evil.test:8080/denied": "403",
+                       "direct": "Network is unreachable"}, (got, err)
+        assert [(d["host"], d["port"], d["reason"]) for d in denied] == \
+            [("evil.test", 8080, "not in allow-list")]
+    assert len(out.stdout.splitlines()) == 2, out
+    assert os.listdir("/tmp/isol8r-65534-egress") == []
+    os.rmdir("/tmp/isol8r-65534-egress")  # made by the runs above

@@ -106,6 +106,7 @@ class Spec:
     proc: str = "auto"  # --proc: auto, fresh, bind, none (walls.choose)
     require: tuple[str, ...] = ()  # --require: walls the run must have (walls.WALLS)
     bare: bool = False  # --bare: no namespaces, the unprivileged walls (walls.choose)
+    allow_host_loopback: bool = False  # --net user: the host's 127.0.0.1 and metadata reachable
 
     def __post_init__(self) -> None:
         # --net host (or --netns) and a namespace set without "net" are one thing, spelled
@@ -662,12 +663,17 @@ OPTIONS: dict[str, Option] = {
                         _share_net),
     "netns": Option("value", "join this network namespace (a name in /run/netns or a path) "
                     "instead of a new one", _netns, "NAME|PATH"),
-    "publish": Option("list", "with --net user: forward a host port to a port in the jail",
+    "publish": Option("list", "forward a host port to a port in the jail (--net user, or TCP "
+                      "with --net none)",
                       _publish, "[HOST_ADDR:]HOST_PORT:JAIL_PORT[/udp]"),
     "allow-domain": Option("list", "the jail's only way out: an egress proxy (HTTP, SOCKS5) that "
                            "admits these names (*.example.org, pypi.org:443, an address); "
                            "HTTP_PROXY, HTTPS_PROXY and ALL_PROXY are set", _allow_domain,
                            "PATTERN[:PORT]"),
+    "allow-host-loopback": Option("flag", "UNSAFE with --net user: let the jail reach the "
+                                  "host's own loopback services (as the gateway address) and "
+                                  "the cloud metadata address 169.254.169.254",
+                                  _flag("allow_host_loopback")),
     "share-pid": Option("flag", "keep the host's PID namespace", _share("pid")),
     "share-ipc": Option("flag", "keep the host's IPC namespace", _share("ipc")),
     "share-uts": Option("flag", "keep the host's UTS namespace (hostname)", _share("uts")),
@@ -838,8 +844,14 @@ def _validate_net(s: Spec, has_mount: bool) -> None:
                         "for none and user, none for host and --netns)")
     if (s.net == "netns") != (s.netns is not None):
         raise SpecError("--netns", s.netns or "", "give --netns NAME|PATH for a joined namespace")
-    if s.publish and s.net != "user":
-        raise SpecError("--publish", s.publish[0], "needs --net user")
+    if s.publish and s.net not in ("user", "none"):
+        raise SpecError("--publish", s.publish[0], "needs --net user or --net none")
+    for p in s.publish if s.net == "none" else ():
+        if p.endswith("/udp"):
+            raise SpecError("--publish", p, "a UDP port needs --net user (--net none forwards "
+                            "TCP only)")
+    if s.allow_host_loopback and s.net != "user":
+        raise SpecError("--allow-host-loopback", True, "needs --net user")
     if s.allow_domain and s.net != "none":
         raise SpecError("--allow-domain", s.allow_domain[0], "needs --net none (the default): "
                         "the proxy is the jail's only way out")

@@ -56,6 +56,10 @@ class Jail:
     missing: dict[str, str] = field(default_factory=dict)  # not held: name -> why
     landlock: Any = None  # a bare jail's landlock.LandlockPlan
     uid_switch: bool = True  # the program runs as --user (False: a bare jail's caller's uid)
+    # --net user, an unprivileged caller: its user and network namespaces, opened before "go"
+    # (then its init turns non-dumpable, and the caller could open them no more)
+    ns_fds: tuple[int, ...] = ()
+    forwarder: Any = None  # --publish with --net none: the Popen of its forwarder, ended with it
 
     def forward(self, sig: int) -> None:
         """Pass a caller's signal on (the Forwarder's target)."""
@@ -90,6 +94,12 @@ class Jail:
         if self.egress is not None:  # it writes its denials as it ends (read by result())
             self.egress, proxy = None, self.egress
             _stop_egress(proxy, self.pid)
+        if self.forwarder is not None:  # its host ports are free once this returns
+            self.forwarder, fwd = None, self.forwarder
+            _stop_process(fwd)
+        for fd in self.ns_fds:
+            os.close(fd)
+        self.ns_fds = ()
         self.chan.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
@@ -188,6 +198,7 @@ def lease(spec: Spec, verbose: bool = False, warm: tuple[Jail, Fitted] | None = 
             raise
     account_walls(jail, spec, cg)
     start_usernet(jail, spec, verbose)
+    start_forward(jail, spec, verbose)
     start_egress(jail, spec)
     jail.notes.extend(notes)
     jail.notes.extend(_setid_wall_notes(spec))
@@ -231,20 +242,97 @@ def start_usernet(jail: Jail, spec: Spec, verbose: bool = False) -> None:
     if spec.net != "user":
         return
     from . import usernet
+    refused = () if spec.allow_host_loopback else net.METADATA  # before the stack starts
     try:
+        netns: int | str = jail.pid
+        userns: int | str | None = jail.pid if "user" in spec.namespaces else None
+        if jail.ns_fds:  # an unprivileged caller: the namespaces it opened before "go"
+            userns, netns = (f"/proc/self/fd/{fd}" for fd in jail.ns_fds)
+            if refused:
+                net.prohibit_joined(jail.ns_fds[0], jail.ns_fds[1], refused)
+        elif refused:
+            net.prohibit_in(jail.pid, refused)
         jail.usernet = usernet.start(
-            jail.pid, publish=[usernet.parse_publish(p) for p in spec.publish],
-            userns=jail.pid if "user" in spec.namespaces else None)
+            netns, publish=[usernet.parse_publish(p) for p in spec.publish], userns=userns,
+            host_loopback=spec.allow_host_loopback)
     except BaseException as e:
         discard(jail)
         if isinstance(e, (usernet.UsernetError, OSError)):
             raise SetupError(f"--net user: {e}", 0) from None
         raise
     if verbose:
-        net = jail.usernet
-        jail.notes.append(f"--net user: {net.backend} (pid {net.pid}, ready in "
-                          f"{net.startup * 1e3:.1f} ms), DNS {net.dns}" +
-                          "".join(f", --publish {p}" for p in net.publish))
+        stack = jail.usernet
+        jail.notes.append(f"--net user: {stack.backend} (pid {stack.pid}, ready in "
+                          f"{stack.startup * 1e3:.1f} ms), DNS {stack.dns}" +
+                          "".join(f", --publish {p}" for p in stack.publish))
+    if spec.allow_host_loopback:  # named loudly, -v or not
+        jail.notes.append("--allow-host-loopback: the jail reaches the host's loopback services "
+                          "and the metadata address 169.254.169.254")
+
+
+def start_forward(jail: Jail, spec: Spec, verbose: bool = False) -> None:
+    """--publish with --net none: bind the host ports here, hand them to a forwarder
+    (isol8r.daemon.forward) that joins the jail's network namespace and relays each connection
+    to the jail's 127.0.0.1:JAIL_PORT. The ports are bound before the jail's Request is sent
+    (a connection waits in the backlog until the forwarder serves it). A failure discards the
+    jail: one-line SetupError."""
+    if spec.net != "none" or not spec.publish:
+        return
+    from . import usernet
+    socks: list[socket.socket] = []
+    own_fds: list[int] = []
+    try:
+        ports = [usernet.parse_publish(p) for p in spec.publish]
+        for p in ports:
+            addr = p.host_addr or "0.0.0.0"
+            try:
+                socks.append(net.listening(addr, p.host_port))
+            except OSError as e:
+                why = "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+                raise SetupError(f"--publish {p}: host port {p.host_port} is {why}", 0) from None
+        if jail.ns_fds:
+            user_fd, net_fd = jail.ns_fds
+        else:
+            user_fd, net_fd = -1, os.open(f"/proc/{jail.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            own_fds.append(net_fd)
+        import sys
+        from pathlib import Path
+        env = dict(os.environ)
+        pkg_parent = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
+                                          if env.get("PYTHONPATH") else "")
+        argv = [sys.executable, "-s", "-m", "isol8r.daemon.forward", str(net_fd), str(user_fd),
+                *(f"{s.fileno()}:{p.jail_port}" for s, p in zip(socks, ports))]
+        fds = [net_fd, *([user_fd] if user_fd >= 0 else []), *(s.fileno() for s in socks)]
+        proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, env=env, start_new_session=True, cwd="/",
+                                preexec_fn=_unblock_signals
+                                if signal.pthread_sigmask(signal.SIG_BLOCK, ()) else None)
+        jail.forwarder = proc  # not waited for: a connection waits in the listener's backlog
+    except BaseException as e:
+        discard(jail)
+        if isinstance(e, (OSError, usernet.UsernetError)):
+            raise SetupError(f"--publish: {e}", 0) from None
+        raise
+    finally:
+        for s in socks:
+            s.close()
+        for fd in own_fds:
+            os.close(fd)
+    if verbose:
+        jail.notes.append(f"--publish with --net none: forwarder pid {proc.pid}" +
+                          "".join(f", {p}" for p in ports))
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (SIGKILL after two seconds) to a helper this module started, by its pid."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.communicate(timeout=2)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 EGRESS_DIR = "/run/isol8r/egress"  # a jail proxy's denials, <jail pid>.json, until result()
@@ -253,16 +341,19 @@ EGRESS_DIR = "/run/isol8r/egress"  # a jail proxy's denials, <jail pid>.json, un
 def start_egress(jail: Jail, spec: Spec) -> None:
     """--allow-domain: a listening socket on the jail's own loopback (made from inside its
     network namespace, which has nothing else), served by a proxy process in the host's
-    (isol8r.daemon.egress --jail), before the jail's Request is sent. Root only for now: the
-    supervisor enters the jail's namespace to make the socket). The proxy becomes nobody once
-    it has started (daemon/egress.py serve_jail): it needs no privilege to resolve, connect
-    and relay."""
+    (isol8r.daemon.egress --jail), before the jail's Request is sent. Root's supervisor enters
+    the jail's namespace to make the socket; an unprivileged caller's, a child that joins the
+    jail's user and network namespaces. The proxy is confined once it has started
+    (daemon/egress.py confine): it needs no privilege to resolve, connect and relay."""
     if not spec.allow_domain:
         return
     try:
-        sock = net.listen_in(jail.pid, "127.0.0.1", pipeline.EGRESS_PORT)
+        if jail.ns_fds:  # an unprivileged caller: from a child that joins the jail's namespaces
+            sock = net.listen_joined(*jail.ns_fds, "127.0.0.1", pipeline.EGRESS_PORT)
+        else:
+            sock = net.listen_in(jail.pid, "127.0.0.1", pipeline.EGRESS_PORT)
         try:
-            os.makedirs(EGRESS_DIR, mode=0o700, exist_ok=True)
+            egress_dir(create=True)
             out = egress_file(jail.pid)
             if os.path.exists(out):
                 os.unlink(out)  # a stale one of an earlier process of this pid
@@ -288,8 +379,31 @@ def start_egress(jail: Jail, spec: Spec) -> None:
                          str(e.filename or "")) from None
 
 
+def egress_dir(create: bool = False) -> str:
+    """Where the proxies' denials wait for result(): EGRESS_DIR for root; for another user a
+    0700 directory of its own (under $XDG_RUNTIME_DIR, else the temporary directory), which
+    must be the user's and no symlink."""
+    if os.geteuid() == 0:
+        if create:
+            os.makedirs(EGRESS_DIR, mode=0o700, exist_ok=True)
+        return EGRESS_DIR
+    import tempfile
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    d = os.path.join(base, f"isol8r-{os.geteuid()}-egress")
+    if create:
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(d)
+        import stat
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise OSError(errno.EPERM, "not a private directory of this user", d)
+    return d
+
+
 def egress_file(pid: int) -> str:
-    return f"{EGRESS_DIR}/{pid}.json"
+    return f"{egress_dir()}/{pid}.json"
 
 
 def _unblock_signals() -> None:
@@ -432,6 +546,9 @@ def spawn(spec: Spec, plan: pipeline.Plan, cgroup: Any = None) -> Jail:
     try:
         if plan.ids is not None:
             userns.write_maps(pid, plan.ids)
+        if os.geteuid() != 0 and {"user", "net"} <= spec.namespaces:  # --net user, --publish
+            jail.ns_fds = tuple(os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                                for kind in ("user", "net"))
         if cgroup is not None and clone_fd < 0:
             cgroup.attach(pid)
         tree = _root_tree(pid, plan)
@@ -672,11 +789,11 @@ class JailWatch:
         # init's report is enough once nothing of the jail runs: init emptied its PID namespace
         # before reporting, or it has exited (which, as PID 1, it does only once every other
         # process of the namespace is gone); unless the cgroup's counters are wanted
-        # (--net user: the server ends the stack before it reports, so the published ports are
-        # free when the Result is returned)
+        # (--net user and --publish: the server ends the stack or forwarder before it reports,
+        # so the published ports are free when the Result is returned)
         return self.program is not None and (self.emptied or self.exited) \
             and self.jail.cgroup is None and self.jail.spec.net != "user" \
-            and not self.jail.spec.allow_domain
+            and not self.jail.spec.allow_domain and not self.jail.spec.publish
 
     def reaped(self, status: int, utime: float, stime: float, maxrss: int, usage: Any) -> None:
         """The fork server's report: it reaped the jail's init and read its cgroup."""

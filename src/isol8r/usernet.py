@@ -3,7 +3,7 @@ through a packaged user-space stack, DNS through a forwarder address inside the 
 published ports, without a bridge, a veth or any change to the host's routes or firewall.
 
 Two implementations, both Debian packages: slirp4netns and pasta (package `passt`, podman's
-default since 5.0). Measured here (bench/net_stacks.py, a fake internet in namespaces, p50 of
+default since 5.0). Measured here (bench/net.py, a fake internet in namespaces, p50 of
 15 rounds on a busy 2-core VM): slirp4netns is ready to connect in 12-18 ms and holds 3.8 MiB
 resident, pasta needs 26-38 ms and 22 MiB (it pre-opens socket pools and large packet buffers);
 pasta moves a 50 MiB transfer about twice as fast (415-590 MiB/s against 235-305). A jail runner
@@ -18,9 +18,11 @@ not as `/proc/PID/ns/net`: pasta drops capabilities before it opens the path, an
 fewer capabilities than the jail's init may not open that init's /proc entries.
 
 What a jail reaches: whatever the host can connect to, except the host's loopback (pasta
-`--no-map-gw`, slirp4netns `--disable-host-loopback`) and ports the host listens on (pasta's
-automatic forwarding from the namespace, `-T`/`-U`, is off). Refusing the metadata address and
-the host's LAN is the egress proxy's job (`--allow-domain`), not this module's.
+`--no-map-gw`, slirp4netns `--disable-host-loopback`; both undone by `host_loopback`, the CLI's
+`--allow-host-loopback`) and ports the host listens on (pasta's automatic forwarding from the
+namespace, `-T`/`-U`, is off). The metadata address is refused by a route in the jail's own
+namespace (net.prohibit_in, the supervisor's job); the host's LAN is the egress proxy's
+(`--allow-domain`).
 """
 
 from __future__ import annotations
@@ -174,13 +176,16 @@ def _last_line(data: bytes) -> str:
 
 def start(netns: int | str, *, backend: str | None = None, publish: Sequence[Publish] = (),
           userns: int | str | None = None, ipv6: bool = False, mtu: int = 65520,
-          prefix: Sequence[str] = (), timeout: float = 5.0) -> UserNet:
+          prefix: Sequence[str] = (), timeout: float = 5.0,
+          host_loopback: bool = False) -> UserNet:
     """Start a user-mode stack for the network namespace of pid `netns` (or a path to it).
 
     backend: "slirp4netns" or "pasta" (default: the first installed, slirp4netns preferred).
     userns: the namespace owning netns, which an unprivileged caller's stack must join.
     prefix: a command to run the stack under (tests: `ip netns exec HOST`); the host port check
     then is the program's own, as this process is in another namespace.
+    host_loopback: map the stack's gateway address to the host's loopback (--allow-host-loopback;
+    off: slirp4netns --disable-host-loopback, pasta --no-map-gw).
     Returns once the jail's interface is configured; raises UsernetError (one line) otherwise.
     """
     backend = backend or (available() or ["slirp4netns"])[0]
@@ -208,8 +213,10 @@ def start(netns: int | str, *, backend: str | None = None, publish: Sequence[Pub
     tmp = tempfile.mkdtemp(prefix="isol8r-usernet-")
     try:
         if backend == "pasta":
-            return _start_pasta(ns_fd, user_fd, publish, ipv6, mtu, prefix, timeout, tmp, fds)
-        return _start_slirp(ns_fd, user_fd, publish, ipv6, mtu, prefix, timeout, tmp, fds)
+            return _start_pasta(ns_fd, user_fd, publish, ipv6, mtu, prefix, timeout, tmp, fds,
+                                host_loopback)
+        return _start_slirp(ns_fd, user_fd, publish, ipv6, mtu, prefix, timeout, tmp, fds,
+                            host_loopback)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -247,11 +254,12 @@ def _fail(proc: subprocess.Popen[bytes], backend: str, what: str,
 
 
 def _start_pasta(ns_fd: int, user_fd: int, publish: tuple[Publish, ...], ipv6: bool, mtu: int,
-                 prefix: Sequence[str], timeout: float, tmp: str, fds: list[int]) -> UserNet:
+                 prefix: Sequence[str], timeout: float, tmp: str, fds: list[int],
+                 host_loopback: bool) -> UserNet:
     pidfile = os.path.join(tmp, "pasta.pid")
     argv = [*prefix, "pasta", "--foreground", "--quiet", "--config-net",
             "--netns", f"/proc/self/fd/{ns_fd}",
-            "--no-map-gw",              # the gateway address is not the host's loopback
+            *([] if host_loopback else ["--no-map-gw"]),  # the gateway: the host's loopback?
             "-T", "none", "-U", "none",  # no jail-to-host port forwarding
             "--dns-forward", DNS_PASTA, "--mtu", str(mtu), "-P", pidfile]
     if user_fd >= 0:
@@ -280,12 +288,17 @@ def _start_pasta(ns_fd: int, user_fd: int, publish: tuple[Publish, ...], ipv6: b
 
 
 def _start_slirp(ns_fd: int, user_fd: int, publish: tuple[Publish, ...], ipv6: bool, mtu: int,
-                 prefix: Sequence[str], timeout: float, tmp: str, fds: list[int]) -> UserNet:
+                 prefix: Sequence[str], timeout: float, tmp: str, fds: list[int],
+                 host_loopback: bool) -> UserNet:
     api = os.path.join(tmp, "api.sock")
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     try:
         argv = [*prefix, "slirp4netns", "--configure", f"--mtu={mtu}",
-                "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp",
+                *([] if host_loopback else ["--disable-host-loopback"]),
+                # the sandbox (a mount namespace of its own, pivoted into an empty root) needs
+                # root: an unprivileged caller's slirp4netns cannot make one outside a user
+                # namespace ("setegid(0)"); it keeps its seccomp filter
+                *(["--enable-sandbox"] if os.geteuid() == 0 else []), "--enable-seccomp",
                 f"--ready-fd={ready_w}", f"--api-socket={api}", "--netns-type=path"]
         if user_fd >= 0:
             argv.append(f"--userns-path=/proc/self/fd/{user_fd}")

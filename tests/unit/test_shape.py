@@ -28,6 +28,7 @@ FEEDS: dict[str, set[str]] = {
     "hostname": {"hostname"},
     "share-net": {"namespaces"}, "net": {"namespaces", "resolv_conf"},
     "netns": {"namespaces", "netns"}, "publish": set(), "allow-domain": set(),
+    "allow-host-loopback": set(),
     "share-pid": {"namespaces", "cgroup", "proc"},
     "share-ipc": {"namespaces"}, "share-uts": {"namespaces"}, "share-cgroup": {"namespaces"},
     "share-mount": {"namespaces", "proc"}, "no-userns": {"namespaces"},
@@ -105,6 +106,10 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str]]] = [
     ("publish", {"net": "user"}, {"net": "user", "publish": "18080:80"}, set()),
     ("publish-other", {"net": "user", "publish": "18080:80"},
      {"net": "user", "publish": ["127.0.0.1:18081:80/udp", "18082:81"]}, set()),
+    # --publish with --net none: the forwarder is started when the jail is leased
+    ("publish-none", {}, {"publish": "18080:80"}, set()),
+    # --allow-host-loopback: the stack's options and the jail's routes, set when it is leased
+    ("allow-host-loopback", {"net": "user"}, {"net": "user", "allow-host-loopback": True}, set()),
     # --allow-domain: the proxy's socket is made in the jail's namespace when it is leased
     ("allow-domain", {}, {"allow-domain": ["pypi.org", "*.example.org:443"]}, set()),
     ("share-pid", {}, {"share-pid": True}, {"namespaces", "cgroup", "proc"}),

@@ -631,32 +631,99 @@ def serve_in_thread(proxy: EgressProxy) -> threading.Thread:
     return t
 
 
+# A jail's proxy runs as nobody (uid and gid 65534), an id it shares with the host's other
+# unprivileged daemons and other jails' proxies: it is non-dumpable, so none of them can ptrace
+# it or read its memory, and its filter (RELAY_NEVER) keeps it from signalling or tracing them.
 NOBODY = 65534
 
+# What a relay never needs: a deny-list, so the interpreter and the resolver (NSS modules,
+# sockets, files) run unchanged, and everything that changes the process, the system or another
+# process fails with EPERM.
+RELAY_NEVER = (
+    "execve", "execveat", "ptrace", "process_vm_readv", "process_vm_writev", "kcmp",
+    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsmount",
+    "fsconfig", "fspick", "mount_setattr", "unshare", "setns", "bpf", "perf_event_open",
+    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "kexec_load",
+    "kexec_file_load", "init_module", "finit_module", "delete_module", "keyctl", "add_key",
+    "request_key", "reboot", "swapon", "swapoff", "syslog", "acct", "quotactl",
+    "open_by_handle_at", "name_to_handle_at", "fanotify_init", "mknod", "mknodat",
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups",
+    "setfsuid", "setfsgid", "capset", "personality", "kill", "tkill", "pidfd_send_signal",
+    "pidfd_open", "pidfd_getfd", "settimeofday", "clock_settime", "adjtimex", "sethostname",
+    "setdomainname", "vhangup", "iopl", "ioperm", "lookup_dcookie", "nfsservctl",
+)
+_AF_PACKET = 17
+_SECCOMP_FILTER_FLAG_TSYNC = 1
 
-def serve_jail(fd: int, patterns: list[str]) -> int:
-    """`--jail FD PATTERN...`: a jail's proxy (--allow-domain), started by its supervisor.
+
+def relay_filter(pid: int) -> bytes:
+    """The proxy's seccomp filter (BPF): RELAY_NEVER, packet sockets, and tgkill of any
+    process but this one, fail with EPERM; a call of another ABI kills it."""
+    from isol8r.seccomp import ALLOW, EPERM, Condition, Policy, Rule
+    from isol8r.seccomp.abi import NATIVE, split_present
+    from isol8r.seccomp.compiler import build
+    names, _absent = split_present(dict.fromkeys(RELAY_NEVER), (NATIVE,))
+    rules = (Rule(tuple(names), EPERM, note="a relay never needs these"),
+             Rule(("socket",), EPERM, (Condition(0, "eq", _AF_PACKET),), "packet sockets"),
+             Rule(("tgkill",), EPERM, (Condition(0, "ne", pid),), "signals to others"))
+    return build(Policy("isol8r egress proxy", ALLOW, rules, (NATIVE,)))
+
+
+def confine(uid: int | None, max_fds: int) -> None:
+    """Take from this process every privilege a relay does not need, once its listening
+    socket is open and before it serves: the bounding set emptied and the uid (and gid, with
+    no supplementary groups) changed from root, which clears the other capability sets; no
+    ambient ones, no_new_privs, non-dumpable; at most max_fds descriptors (RLIMIT_NOFILE);
+    the relay_filter loaded on every thread. Raises OSError if any step fails: a proxy that
+    could not be confined does not serve. uid None: keep the ids (a process in a jail's user
+    namespace, where they are the caller's own), drop the capabilities all the same."""
+    import os
+    import resource
+    from isol8r.sys import linux
+    bpf = linux.SeccompProgram(relay_filter(os.getpid()))  # libseccomp loaded while it can be
+    if uid is not None and os.geteuid() == 0:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+        for cap in range(last + 1):
+            linux.prctl(linux.PR_CAPBSET_DROP, cap)
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+    linux.capset(0, 0, 0)
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+    bpf.load(_SECCOMP_FILTER_FLAG_TSYNC)
+
+
+def serve_jail(fd: int, patterns: list[str], uid: int = NOBODY) -> int:
+    """`--jail FD [--uid UID] PATTERN...`: a jail's proxy (--allow-domain), started by its
+    supervisor.
 
     FD listens on the jail's own loopback (the supervisor made it inside the jail's network
-    namespace); this process stays in the host's, where it resolves and connects, as nobody
-    with no capabilities once it has started. It serves until SIGTERM, then writes its
-    denials to stdout as one JSON document (the supervisor puts them in the Result's
-    net_denied) and exits.
+    namespace); this process stays in the host's, where it resolves and connects, confined
+    (`confine`: uid and gid UID, default nobody) once it has started. It serves until
+    SIGTERM, then writes its denials to stdout as one JSON document (the supervisor puts them
+    in the Result's net_denied) and exits.
     """
     import importlib
     importlib.import_module("encodings.idna")  # getaddrinfo's codec, while it still can be
     import json
-    import os
     import signal
     import sys
-    proxy = EgressProxy(Policy.parse(patterns, host_addresses()))
+    limits = Limits()
+    proxy = EgressProxy(Policy.parse(patterns, host_addresses()), limits=limits)
     proxy.adopt(socket.socket(fileno=fd))
     signal.signal(signal.SIGTERM, lambda _s, _f: proxy.stop())
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a supervisor may have blocked SIGTERM
-    if os.geteuid() == 0:  # nobody, no groups: a uid change from root clears the capabilities
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+    # two sockets a connection, the listener, the wake pair, the selector, stdio, the resolver's
+    try:
+        confine(uid, 2 * limits.max_connections + 64)
+    except Exception as e:  # fail closed: the jail has no way out, and one line says why
+        sys.stderr.write(f"isol8r: --allow-domain: the egress proxy could not be confined "
+                         f"({e}); the jail has no network\n")
+        return 1
     try:
         proxy.serve()
     finally:
@@ -672,6 +739,8 @@ def main(argv: list[str]) -> int:
     """`python -m isol8r.daemon.egress HOST:PORT PATTERN...`: a proxy by hand (PORT 0: any)."""
     import sys
     if argv[:1] == ["--jail"] and len(argv) >= 2:
+        if argv[2:3] == ["--uid"] and len(argv) >= 4:
+            return serve_jail(int(argv[1]), argv[4:], int(argv[3]))
         return serve_jail(int(argv[1]), argv[2:])
     if len(argv) < 1:
         print("usage: python -m isol8r.daemon.egress HOST:PORT PATTERN[:PORT]...", file=sys.stderr)
