@@ -41,6 +41,9 @@ SUBCOMMANDS = {
     "policy": "cli:policy_main",
     "profiles": "profiles:main",
     "server": "daemon.cliserver:main",
+    "sandbox": "sandboxcli:sandbox_main",
+    "exec": "sandboxcli:exec_main",
+    "cp": "sandboxcli:cp_main",
 }
 _PARSER: Any = None
 
