@@ -44,6 +44,7 @@ SUBCOMMANDS = {
     "sandbox": "sandboxcli:sandbox_main",
     "exec": "sandboxcli:exec_main",
     "cp": "sandboxcli:cp_main",
+    "mcp": "mcpserver:main",
 }
 _PARSER: Any = None
 
