@@ -177,3 +177,19 @@ def test_cp_of_a_missing_file_says_which(tmp_path: Path) -> None:
     p = cli("cp", f"{sid}:/tmp/nope", str(tmp_path / "n"))
     assert p.returncode == 125 and "/tmp/nope" in p.stderr, p.stderr
     assert not (tmp_path / "n").exists()  # not left half-made
+
+
+def test_exec_statuses_and_json_as_isol8r_run() -> None:
+    sid = create()
+    p = cli("exec", sid, "--", "/nonexistent")
+    assert p.returncode == 127 and "execve" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    p = cli("exec", sid, "--", "/etc/hostname")
+    assert p.returncode == 126, p.stderr
+    p = cli("exec", "--json", "-", sid, "--", "/nonexistent")
+    d = json.loads(p.stdout)
+    assert (p.returncode, d["verdict"], d["status"], d["step"]) == (127, "setup-error", 127,
+                                                                   "execve")
+    p = cli("exec", "--json", "-", sid, "--", "/bin/cat", input="typed\n")  # stdin is the caller's
+    assert json.loads(p.stdout)["stdout"] == "typed\n"
+    p = cli("exec", sid, "--", "/bin/sh", "-c", "kill -9 $$")
+    assert p.returncode == 137

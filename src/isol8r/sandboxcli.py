@@ -247,6 +247,9 @@ def exec_main(argv: list[str]) -> int:
         options = _absolute(_options(ns, (*EXEC_OPTIONS, "tty")))
         options = {k.replace("-", "_"): v for k, v in options.items()}
         capture = ns.json == "-"
+        if ns.opt_tty and _background():
+            raise SpecError("-t", True, "isol8r exec -t is a background job here: run it in "
+                            "the foreground (the daemon would take your shell's terminal)")
         from . import terminal
         saved = terminal.save(0) if ns.opt_tty else None
         try:
@@ -262,6 +265,17 @@ def exec_main(argv: list[str]) -> int:
     if sink is not None:
         _put(sink, json.dumps(json.loads(done.text), indent=2))
     return done.status
+
+
+def _background() -> bool:
+    """This process is a background job of the terminal on its stdin. The daemon relays the
+    terminal, and unlike the CLI server's worker it cannot stop this job and take the terminal
+    when `fg` continues it: so -t is refused in the background rather than raw mode set under
+    the shell's feet."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) != os.getpgrp()
+    except OSError:
+        return False
 
 
 # ---- isol8r cp --------------------------------------------------------------------------------

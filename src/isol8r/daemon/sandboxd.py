@@ -312,7 +312,7 @@ class Daemon:
         options = dict(msg.options)
         argv = [os.fsdecode(a) for a in msg.argv]
         if msg.capture:
-            result = entry.sandbox.run(argv, capture_output=True, **options)
+            result = entry.sandbox.run(argv, stdin=fds[0], capture_output=True, **options)
         else:
             result = entry.sandbox.run(argv, stdin=fds[0], stdout=fds[1], stderr=fds[2],
                                        **options)
