@@ -193,3 +193,40 @@ def test_exec_statuses_and_json_as_isol8r_run() -> None:
     assert json.loads(p.stdout)["stdout"] == "typed\n"
     p = cli("exec", sid, "--", "/bin/sh", "-c", "kill -9 $$")
     assert p.returncode == 137
+
+
+def test_exec_passes_its_signals_on() -> None:
+    """A signal to `isol8r exec` reaches the command (as `isol8r run` passes its own on): the
+    program's handler runs, and the exit status is the program's."""
+    sid = create()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "isol8r", "exec", sid, "--", "/bin/sh", "-c",
+                             "trap 'echo got-int; exit 9' INT; echo ready; "
+                             "while :; do sleep 0.1; done"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        time.sleep(0.3)  # the shell is in its loop (its trap was set before "ready")
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out) == (9, b"got-int\n"), err
+    proc = subprocess.Popen([sys.executable, "-m", "isol8r", "exec", sid, "--", "/bin/sh", "-c",
+                             "echo ready; exec /bin/sleep 60"], stdout=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    try:
+        proc.terminate()
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.system("ps -eo pid,ppid,stat,wchan:20,cmd | grep -E 'sleep 60|sandboxcli|isol8r exec' | grep -v grep >&2")
+            raise
+        assert code == 128 + 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()

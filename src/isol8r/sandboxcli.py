@@ -254,7 +254,7 @@ def exec_main(argv: list[str]) -> int:
         saved = terminal.save(0) if ns.opt_tty else None
         try:
             done = sandboxd.request(SandboxExec(ns.sandbox, [os.fsencode(a) for a in command],
-                                                options, capture), [0, 1, 2])
+                                                options, capture), [0, 1, 2], relay=True)
         finally:
             terminal.restore(0, saved)
     except Isol8rError as e:

@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import secrets
+import signal
 import socket
 import stat
 import struct
@@ -34,7 +35,7 @@ from typing import Any, Callable
 
 from .. import protocol, wire
 from ..protocol import (Failure, SandboxCopy, SandboxCreate, SandboxDone, SandboxExec,
-                        SandboxList, SandboxRemove)
+                        SandboxList, SandboxRemove, Signal)
 
 _DIR = "/run/isol8r"
 _SEQ = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
@@ -68,10 +69,13 @@ def _connect(sock_path: str) -> socket.socket | None:
 
 
 def request(msg: protocol.Msg, fds: list[int] | None = None, start: list[str] | None = None,
-            sock_path: str | None = None) -> SandboxDone:
+            sock_path: str | None = None, relay: bool = False) -> SandboxDone:
     """Send msg (with fds) and return the daemon's answer; a Failure is raised as its typed
-    error. start: the command that starts a daemon when none listens (create only)."""
+    error. start: the command that starts a daemon when none listens (create only). relay:
+    the signals this process gets while it waits are passed on (exec: to the command)."""
     sock_path = sock_path or path()
+    if relay:
+        return _relaying(msg, fds or [], sock_path)
     for _attempt in range(3):
         s = _connect(sock_path)
         if s is None and start is not None:
@@ -97,6 +101,45 @@ def request(msg: protocol.Msg, fds: list[int] | None = None, start: list[str] | 
         return answer
     from ..errors import SetupError
     raise SetupError("sandbox daemon", errno.EPIPE, "it closed the connection without answer")
+
+
+RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+           signal.SIGUSR2)
+
+
+def _relaying(msg: protocol.Msg, fds: list[int], sock_path: str) -> SandboxDone:
+    """request() of an exec: while it waits, a signal this process gets goes to the daemon
+    (Signal), which passes it to the command's init, as `isol8r run` passes it to its jail."""
+    s = _connect(sock_path)
+    if s is None:
+        from ..errors import SetupError
+        raise SetupError("sandbox daemon", errno.ENOENT,
+                         f"no sandbox daemon at {sock_path}: no sandbox exists")
+
+    def relay(sig: int, _frame: Any) -> None:
+        try:
+            s.send(Signal(sig).encode())
+        except OSError:
+            pass
+    old = {sig: signal.signal(sig, relay) for sig in RELAYED}
+    try:
+        wire.send(s, msg.encode(), fds)
+        data, extra = wire.recv(s, 1 << 20, 4)
+        for fd in extra:
+            os.close(fd)
+    except (ConnectionResetError, BrokenPipeError):
+        data = b""
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        s.close()
+    if not data:
+        from ..errors import SetupError
+        raise SetupError("sandbox daemon", errno.EPIPE, "it ended during the command")
+    answer = protocol.expect(data, SandboxDone, Failure)
+    if isinstance(answer, Failure):
+        raise answer.error()
+    return answer
 
 
 def _run_dir() -> None:
@@ -223,7 +266,7 @@ class Daemon:
             try:
                 msg = protocol.expect(data, SandboxCreate, SandboxExec, SandboxCopy,
                                       SandboxList, SandboxRemove)
-                answer: Any = self.dispatch(msg, uid, fds)
+                answer: Any = self.dispatch(msg, uid, fds, conn)
             except OSError as e:  # a file of the sandbox: its path and why
                 where = os.fsdecode(e.filename) + ": " if e.filename else ""
                 answer = Failure.plain(f"{where}{e.strerror or e}")
@@ -231,6 +274,7 @@ class Daemon:
                 answer = Failure.of(e)
             try:
                 wire.send(conn, answer.encode())
+                conn.shutdown(socket.SHUT_RDWR)  # wakes an exec's signal relay: it ends
             except OSError:
                 pass
         except OSError:
@@ -246,7 +290,8 @@ class Daemon:
                 self.busy -= 1
                 self.last = time.monotonic()
 
-    def dispatch(self, msg: Any, uid: int, fds: list[int]) -> SandboxDone:
+    def dispatch(self, msg: Any, uid: int, fds: list[int],
+                 conn: socket.socket | None = None) -> SandboxDone:
         if isinstance(msg, SandboxCreate):
             return self.create(msg, uid)
         if isinstance(msg, SandboxList):
@@ -257,7 +302,7 @@ class Daemon:
         if isinstance(msg, SandboxExec):
             if len(fds) != 3:
                 raise protocol.ProtocolError("SandboxExec", f"{len(fds)} descriptors, not 3")
-            return self.exec(entry, msg, fds)
+            return self.exec(entry, msg, fds, conn)
         if len(fds) != 1:
             raise protocol.ProtocolError("SandboxCopy", f"{len(fds)} descriptors, not 1")
         return self.copy(entry, msg, fds[0])
@@ -308,9 +353,15 @@ class Daemon:
             e.sandbox.close()
         return SandboxDone(len(gone), "")
 
-    def exec(self, entry: _Entry, msg: SandboxExec, fds: list[int]) -> SandboxDone:
+    def exec(self, entry: _Entry, msg: SandboxExec, fds: list[int],
+             conn: socket.socket | None = None) -> SandboxDone:
         options = dict(msg.options)
         argv = [os.fsdecode(a) for a in msg.argv]
+        mark = f"ISOL8R_EXEC={secrets.token_hex(8)}"
+        options["env"] = [*(options.get("env") or []), mark]
+        if conn is not None:
+            threading.Thread(target=_relay_signals, args=(conn, entry.sandbox.pid, mark),
+                             daemon=True).start()
         if msg.capture:
             result = entry.sandbox.run(argv, stdin=fds[0], capture_output=True, **options)
         else:
@@ -343,6 +394,68 @@ class Daemon:
         finally:
             os.close(inner)
         return SandboxDone(mode, "")
+
+
+def _stop_jails() -> None:
+    """Stop this process's fork server and wait for it: its jails' cgroups are gone then."""
+    from . import forkserver
+    forkserver.shared_client().close()
+
+
+def _relay_signals(conn: socket.socket, sandbox_pid: int, mark: str) -> None:
+    """An exec's client's signals (Signal messages, until the connection ends) to its
+    command's init, which passes them to the program's process group."""
+    while True:
+        try:
+            data = conn.recv(256)
+        except OSError:
+            return
+        if not data:
+            return
+        try:
+            sig = protocol.expect(data, Signal).sig
+        except protocol.ProtocolError:
+            continue
+        # not found: the program may be between fork and exec, or inside an execve (its
+        # environment unreadable for that moment): look again, for up to a second
+        for _ in range(20):
+            inits = command_inits(sandbox_pid, mark)
+            if inits:
+                break
+            time.sleep(0.05)
+        for pid in inits:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def command_inits(sandbox_pid: int, mark: str) -> list[int]:
+    """The init of the command whose program has mark in its environment: the sandbox's init
+    forks one init per command, each the parent of its command's program. (The library gives
+    no handle of a running command yet; its environment names it.) A program can rewrite its
+    own environment, and so at most misdirect its owner's signals to another command of the
+    same sandbox, which is its owner's too."""
+    want = mark.encode()
+    found = []
+    for init in _children(sandbox_pid):
+        for prog in _children(init):
+            try:
+                with open(f"/proc/{prog}/environ", "rb") as f:
+                    if want in f.read().split(b"\0"):
+                        found.append(init)
+                        break
+            except OSError:
+                continue
+    return found
 
 
 def serve(sock_path: str, ready_fd: int,
@@ -382,6 +495,7 @@ def serve(sock_path: str, ready_fd: int,
     finally:
         listener.close()
         daemon.close_all()
+        _stop_jails()
         try:
             if os.stat(sock_path).st_ino == ino:  # still ours, not a newer daemon's
                 os.unlink(sock_path)
@@ -400,6 +514,8 @@ def _leave(sock_path: str, ino: int, listener: socket.socket, daemon: Daemon,
         fcntl.flock(lock, fcntl.LOCK_EX)
         if select.select([listener], [], [], 0)[0] or not daemon.empty():
             return False
+        listener.close()  # a client queued now is refused, asks again, finds none
+        _stop_jails()  # before the socket goes: who sees it gone sees nothing of ours left
         try:
             if os.stat(sock_path).st_ino == ino:  # not a newer daemon's
                 os.unlink(sock_path)
