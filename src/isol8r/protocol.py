@@ -7,8 +7,9 @@ Three sockets carry them (docs/design.md, "Wire protocols"):
                   Failure, Exit; Armed (worker -> server)
   a sandbox       owner -> server: Hold; owner -> its init: Command; per command: Forked
                   (init -> owner), then Request or Open; Opened and the handshake's records
-  sandbox daemon  client -> daemon: SandboxCreate, SandboxExec, SandboxCopy, SandboxList,
-                  SandboxRemove; daemon -> client: SandboxDone or Failure
+  sandbox daemon  client -> daemon: SandboxCreate, SandboxExec (then Signal while it runs),
+                  SandboxCopy, SandboxList, SandboxRemove; daemon -> client: SandboxDone or
+                  Failure
 
 A message is one tag byte and a body. The jail's records (Failure, Timing, Exec, Status) have
 text bodies with NUL-separated fields and no newline: the program's process sends its records
