@@ -41,6 +41,7 @@ _DIR = "/run/isol8r"
 _SEQ = socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
 _CHUNK = 1 << 20
 GRACE = 2.0  # seconds a daemon with no sandbox stays, for the create that started it
+REQUEST_WAIT = 5.0  # seconds a connection may take to send its request
 SETUP_FAILED = 125
 
 
@@ -260,7 +261,9 @@ class Daemon:
         try:
             _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(
                 socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            conn.settimeout(REQUEST_WAIT)  # a peer that connects and says nothing is dropped
             data, fds = wire.recv(conn, 1 << 20, 4)
+            conn.settimeout(None)
             if not data:
                 return
             try:
@@ -468,6 +471,7 @@ def serve(sock_path: str, ready_fd: int,
         signal.signal(sig, signal.SIG_IGN)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda _s, _f: stopping.set())
+    os.chdir("/")  # not the directory of the first create: it may be unmounted or removed
     daemon = Daemon(make)
     try:
         os.unlink(sock_path)
