@@ -11,13 +11,14 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
 from mcp import ClientSession, StdioServerParameters  # the extra isol8r[mcp] (make install)
 from mcp.client.stdio import stdio_client
 
-from conftest import ROOT, cli, needs_root
+from conftest import ROOT, alive, children, cli, needs_root
 
 pytestmark = needs_root
 TOOLS = {"create_sandbox", "run_command", "write_file", "read_file", "list_files",
@@ -132,3 +133,26 @@ def test_bad_server_options_are_one_line(args: list[str], word: str) -> None:
     p = cli("mcp", *args, stdin=subprocess.DEVNULL)
     assert p.returncode == 125 and word in p.stderr and p.stderr.count("\n") == 1, p.stderr
     assert p.stdout == ""
+
+
+def test_the_sandboxes_end_with_the_server() -> None:
+    """The client closing the server ends every sandbox it held: no process of the server's
+    tree (its fork server, the sandboxes' jails) is left."""
+    tree: list[int] = []
+
+    async def check(s: ClientSession) -> None:
+        sid = (await call(s, "create_sandbox"))["sandbox_id"]
+        await call(s, "run_command", sandbox_id=sid, command="true")
+        servers = [p for p in children() if b"mcp" in open(f"/proc/{p}/cmdline", "rb").read()]
+        assert len(servers) == 1
+        todo = list(servers)
+        while todo:  # the server, its fork server, and the sandbox's jail under it
+            pid = todo.pop()
+            tree.append(pid)
+            todo += children(pid)
+        assert len(tree) >= 3, tree
+    session(check=check)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in tree if alive(p)]
