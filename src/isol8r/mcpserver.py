@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 from typing import Any
 
@@ -153,7 +154,7 @@ def build(sandboxes: Sandboxes) -> Any:
         sb = sandboxes.get(sandbox_id)
         kw: dict[str, Any] = {"capture_output": True}
         if stdin is None:
-            kw["stdin"] = __import__("subprocess").DEVNULL  # never the protocol's own stdin
+            kw["stdin"] = subprocess.DEVNULL  # never the protocol's own stdin
         else:
             kw["input"] = stdin.encode()
         if cwd is not None:
