@@ -230,3 +230,22 @@ def test_exec_passes_its_signals_on() -> None:
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def test_cp_cannot_follow_a_planted_symlink_out(tmp_path: Path) -> None:
+    """A symlink the jail planted resolves inside the jail: `cp` of it never reads or writes
+    the host's file of that name."""
+    sid = create()
+    host = tmp_path / "secret"
+    host.write_text("host only\n")
+    host.chmod(0o644)
+    tmp_path.chmod(0o755)
+    p = cli("exec", sid, "--", "/bin/ln", "-s", str(host), "/tmp/link")
+    assert p.returncode == 0, p.stderr
+    p = cli("cp", f"{sid}:/tmp/link", str(tmp_path / "got"))
+    assert p.returncode == 125 and "/tmp/link" in p.stderr, p.stderr  # no such file inside
+    assert not (tmp_path / "got").exists()
+    src = tmp_path / "new"
+    src.write_text("from cp\n")
+    p = cli("cp", str(src), f"{sid}:/tmp/link")
+    assert host.read_text() == "host only\n"  # written inside the jail, if anywhere
