@@ -11,7 +11,8 @@ all: install
 
 $(STAMP): pyproject.toml bin/isol8r
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@# the mcp extra: `isol8r mcp` and its test (tests/test_mcp.py) use the MCP SDK
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,mcp]'
 	@# setuptools is for builds (pip brings its own, isolated); its .pth costs every start ~1 ms
 	$(BIN)/pip uninstall -q -y setuptools
 	touch $(STAMP)

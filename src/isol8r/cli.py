@@ -46,6 +46,10 @@ SUBCOMMANDS = {
     "doctor": "doctor:main",
     "isolate": "isolate:main",
     "check-environment": "checkenv:main",
+    "sandbox": "sandboxcli:sandbox_main",
+    "exec": "sandboxcli:exec_main",
+    "cp": "sandboxcli:cp_main",
+    "mcp": "mcpserver:main",
 }
 _PARSER: Any = None
 

@@ -7,6 +7,9 @@ Three sockets carry them (docs/design.md, "Wire protocols"):
                   Failure, Exit; Armed (worker -> server)
   a sandbox       owner -> server: Hold; owner -> its init: Command; per command: Forked
                   (init -> owner), then Request or Open; Opened and the handshake's records
+  sandbox daemon  client -> daemon: SandboxCreate, SandboxExec (then Signal while it runs),
+                  SandboxCopy, SandboxList, SandboxRemove; daemon -> client: SandboxDone or
+                  Failure
 
 A message is one tag byte and a body. The jail's records (Failure, Timing, Exec, Status) have
 text bodies with NUL-separated fields and no newline: the program's process sends its records
@@ -623,6 +626,103 @@ class Armed(Msg):
     TAG = b"Y"
 
 
+# ---- the sandbox daemon (daemon/sandboxd.py): client -> daemon, and its one answer -----------
+
+
+def _options_ok(options: Any) -> bool:
+    """Run options by name: str keys; values a str, bool, int, float, None or a list of str."""
+    return all(type(k) is str and (v is None or type(v) in (str, bool, int, float)
+                                   or (type(v) is list and all(type(x) is str for x in v)))
+               for k, v in options.items())
+
+
+class SandboxCreate(Msg):
+    """Client -> sandbox daemon: make a sandbox of these run options (the CLI's long names with
+    underscores), named name ("" for none), ended after idle_timeout seconds without a command
+    (None: never). Answer: SandboxDone(0, id) or Failure."""
+
+    __slots__ = ("name", "idle_timeout", "options")
+    TAG = b"c"
+    TYPES = (str, (float, type(None)), dict)
+
+    def __init__(self, name: str, idle_timeout: float | None, options: dict[str, Any]) -> None:
+        self.name, self.idle_timeout, self.options = name, idle_timeout, options
+
+    @classmethod
+    def of_body(cls, body: Any) -> "SandboxCreate":
+        msg: SandboxCreate = super().of_body(body)  # type: ignore[assignment]
+        if not _options_ok(msg.options):
+            raise _bad("SandboxCreate", "bad options")
+        return msg
+
+
+class SandboxExec(Msg):
+    """Client -> sandbox daemon: run argv in sandbox (id or name) with this command's options
+    (limits, env, cwd, tty); capture: its output goes into the result, not to the descriptors.
+    Descriptors: the client's stdin, stdout and stderr. Answer: SandboxDone(status, the Result
+    as JSON) or Failure."""
+
+    __slots__ = ("sandbox", "argv", "options", "capture")
+    TAG = b"x"
+    TYPES = (str, list, dict, bool)
+
+    def __init__(self, sandbox: str, argv: list[bytes], options: dict[str, Any],
+                 capture: bool) -> None:
+        self.sandbox, self.argv, self.options, self.capture = sandbox, argv, options, capture
+
+    @classmethod
+    def of_body(cls, body: Any) -> "SandboxExec":
+        msg: SandboxExec = super().of_body(body)  # type: ignore[assignment]
+        if not all(type(a) is bytes for a in msg.argv) or not _options_ok(msg.options):
+            raise _bad("SandboxExec", "bad argv or options")
+        return msg
+
+
+class SandboxCopy(Msg):
+    """Client -> sandbox daemon: copy between the host file the client opened (the descriptor:
+    its own rights, not the daemon's) and path in sandbox: into it when upload, out of it
+    otherwise; mode: the new file's permission bits. Answer: SandboxDone(0, "") or Failure."""
+
+    __slots__ = ("sandbox", "path", "upload", "mode")
+    TAG = b"p"
+    TYPES = (str, bytes, bool, int)
+
+    def __init__(self, sandbox: str, path: bytes, upload: bool, mode: int) -> None:
+        self.sandbox, self.path, self.upload, self.mode = sandbox, path, upload, mode
+
+
+class SandboxList(Msg):
+    """Client -> sandbox daemon: the caller's own sandboxes. Answer: SandboxDone(0, JSON)."""
+
+    __slots__ = ()
+    TAG = b"l"
+
+
+class SandboxRemove(Msg):
+    """Client -> sandbox daemon: end sandbox (id or name), or every one of the caller's when
+    sandbox is "". Answer: SandboxDone(count, "") or Failure."""
+
+    __slots__ = ("sandbox",)
+    TAG = b"r"
+    TYPES = (str,)
+
+    def __init__(self, sandbox: str) -> None:
+        self.sandbox = sandbox
+
+
+class SandboxDone(Msg):
+    """Sandbox daemon -> client: the request's outcome (an exit status or a count) and its text
+    (an id, a Result as JSON, a listing as JSON)."""
+
+    __slots__ = ("status", "text")
+    TAG = b"k"
+    TYPES = (int, str)
+
+    def __init__(self, status: int, text: str) -> None:
+        self.status, self.text = status, text
+
+
 CLASSES = (Failure, Go, Request, Timing, Exec, Status, Terminal, Lease, Leased, Reaped, Run, Stop,
            Signal, Started, Stale, Local, Exit, Armed, Hold, Command, Forked, Open, Opened)  # every message, by socket (module doc)
+CLASSES += (SandboxCreate, SandboxExec, SandboxCopy, SandboxList, SandboxRemove, SandboxDone)
 _BY_TAG: dict[int, Any] = {cls.TAG[0]: cls for cls in CLASSES}

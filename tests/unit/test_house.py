@@ -25,8 +25,8 @@ TESTS = ROOT / "tests"
 LAYERS: dict[str, tuple[str, ...]] = {
     # what users call: the command line and the library API
     "front ends": ("isol8r", "isol8r.__main__", "isol8r.cli", "isol8r.connected", "isol8r.doctor",
-                   "isol8r.isolate", "isol8r.checkenv",
-                   "isol8r.sandbox"),
+                   "isol8r.isolate", "isol8r.checkenv", "isol8r.sandbox", "isol8r.sandboxcli",
+                   "isol8r.mcpserver"),
     # long-lived processes: the fork server, its warm pool, the CLI server, the egress proxy
     "daemon": ("isol8r.daemon", "isol8r.daemon.*"),
     # one jail: its Spec (and profiles, which make Specs), the parent side (supervisor), the

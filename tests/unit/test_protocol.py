@@ -19,6 +19,8 @@ from isol8r.errors import ExecError, Isol8rError, ProtocolError, SetupError, Spe
 from isol8r.protocol import (  # noqa: E402
     Armed, Command, Exec, Exit, Failure, Forked, Go, Hold, Lease, Leased, Local, Open, Opened,
     Reaped, Request, Run, Signal, Stale, Started, Status, Stop, Terminal, Timing)
+from isol8r.protocol import (  # noqa: E402
+    SandboxCopy, SandboxCreate, SandboxDone, SandboxExec, SandboxList, SandboxRemove)
 from isol8r.spec import Spec  # noqa: E402
 
 SPEC = Spec.from_options(["/bin/echo", "hi"], {"bind": ["/usr:/mnt"], "memory": "64M",
@@ -47,6 +49,13 @@ MESSAGES = [
     Stop(), Signal(2), Started(77), Stale(), Local(), Exit(0), Exit(137), Armed(),
     Hold(SPEC, False), Command(0, False), Command(3, True), Forked(),
     Open(b"/tmp/a\xff", os.O_WRONLY | os.O_CREAT, 0o644), Opened(),
+    SandboxCreate("", None, {}), SandboxCreate("build", 30.0, {"memory": "64M", "share_net": True,
+                                                                "bind": ["/a:/b"], "pids": 10}),
+    SandboxExec("3f2a9c01d4e5", [b"/bin/sh", b"-c", b"\xff"], {"tty": True, "env": ["A=1"]}, False),
+    SandboxExec("build", [b"/bin/true"], {}, True),
+    SandboxCopy("build", b"/tmp/x\xff", True, 0o755), SandboxCopy("x", b"rel", False, 0o644),
+    SandboxList(), SandboxRemove(""), SandboxRemove("build"),
+    SandboxDone(0, "3f2a9c01d4e5"), SandboxDone(137, '{"verdict": "signaled"}'),
 ]
 
 
@@ -180,3 +189,18 @@ def test_thin_client_imports_only_built_ins() -> None:
     heavy = {"typing", "dataclasses", "enum", "socket", "subprocess", "pickle", "selectors", "re",
              "struct", "isol8r.errors", "isol8r.spec", "isol8r.supervisor"}
     assert not loaded & heavy, sorted(loaded & heavy)
+
+
+def test_sandbox_daemon_messages_refuse_odd_fields() -> None:
+    """The sandbox daemon runs as root and reads any local user's messages: options that are
+    not plain values, and argv that is not bytes, are refused at decode."""
+    import marshal
+    for data in (b"c" + marshal.dumps(("", None, {1: "x"})),
+                 b"c" + marshal.dumps(("", None, {"bind": [1]})),
+                 b"c" + marshal.dumps(("", None, {"x": {"nested": 1}})),
+                 b"c" + marshal.dumps(("", 5, {})),
+                 b"x" + marshal.dumps(("id", ["str"], {}, False)),
+                 b"p" + marshal.dumps(("id", "str", True, 0)),
+                 b"r" + marshal.dumps((None,))):
+        with pytest.raises(ProtocolError):
+            protocol.decode(data)
