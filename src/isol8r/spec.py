@@ -354,6 +354,15 @@ def parse_grace(key: str, value: Any) -> float:
     return _parse_seconds(key, value)
 
 
+def _file_path(key: str, value: Any) -> str:
+    """A file named relative to the caller's directory, made absolute here: the file is read
+    later by another process (the fork server compiles the filter), whose directory is not the
+    caller's."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise SpecError(key, value, "expected a file's path")
+    return os.path.abspath(value)
+
+
 def _abs_path(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise SpecError(key, value, "expected a path")
@@ -693,7 +702,7 @@ OPTIONS: dict[str, Option] = {
                   "CAP_NAME"),
     "seccomp": Option("value", "seccomp filter: default or none", _set("seccomp"), "MODE"),
     "seccomp-profile": Option("value", "load a Docker/OCI seccomp JSON profile",
-                              _set("seccomp_profile", lambda k, v: str(v)), "FILE"),
+                              _set("seccomp_profile", _file_path), "FILE"),
     "seccomp-allow": Option("list", "allow-list: only these syscalls or @groups (comma-separated)",
                             _append("seccomp_allow", _syscalls), "SYSCALLS"),
     "seccomp-deny": Option("list", "deny these syscalls or @groups too (comma-separated)",
