@@ -122,6 +122,28 @@ def open_dir() -> Iterator[Path]:
         shutil.rmtree(d)
 
 
+def _docker_profile() -> str:
+    """Docker's default seccomp profile: ../shared/profiles from this checkout (the project's
+    layout), else the machine's /work/shared."""
+    for base in (ROOT.parent / "shared", Path("/work/shared")):
+        if (base / "profiles" / "docker-default.json").exists():
+            return str(base / "profiles" / "docker-default.json")
+    return str(ROOT.parent / "shared" / "profiles" / "docker-default.json")
+
+
+DOCKER_PROFILE = _docker_profile()
+
+
+def outside_tmp(prefix: str) -> str:
+    """A new directory outside /tmp, /var/tmp and /dev/shm (which a bare jail may write): in
+    this checkout, unless the checkout itself lies beneath one of them (a CI clone in /tmp),
+    then in /var/lib. The caller removes it."""
+    here = os.path.realpath(ROOT)
+    writable = ("/tmp", "/var/tmp", "/dev/shm")
+    parent = "/var/lib" if any(here == w or here.startswith(w + "/") for w in writable) else here
+    return tempfile.mkdtemp(prefix=prefix, dir=parent)
+
+
 def jail(*cmd: str, **options: Any) -> isol8r.Result:
     """Run cmd in a jail with captured output; options as isol8r.run takes them."""
     options.setdefault("capture_output", True)

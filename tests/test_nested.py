@@ -13,18 +13,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import needs_root
+from conftest import DOCKER_PROFILE, needs_root, outside_tmp
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCKER_PROFILE = "/work/shared/profiles/docker-default.json"
-if not os.path.exists(DOCKER_PROFILE):
-    DOCKER_PROFILE = str(ROOT.parent.parent / "shared" / "profiles" / "docker-default.json")
 PYTHON = "/usr/bin/python3"  # Debian's, in the default root (the venv's is not)
 
 pytestmark = [needs_root,
@@ -209,7 +205,7 @@ def test_in_jail_without_seccomp_proc_fresh_fails() -> None:
 def dirs() -> Any:
     """Two directories the jail's ids can write by their mode (0777), outside /tmp (which a
     bare jail may write): one to stay read-only, one to be the workspace."""
-    made = [tempfile.mkdtemp(prefix=".nested-", dir=ROOT) for _ in range(2)]
+    made = [outside_tmp(".nested-") for _ in range(2)]
     for d in made:
         os.chmod(d, 0o777)
     yield made

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 import isol8r
-from conftest import cli, jail, needs_root
+from conftest import DOCKER_PROFILE, cli, jail, needs_root
 from isol8r import seccomp
 from isol8r.sys import linux
 
-DOCKER = "/work/shared/profiles/docker-default.json"
+DOCKER = DOCKER_PROFILE
 HELPERS = Path(__file__).resolve().parent / "seccomp_helpers"
 
 pytestmark = [needs_root,

@@ -25,14 +25,14 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import needs_root
+from conftest import DOCKER_PROFILE, needs_root
 from isol8r import seccomp
 from isol8r.errors import SpecError
 from isol8r.sys import libseccomp as scmp
 from isol8r.sys import linux
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCKER = "/work/shared/profiles/docker-default.json"
+DOCKER = DOCKER_PROFILE
 HELPERS = Path(__file__).resolve().parent / "seccomp_helpers"
 pytestmark = pytest.mark.skipif(linux.MACHINE != "x86_64", reason="the ABI tests are x86_64's")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 import isol8r
-from conftest import cli, needs_root
+from conftest import cli, needs_root, outside_tmp
 from isol8r import walls
 from isol8r.errors import SetupError
 
@@ -93,7 +92,7 @@ def test_proc_none() -> None:
 def dirs() -> Iterator[list[str]]:
     """Two 0777 directories outside /tmp: one stays read-only to a bare jail, one is its
     workspace."""
-    made = [tempfile.mkdtemp(prefix=".walls-", dir=ROOT) for _ in range(2)]
+    made = [outside_tmp(".walls-") for _ in range(2)]
     for d in made:
         os.chmod(d, 0o777)
     yield made
