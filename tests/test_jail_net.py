@@ -448,19 +448,22 @@ def test_allow_domain_refuses_a_name_that_resolves_to_a_private_address(isle: Is
     assert left == [], "a proxy's denials file was left behind"
 
 
-def test_the_jails_proxy_runs_as_nobody_without_capabilities_and_ends_with_it() -> None:
-    """Seen from the host while the jail runs: the proxy (the one `isol8r.daemon.egress --jail`
-    process, started by the fork server) runs under uid and gid 65534 with no capability; it is
-    gone when the run returns."""
+def test_each_jails_proxy_runs_as_an_id_of_its_own_without_capabilities_and_ends_with_it(
+        ) -> None:
+    """Seen from the host while two jails run: each proxy (an `isol8r.daemon.egress --jail`
+    process, started by the fork server) runs under an id of its jail's own (not root, not
+    nobody, whom other processes share, and not the other jail's) with no capability; they are
+    gone when the runs return."""
     import threading
     results: list[isol8r.Result] = []
-    t = threading.Thread(target=lambda: results.append(isol8r.run(
-        ["/bin/sleep", "3"], allow_domain=["pypi.org"])))
-    t.start()
+    threads = [threading.Thread(target=lambda: results.append(isol8r.run(
+        ["/bin/sleep", "3"], allow_domain=["pypi.org"]))) for _ in range(2)]
+    for t in threads:
+        t.start()
     try:
-        found: dict[str, str] = {}
+        found: dict[str, dict[str, str]] = {}
         deadline = time.monotonic() + 10
-        while not found and time.monotonic() < deadline:
+        while len(found) < 2 and time.monotonic() < deadline:
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -469,17 +472,24 @@ def test_the_jails_proxy_runs_as_nobody_without_capabilities_and_ends_with_it() 
                     continue
                 st = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
                 if b"isol8r.daemon.egress" in argv and b"--jail" in argv \
-                        and st["Uid"].split()[0] == "65534":  # after its start-up
-                    found = dict(st, pid=pid)
+                        and st["Uid"].split()[0] != "0":  # after its start-up
+                    found[pid] = st
             time.sleep(0.05)
     finally:
-        t.join()
-    assert found, "no proxy of this jail found"
-    assert found["Uid"].split() == ["65534"] * 4 and found["Gid"].split() == ["65534"] * 4
-    assert found["Groups"].strip() == "" and int(found["CapEff"], 16) == 0 \
-        and int(found["CapPrm"], 16) == 0
-    assert results[0].verdict == "ok" and results[0].net_denied == []
-    assert not Path(f"/proc/{found['pid']}").exists()
+        for t in threads:
+            t.join()
+    assert len(found) == 2, f"the two jails' proxies were not both found: {found}"
+    uids = set()
+    for st in found.values():
+        uid = st["Uid"].split()[0]
+        assert st["Uid"].split() == [uid] * 4 and st["Gid"].split() == [uid] * 4
+        assert uid not in ("0", "65534", str(os.getuid()))
+        assert st["Groups"].strip() == "" and int(st["CapEff"], 16) == 0 \
+            and int(st["CapPrm"], 16) == 0
+        uids.add(uid)
+    assert len(uids) == 2, "two jails' proxies share an id"
+    assert [r.verdict for r in results] == ["ok", "ok"] and all(r.net_denied == [] for r in results)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in found)
 
 
 @pytest.mark.skipif(os.access("/dev/net/tun", os.R_OK | os.W_OK) and

@@ -24,6 +24,10 @@ INFINITY = resource.RLIM_INFINITY
 MAX_SIZE = 2**63 - 1  # the largest size or limit a kernel interface takes (an off_t, a long)
 ID_RANGE = 65536
 DEFAULT_ID_BASE = 1_600_000_000
+# A root supervisor's jail helpers (the egress proxy, the --publish forwarder) run as
+# HELPER_IDS + the jail's pid (below 2**22, the kernel's largest pid_max): an id of their jail's
+# own, below every jail's ids (DEFAULT_ID_BASE and up)
+HELPER_IDS = 1_500_000_000
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")

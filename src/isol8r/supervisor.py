@@ -26,7 +26,7 @@ from . import mounts, net, pipeline, protocol, rlimits, userns, wire
 from .errors import Isol8rError, SetupError, SpecError
 from .protocol import Exec, Failure, Go, Request, Status, Terminal, Timing
 from .result import Result
-from .spec import ID_RANGE, RLIMITS, Spec
+from .spec import HELPER_IDS, ID_RANGE, RLIMITS, Spec
 from .sys import linux
 
 FORWARDED = protocol.FORWARDED  # the caller's signals a jail gets (Forwarder)
@@ -301,7 +301,8 @@ def start_forward(jail: Jail, spec: Spec, verbose: bool = False) -> None:
         pkg_parent = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
                                           if env.get("PYTHONPATH") else "")
-        argv = [sys.executable, "-s", "-m", "isol8r.daemon.forward", str(net_fd), str(user_fd),
+        argv = [sys.executable, "-s", "-m", "isol8r.daemon.forward", *helper_uid(jail),
+                str(net_fd), str(user_fd),
                 *(f"{s.fileno()}:{p.jail_port}" for s, p in zip(socks, ports))]
         fds = [net_fd, *([user_fd] if user_fd >= 0 else []), *(s.fileno() for s in socks)]
         proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL,
@@ -338,6 +339,14 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
 EGRESS_DIR = "/run/isol8r/egress"  # a jail proxy's denials, <jail pid>.json, until result()
 
 
+def helper_uid(jail: Jail) -> list[str]:
+    """`--uid ID` for a jail's helper: an id of its jail's own, for root; an unprivileged
+    caller's helper keeps the caller's ids (it cannot change them)."""
+    if os.geteuid() != 0:
+        return []
+    return ["--uid", str(HELPER_IDS + (jail.pid & 0x3FFFFF))]
+
+
 def start_egress(jail: Jail, spec: Spec) -> None:
     """--allow-domain: a listening socket on the jail's own loopback (made from inside its
     network namespace, which has nothing else), served by a proxy process in the host's
@@ -365,7 +374,8 @@ def start_egress(jail: Jail, spec: Spec) -> None:
                                               if env.get("PYTHONPATH") else "")
             jail.egress = subprocess.Popen(
                 [sys.executable, "-s", "-m", "isol8r.daemon.egress", "--jail",
-                 str(sock.fileno()), *spec.allow_domain], pass_fds=[sock.fileno()],
+                 str(sock.fileno()), *helper_uid(jail), *spec.allow_domain],
+                pass_fds=[sock.fileno()],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
                 start_new_session=True, cwd="/",
                 # the CLI's forwarder blocks SIGTERM while a jail starts: not in the proxy

@@ -631,9 +631,10 @@ def serve_in_thread(proxy: EgressProxy) -> threading.Thread:
     return t
 
 
-# A jail's proxy runs as nobody (uid and gid 65534), an id it shares with the host's other
-# unprivileged daemons and other jails' proxies: it is non-dumpable, so none of them can ptrace
-# it or read its memory, and its filter (RELAY_NEVER) keeps it from signalling or tracing them.
+# A root supervisor's jail helpers (this proxy, the --publish forwarder) run under an id of
+# their jail's own (`--uid`: supervisor.helper_uid, from spec.HELPER_IDS), shared with no other
+# process of the host, no jail and no other jail's helper; non-dumpable and the filter
+# (RELAY_NEVER) add to that. NOBODY is what one started without an id runs as.
 NOBODY = 65534
 
 # What a relay never needs: a deny-list, so the interpreter and the resolver (NSS modules,

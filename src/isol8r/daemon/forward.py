@@ -147,9 +147,13 @@ class Forwarder:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m isol8r.daemon.forward NETNS_FD USERNS_FD|-1 LISTEN_FD:JAIL_PORT...`"""
+    """`python -m isol8r.daemon.forward [--uid UID] NETNS_FD USERNS_FD|-1 LISTEN_FD:JAIL_PORT...`
+    (UID: the jail's helper id, egress.helper_id; default nobody)."""
     from isol8r.daemon.egress import NOBODY, confine
     from isol8r.sys import linux
+    uid = NOBODY
+    if argv[:1] == ["--uid"]:
+        uid, argv = int(argv[1]), argv[2:]
     net_fd, user_fd = int(argv[0]), int(argv[1])
     listeners = []
     for spec in argv[2:]:
@@ -164,7 +168,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)  # at once, also out of a select
     signal.pthread_sigmask(signal.SIG_SETMASK, ())  # a supervisor may have blocked SIGTERM
     try:
-        confine(NOBODY if user_fd < 0 else None, 2 * MAX_CONNECTIONS + 64)
+        confine(uid if user_fd < 0 else None, 2 * MAX_CONNECTIONS + 64)
     except Exception as e:  # fail closed, one line
         sys.stderr.write(f"isol8r: --publish: the forwarder could not be confined ({e}); "
                          "nothing is forwarded\n")
