@@ -318,8 +318,8 @@ BAD = [
     (["--allow-host-loopback"], "--allow-host-loopback: needs --net user"),
     # (--publish with the default --net none forwards TCP since issue 16 item 2)
     (["--net", "host", "--publish", "80:80"], "--publish 80:80: needs --net user or --net none"),
-    (["--publish", "80:80/udp"], "--publish 80:80/udp: a UDP port needs --net user (--net none "
-     "forwards TCP only)"),
+    (["--net", "host", "--publish", "80:80/udp"],
+     "--publish 80:80/udp: needs --net user or --net none"),
     (["--net", "user", "--publish", "80"],
      "--publish 80: expected [HOST_ADDR:]HOST_PORT:JAIL_PORT[/udp]"),
     (["--net", "user", "--publish", "0:80"], "--publish 0:80: bad port '0' (1-65535)"),
@@ -654,6 +654,43 @@ def test_publish_with_net_none_forwards_tcp_into_the_jail_and_frees_the_port() -
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
         s.listen()
+
+
+def test_publish_udp_with_net_none_relays_datagrams_and_frees_the_port() -> None:
+    """--publish HOST:JAIL/udp with --net none: a datagram to the host port reaches the jail's
+    UDP server, its answer comes back to the sender, and the port is free after the run."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    probe = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             "s.bind(('127.0.0.1', 5353)); print('ready', flush=True)\n"
+             "data, peer = s.recvfrom(100); s.sendto(data.upper(), peer)")
+    p = subprocess.Popen([sys.executable, "-m", "isol8r", "run", "--publish",
+                          f"127.0.0.1:{port}:5353/udp", "--", "/usr/bin/python3", "-c", probe],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], 30)
+        assert ready and p.stdout.readline() == "ready\n"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(1)
+            got = b""
+            for _ in range(10):  # the forwarder may start after the jail's program
+                c.sendto(b"a datagram", ("127.0.0.1", port))
+                try:
+                    got = c.recv(100)
+                    break
+                except TimeoutError:
+                    continue
+            assert got == b"A DATAGRAM"
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+    finally:
+        if p.poll() is None:
+            stop(p)  # type: ignore[arg-type]
+            p.communicate()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # free again
+        s.bind(("127.0.0.1", port))
 
 
 UNPRIVILEGED_PUBLISH = """

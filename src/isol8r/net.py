@@ -69,6 +69,18 @@ def listening(host: str, port: int) -> socket.socket:
     return sock
 
 
+def bound_udp(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to (host, port), IPv6 when host has a colon: --publish .../udp."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def listen_in(pid: int, host: str, port: int) -> socket.socket:
     """A TCP listener made in the network namespace of pid, from this thread (which goes back
     to its own namespace before this returns): --allow-domain's proxy serves the jail's own

@@ -676,8 +676,8 @@ OPTIONS: dict[str, Option] = {
                         _share_net),
     "netns": Option("value", "join this network namespace (a name in /run/netns or a path) "
                     "instead of a new one", _netns, "NAME|PATH"),
-    "publish": Option("list", "forward a host port to a port in the jail (--net user, or TCP "
-                      "with --net none)",
+    "publish": Option("list", "forward a host port to a port in the jail (--net user or "
+                      "--net none)",
                       _publish, "[HOST_ADDR:]HOST_PORT:JAIL_PORT[/udp]"),
     "allow-domain": Option("list", "the jail's only way out: an egress proxy (HTTP, SOCKS5) that "
                            "admits these names (*.example.org, pypi.org:443, an address); "
@@ -859,10 +859,6 @@ def _validate_net(s: Spec, has_mount: bool) -> None:
         raise SpecError("--netns", s.netns or "", "give --netns NAME|PATH for a joined namespace")
     if s.publish and s.net not in ("user", "none"):
         raise SpecError("--publish", s.publish[0], "needs --net user or --net none")
-    for p in s.publish if s.net == "none" else ():
-        if p.endswith("/udp"):
-            raise SpecError("--publish", p, "a UDP port needs --net user (--net none forwards "
-                            "TCP only)")
     if s.allow_host_loopback and s.net != "user":
         raise SpecError("--allow-host-loopback", True, "needs --net user")
     if s.allow_domain and s.net != "none":

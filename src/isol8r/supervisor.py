@@ -286,7 +286,8 @@ def start_forward(jail: Jail, spec: Spec, verbose: bool = False) -> None:
         for p in ports:
             addr = p.host_addr or "0.0.0.0"
             try:
-                socks.append(net.listening(addr, p.host_port))
+                socks.append(net.listening(addr, p.host_port) if p.proto == "tcp"
+                             else net.bound_udp(addr, p.host_port))
             except OSError as e:
                 why = "in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
                 raise SetupError(f"--publish {p}: host port {p.host_port} is {why}", 0) from None
@@ -303,7 +304,7 @@ def start_forward(jail: Jail, spec: Spec, verbose: bool = False) -> None:
                                           if env.get("PYTHONPATH") else "")
         argv = [sys.executable, "-s", "-m", "isol8r.daemon.forward", *helper_uid(jail),
                 str(net_fd), str(user_fd),
-                *(f"{s.fileno()}:{p.jail_port}" for s, p in zip(socks, ports))]
+                *(f"{s.fileno()}:{p.jail_port}/{p.proto}" for s, p in zip(socks, ports))]
         fds = [net_fd, *([user_fd] if user_fd >= 0 else []), *(s.fileno() for s in socks)]
         proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, env=env, start_new_session=True, cwd="/",

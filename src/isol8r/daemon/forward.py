@@ -23,9 +23,12 @@ import selectors
 import signal
 import socket
 import sys
+import time
+from typing import Any
 
 MAX_CONNECTIONS = 256
 BUFFER = 64 * 1024
+UDP_IDLE = 60.0  # seconds a UDP source's association is kept without traffic
 
 
 class _Pair:
@@ -47,9 +50,12 @@ class Forwarder:
         self.sel = selectors.DefaultSelector()
         self.pairs: set[_Pair] = set()
         self.stopping = False
+        # UDP: (host socket, source address) -> [the jail-side socket, last use]
+        self.udp: dict[tuple[socket.socket, Any], list[Any]] = {}
         for sock, port in listeners:
             sock.setblocking(False)
-            self.sel.register(sock, selectors.EVENT_READ, ("listen", port))
+            kind = "udp" if sock.type == socket.SOCK_DGRAM else "listen"
+            self.sel.register(sock, selectors.EVENT_READ, (kind, port))
 
     def serve(self) -> None:
         while not self.stopping:
@@ -57,8 +63,63 @@ class Forwarder:
                 kind, what = key.data
                 if kind == "listen":
                     self._accept(key.fileobj, what)  # type: ignore[arg-type]
+                elif kind == "udp":
+                    self._datagram(key.fileobj, what)  # type: ignore[arg-type]
+                elif kind == "udp-reply":
+                    self._reply(*what)
                 else:
                     self._event(what, kind, mask)
+            self._expire_udp(time.monotonic())
+
+    def _datagram(self, outside: socket.socket, port: int) -> None:
+        """A datagram from a host-side source: on to the jail's port through its own socket."""
+        for _ in range(64):
+            try:
+                data, source = outside.recvfrom(65536)
+            except OSError:
+                return
+            entry = self.udp.get((outside, source))
+            if entry is None:
+                if len(self.udp) >= MAX_CONNECTIONS:
+                    continue  # refused: a datagram may be lost
+                inside = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                inside.setblocking(False)
+                try:
+                    inside.connect(("127.0.0.1", port))
+                except OSError:
+                    inside.close()
+                    continue
+                entry = self.udp[(outside, source)] = [inside, 0.0]
+                self.sel.register(inside, selectors.EVENT_READ,
+                                  ("udp-reply", (outside, source)))
+            entry[1] = time.monotonic()
+            try:
+                entry[0].send(data)
+            except OSError:
+                pass  # nothing listens there (ECONNREFUSED): as a lost datagram
+
+    def _reply(self, outside: socket.socket, source: Any) -> None:
+        """The jail answered a source: back to it from the published port."""
+        entry = self.udp.get((outside, source))
+        if entry is None:
+            return
+        for _ in range(64):
+            try:
+                data = entry[0].recv(65536)
+            except OSError:
+                return
+            entry[1] = time.monotonic()
+            try:
+                outside.sendto(data, source)
+            except OSError:
+                pass
+
+    def _expire_udp(self, now: float) -> None:
+        for key, (inside, last) in list(self.udp.items()):
+            if now - last > UDP_IDLE:
+                self.sel.unregister(inside)
+                inside.close()
+                del self.udp[key]
 
     def _accept(self, listener: socket.socket, port: int) -> None:
         for _ in range(64):
@@ -135,6 +196,7 @@ class Forwarder:
     def close(self) -> None:
         for pair in list(self.pairs):
             self._close(pair)
+        self._expire_udp(float("inf"))
 
     def _close(self, pair: _Pair) -> None:
         if pair not in self.pairs:
@@ -158,7 +220,7 @@ def main(argv: list[str]) -> int:
     listeners = []
     for spec in argv[2:]:
         fd, port = spec.split(":")
-        listeners.append((socket.socket(fileno=int(fd)), int(port)))
+        listeners.append((socket.socket(fileno=int(fd)), int(port.split("/")[0])))
     if user_fd >= 0:  # an unprivileged caller: the jail's user namespace first
         linux.setns(user_fd, linux.CLONE_NEWUSER)
         os.close(user_fd)
