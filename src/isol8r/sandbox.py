@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 from . import finish, habits, pipeline, protocol, spec_of, supervisor, wire
 from .daemon import forkserver
 from .errors import SetupError, SpecError
-from .protocol import Command, Exec, Failure, Leased, Open, Opened, Status, Timing
+from .protocol import Command, Exec, Failure, Open, Opened, Status, Timing
 from .result import Result
 from .spec import Spec, shape
 
@@ -119,18 +119,7 @@ class Sandbox:
             if not forkserver.select_readable(sock, forkserver.WAIT_MARGIN):
                 raise client.replace("no answer to a lease")
             data, fds = forkserver.recv(sock)
-            if not data:
-                raise SetupError("fork server", errno.EPIPE, "it closed the connection")
-            try:
-                info = protocol.expect(data, Leased, Failure)
-                if isinstance(info, Leased) and len(fds) != 2:
-                    raise protocol.ProtocolError("Leased", f"{len(fds)} descriptors, not 2")
-            except BaseException:
-                for fd in fds:
-                    os.close(fd)
-                raise
-            if isinstance(info, Failure):
-                raise info.error()
+            info = forkserver.leased(data, fds)
             chan, pidfd = socket.socket(fileno=fds[0]), fds[1]
         except BaseException:
             sock.close()

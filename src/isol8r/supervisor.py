@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import mounts, net, pipeline, protocol, rlimits, userns, wire
+from . import launch, mounts, net, pipeline, protocol, rlimits, userns, wire
 from .errors import Isol8rError, SetupError, SpecError
 from .protocol import Exec, Failure, Go, Request, Status, Terminal, Timing
 from .result import Result
@@ -297,11 +297,7 @@ def start_forward(jail: Jail, spec: Spec, verbose: bool = False) -> None:
             user_fd, net_fd = -1, os.open(f"/proc/{jail.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             own_fds.append(net_fd)
         import sys
-        from pathlib import Path
-        env = dict(os.environ)
-        pkg_parent = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
-                                          if env.get("PYTHONPATH") else "")
+        env = launch.package_env()
         argv = [sys.executable, "-s", "-m", "isol8r.daemon.forward", *helper_uid(jail),
                 str(net_fd), str(user_fd),
                 *(f"{s.fileno()}:{p.jail_port}/{p.proto}" for s, p in zip(socks, ports))]
@@ -368,11 +364,7 @@ def start_egress(jail: Jail, spec: Spec) -> None:
             if os.path.exists(out):
                 os.unlink(out)  # a stale one of an earlier process of this pid
             import sys
-            from pathlib import Path
-            env = dict(os.environ)
-            pkg_parent = str(Path(__file__).resolve().parent.parent)
-            env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
-                                              if env.get("PYTHONPATH") else "")
+            env = launch.package_env()
             jail.egress = subprocess.Popen(
                 [sys.executable, "-s", "-m", "isol8r.daemon.egress", "--jail",
                  str(sock.fileno()), *helper_uid(jail), *spec.allow_domain],

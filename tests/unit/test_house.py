@@ -40,10 +40,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
                  "isol8r.net", "isol8r.rootfs", "isol8r.terminal", "isol8r.elf",
                  "isol8r.paths", "isol8r.usernet", "isol8r.egress_rules", "isol8r.walls",
                  "isol8r.landlock"),
-    # the words every layer speaks: the exception types and the Result. Below the concerns,
-    # because concerns raise SpecError and Isol8rError (cgroups, mounts, rootfs, seccomp) and a
-    # failure must not need the jail layer to be told
-    "base": ("isol8r.errors", "isol8r.result"),
+    # the words every layer speaks: the exception types, the Result, and how a helper process is
+    # started (launch). Below the concerns, because concerns raise SpecError and Isol8rError
+    # (cgroups, mounts, rootfs, seccomp): a failure must not need the jail layer to be told
+    "base": ("isol8r.errors", "isol8r.result", "isol8r.launch"),
     # thin ctypes bindings and constants, no policy
     "sys": ("isol8r.sys", "isol8r.sys.*"),
 }

@@ -29,10 +29,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import pipeline, protocol, supervisor, wire
+from .. import launch, pipeline, protocol, supervisor, wire
 from ..errors import Isol8rError, SetupError
 from ..protocol import Failure, Hold, Lease, Leased, Reaped
 from ..result import Result
@@ -416,9 +415,7 @@ class Client:
             self._proc.wait()
             bury(self._proc.pid)
         mine, theirs = socket.socketpair(socket.AF_UNIX, _SEQ)
-        pkg_parent = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = launch.package_env()
         if self._prewarm is not None:
             env["ISOL8R_PREWARM"] = str(self._prewarm)
         self._proc = subprocess.Popen(
@@ -537,6 +534,24 @@ def select_readable(sock: socket.socket, timeout: float) -> bool:
         return bool(sel.select(timeout))
 
 
+def leased(data: bytes, fds: list[int]) -> Leased:
+    """The fork server's answer to a lease: its Leased (with fds, the jail's channel and
+    pidfd), or the error it reports raised; descriptors of anything else are closed."""
+    if not data:
+        raise SetupError("fork server", errno.EPIPE, "it closed the connection")
+    try:
+        info = protocol.expect(data, Leased, Failure)
+        if isinstance(info, Leased) and len(fds) != 2:
+            raise protocol.ProtocolError("Leased", f"{len(fds)} descriptors, not 2")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    if isinstance(info, Failure):
+        raise info.error()
+    return info
+
+
 class Session:
     """The caller's side of one leased jail: it sends the Request, watches the jail (records,
     limits, output) and takes the server's reap report when the cgroup's counters are wanted.
@@ -553,18 +568,7 @@ class Session:
     def begin(self, data: bytes, fds: list[int]) -> None:
         """Take the lease (or its error), activate the jail with this caller's descriptors."""
         try:
-            if not data:
-                raise SetupError("fork server", errno.EPIPE, "it closed the connection")
-            try:
-                info = protocol.expect(data, Leased, Failure)
-                if isinstance(info, Leased) and len(fds) != 2:
-                    raise protocol.ProtocolError("Leased", f"{len(fds)} descriptors, not 2")
-            except BaseException:
-                for fd in fds:
-                    os.close(fd)
-                raise
-            if isinstance(info, Failure):
-                raise info.error()
+            info = leased(data, fds)
             chan_fd, pidfd = fds
             cg = None
             if info.cgroup is not None:

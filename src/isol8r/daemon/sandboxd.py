@@ -171,10 +171,8 @@ def _start(sock_path: str, command: list[str]) -> socket.socket | None:
             return s
         r, w = os.pipe2(0)
         os.set_inheritable(r, False)
-        env = dict(os.environ)
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
-                                          if env.get("PYTHONPATH") else "")
+        from .. import launch
+        env = launch.package_env()
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_OPEN, 1, sock_path[:-5] + ".log",
                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600),
